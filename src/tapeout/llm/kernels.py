@@ -1,0 +1,326 @@
+"""The kernel sequence of one LLM step (prefill, decode or a mixed serving batch).
+
+Every kernel carries exact FLOPs and bytes read and written, so the performance, energy and
+serving models all count the same work. Identical layers are built once and carry a `count`.
+
+Two implementations:
+- ``pytorch-cudagraph``: the unfused kernels of a plain PyTorch decoder (as in
+  ../shared/calibration/measure_gpu.py): separate norms and residual adds, RoPE built from
+  slicing, `cat` and about ten small kernels, KV-cache writes by copy, SDPA, SiLU then multiply.
+- ``fused``: what a tuned engine (vLLM, TensorRT-LLM) runs: fused add+RMSNorm, RoPE and the
+  KV-cache write in one kernel, flash attention / flash-decoding, fused SiLU-multiply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import TapeoutError
+from .spec import ModelSpec
+
+IMPLEMENTATIONS = ("fused", "pytorch-cudagraph")
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+INT4_GROUP = 128  # int4 weight-only quantization: one bf16 scale per group of 128 weights
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    """One kernel launch (times `count` identical launches in the step).
+
+    shape by kind: gemm (M, N, K, groups); attention (B, Sq, Skv, heads_q, heads_kv, d_qk, d_v, causal);
+    elementwise/norm/softmax (rows, cols); comm (bytes, participants).
+    """
+    kind: str
+    name: str
+    flops: float
+    bytes_read: float
+    bytes_written: float
+    shape: tuple = ()
+    dtype: str = "bf16"
+    count: float = 1.0
+    weight_bytes: float = 0.0   # part of bytes_read that is weights (the same every step)
+
+    @property
+    def working_set(self) -> float:
+        return self.bytes_read + self.bytes_written
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    weights: str = "bf16"
+    activations: str = "bf16"
+    kv: str = "bf16"
+
+    def __post_init__(self):
+        for role in ("weights", "activations", "kv"):
+            v = getattr(self, role)
+            if v not in DTYPE_BYTES or v == "fp32" and role != "activations":
+                raise TapeoutError(f"--{role if role != 'activations' else 'act'} {v}: unsupported dtype "
+                                   f"(use one of {', '.join(d for d in DTYPE_BYTES if d != 'fp32')})")
+        if self.activations in ("int4",):
+            raise TapeoutError("activations cannot be int4 (int4 is weight-only)")
+
+    @property
+    def w(self) -> float:
+        b = DTYPE_BYTES[self.weights]
+        return b + 2.0 / INT4_GROUP if self.weights == "int4" else b
+
+    @property
+    def a(self) -> float:
+        return 2.0 if self.activations in ("fp8", "int8") else DTYPE_BYTES[self.activations]
+
+    @property
+    def kvb(self) -> float:
+        return DTYPE_BYTES[self.kv]
+
+    @property
+    def mma(self) -> str:
+        """The dtype the matrix units run in: 8-bit only when weights and activations are both 8-bit."""
+        if self.weights in ("fp8", "int8") and self.activations == self.weights:
+            return self.weights
+        return "fp16" if self.activations == "fp16" else "bf16"
+
+    @property
+    def gemm_in(self) -> float:
+        return DTYPE_BYTES[self.activations] if self.mma in ("fp8", "int8") else self.a
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Sequences in one step: prefill chunks (new tokens, tokens already cached) and decodes (context)."""
+    prefill: tuple[tuple[int, int], ...] = ()
+    decode: tuple[int, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return sum(n for n, _ in self.prefill) + len(self.decode)
+
+    @property
+    def sequences(self) -> int:
+        return len(self.prefill) + len(self.decode)
+
+    @staticmethod
+    def of(phase: str, batch: int, length: int | list[int]) -> "Batch":
+        lens = list(length) if isinstance(length, (list, tuple)) else [int(length)] * batch
+        if phase == "prefill":
+            return Batch(prefill=tuple((int(n), 0) for n in lens))
+        if phase == "decode":
+            return Batch(decode=tuple(int(c) for c in lens))
+        raise TapeoutError(f"phase {phase!r}: use prefill or decode")
+
+
+@dataclass
+class _Builder:
+    spec: ModelSpec
+    batch: Batch
+    dt: Dtypes
+    impl: str
+    tp: int = 1
+    ep: int = 1
+    out: list[Kernel] = field(default_factory=list)
+
+    def add(self, kind, name, flops, rd, wr, shape=(), count=1.0, dtype=None, wbytes=0.0):
+        if count > 0:
+            self.out.append(Kernel(kind, name, float(flops), float(rd), float(wr), shape,
+                                   dtype or self.dt.activations, float(count), float(wbytes)))
+
+    # ---- building blocks
+    def gemm(self, name, M, N, K, count, groups=1, bias=False, w_bytes=None, dtype=None):
+        wb = self.dt.w if w_bytes is None else w_bytes
+        weights = groups * N * K * wb + (groups * N * 2 if bias else 0)
+        rd = groups * M * K * self.dt.gemm_in + weights
+        self.add("gemm", name, 2.0 * groups * M * N * K, rd, groups * M * N * self.dt.a, (M, N, K, groups),
+                 count, dtype or self.dt.mma, weights)
+
+    def ew(self, name, n, reads, count, writes=1, flops_per=1.0, kind="elementwise", cols=None):
+        """An elementwise kernel over n elements reading `reads` and writing `writes` tensors of n."""
+        a = self.dt.a
+        self.add(kind, name, flops_per * n, reads * n * a, writes * n * a, (n // (cols or n) if cols else 1, cols or n), count)
+
+    def norm(self, name, rows, cols, count, residual=False):
+        a = self.dt.a
+        rd, wr = (2 if residual else 1) * rows * cols * a + cols * 2, (2 if residual else 1) * rows * cols * a
+        self.add("norm", name, 4.0 * rows * cols, rd, wr, (rows, cols), count)
+
+    def comm(self, name, nbytes, n, count, kind="allreduce"):
+        if n > 1:
+            self.add("comm", name, 0.0, nbytes, nbytes, (float(nbytes), n, kind), count)
+
+
+def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: str = "fused",
+               tp: int = 1, ep: int = 1) -> list[Kernel]:
+    """All kernels of one forward step of `batch` through `spec` on one of `tp` x `ep` chips."""
+    if impl not in IMPLEMENTATIONS:
+        raise TapeoutError(f"implementation {impl!r}: use one of {', '.join(IMPLEMENTATIONS)}")
+    if batch.tokens <= 0:
+        raise TapeoutError("empty batch: no tokens to run")
+    b = _Builder(spec, batch, dtypes, impl, tp, ep)
+    T = batch.tokens
+    b.add("embed", "embedding", 0, T * spec.hidden * b.dt.a + T * 8, T * spec.hidden * b.dt.a, (T, spec.hidden))
+    for count, moe_layer in _layer_groups(spec):
+        _layer(b, count, moe_layer)
+    _head(b)
+    return b.out
+
+
+def _layer_groups(spec: ModelSpec) -> list[tuple[int, bool]]:
+    if spec.moe is None:
+        return [(spec.layers, False)]
+    d = min(spec.moe.dense_layers, spec.layers)
+    return [(d, False), (spec.layers - d, True)]
+
+
+def _shard(n: int, tp: int) -> int:
+    return max(1, -(-n // tp))
+
+
+def _layer(b: _Builder, L: int, moe_layer: bool) -> None:
+    if L <= 0:
+        return
+    s, T, h, fused = b.spec, b.batch.tokens, b.spec.hidden, b.impl == "fused"
+    b.norm("attn_norm", T, h, L, residual=fused)
+    (_mla if s.mla else _attention)(b, L)
+    if not fused:
+        b.ew("residual_add", T * h, 2, L, cols=h)
+    b.norm("mlp_norm", T, h, L, residual=fused)
+    (_moe if moe_layer else _mlp)(b, L)
+    if not fused:
+        b.ew("residual_add", T * h, 2, L, cols=h)
+
+
+def _attention(b: _Builder, L: int) -> None:
+    s, T, h, fused = b.spec, b.batch.tokens, b.spec.hidden, b.impl == "fused"
+    hq, hkv, d = _shard(s.heads, b.tp), _shard(s.kv_heads, b.tp), s.head_dim
+    b.gemm("qkv_proj", T, (hq + 2 * hkv) * d, h, L, bias=s.qkv_bias)
+    if s.qk_norm:
+        b.norm("qk_norm", T * (hq + hkv), d, L)
+    if fused:  # RoPE on q and k and the KV-cache write in one kernel
+        n = T * (hq + 2 * hkv) * d
+        b.add("elementwise", "rope_kv_write", 6 * T * (hq + hkv) * d, n * b.dt.a,
+              T * hq * d * b.dt.a + 2 * T * hkv * d * b.dt.kvb, (T, (hq + 2 * hkv) * d), L)
+    else:
+        _rope_unfused(b, L, hq, hkv, d)
+        if b.batch.decode:
+            b.add("elementwise", "kv_cache_write", 0, 2 * T * hkv * d * b.dt.a, 2 * T * hkv * d * b.dt.kvb,
+                  (T, hkv * d), 2 * L)
+    _attn_kernels(b, L, hq, hkv, d, d)
+    if not fused and any(n > 1 for n, _ in b.batch.prefill):
+        b.ew("attn_out_transpose", T * hq * d, 1, L, cols=hq * d)
+    b.gemm("o_proj", T, h, hq * d, L)
+    b.comm("allreduce_attn", T * h * b.dt.a, b.tp, L)
+
+
+def _rope_unfused(b: _Builder, L: int, hq: int, hkv: int, d: int) -> None:
+    """RoPE as measure_gpu.py writes it: ~10 small kernels for cos/sin, 6 half-width ops and a cat."""
+    S = max([n for n, _ in b.batch.prefill] + [1])
+    for heads in (hq, hkv):
+        b.add("elementwise", "rope_freqs", 0, 4 * d, 4 * d, (1, d // 2), 4 * L, "fp32")          # arange, /d, pow, 1/x
+        b.add("elementwise", "rope_angles", 2 * S * d, 8 * S * d, 8 * S * d, (S, d // 2), 6 * L, "fp32")  # float, mul, cos, sin, 2 casts
+        half = b.batch.tokens * heads * d // 2
+        b.ew("rope_mul", half, 1, 4 * L, cols=d // 2)       # x1*cos, x2*sin, x2*cos, x1*sin (cos/sin broadcast)
+        b.ew("rope_addsub", half, 2, 2 * L, cols=d // 2)
+        b.ew("rope_cat", 2 * half, 1, L, cols=d)
+
+
+def _attn_kernels(b: _Builder, L: int, hq: int, hkv: int, dqk: int, dv: int, kv_elem_bytes: float | None = None,
+                  latent: bool = False) -> None:
+    """Prefill (flash, causal over cached + new) and decode (over the KV cache) attention kernels."""
+    kvb = b.dt.kvb if kv_elem_bytes is None else kv_elem_bytes
+    a = b.dt.a
+    kv_heads_bytes = hkv * (dqk + (0 if latent else dv)) * kvb  # bytes of K and V per token
+    for n, cached in b.batch.prefill:
+        ctx = cached + n
+        pairs = n * cached + n * (n + 1) / 2  # (query, key) pairs under the causal mask
+        flops = 2.0 * hq * pairs * (dqk + dv)
+        rd = n * hq * dqk * a + ctx * kv_heads_bytes
+        b.add("attention", "attention_prefill", flops, rd, n * hq * dv * a, (1, n, ctx, hq, hkv, dqk, dv, True), L)
+    if b.batch.decode:
+        B = len(b.batch.decode)
+        C = sum(b.batch.decode)
+        flops = 2.0 * hq * (C + B) * (dqk + dv)
+        rd = B * hq * dqk * a + (C + B) * kv_heads_bytes
+        b.add("attention", "attention_decode", flops, rd, B * hq * dv * a, (B, 1, C / B + 1, hq, hkv, dqk, dv, False), L)
+
+
+def _mlp(b: _Builder, L: int, inter: int | None = None, name: str = "mlp") -> None:
+    s, T, h = b.spec, b.batch.tokens, b.spec.hidden
+    inter = _shard(inter or (s.moe.dense_intermediate if s.moe and s.moe.dense_intermediate else s.intermediate), b.tp)
+    b.gemm(f"{name}_gate_up", T, 2 * inter, h, L)
+    if b.impl == "fused":
+        b.ew("silu_mul", T * inter, 2, L, flops_per=5, cols=inter)
+    else:
+        b.ew("silu", T * inter, 1, L, flops_per=4, cols=inter)
+        b.ew("mul", T * inter, 2, L, cols=inter)
+    b.gemm(f"{name}_down", T, h, inter, L)
+    b.comm("allreduce_mlp", T * h * b.dt.a, b.tp, L)
+
+
+def _moe(b: _Builder, L: int) -> None:
+    """Routed experts (uniform routing by default) plus shared experts.
+
+    With expert parallelism each of `ep` chips holds E/ep experts and, as every chip runs a batch of
+    the same size, receives T x top_k token-expert pairs on average (all-to-all dispatch/combine)."""
+    s, m, T, h = b.spec, b.spec.moe, b.batch.tokens, b.spec.hidden
+    b.gemm("router", T, m.experts, h, L, w_bytes=2.0, dtype="bf16" if b.dt.mma in ("fp8", "int8") else b.dt.mma)
+    b.ew("topk_route", T * m.experts, 1, L, flops_per=4, writes=0)
+    local = m.experts / b.ep
+    pairs = T * m.top_k
+    active = local * (1.0 - (1.0 - m.top_k / m.experts) ** (T * b.ep))  # experts hit by >= 1 token
+    per_expert = pairs / max(active, 1e-9)
+    inter = _shard(m.intermediate, b.tp)
+    disp = T * m.top_k * h * b.dt.a * (b.ep - 1) / b.ep
+    b.comm("alltoall_dispatch", disp, b.ep, L, kind="alltoall")
+    for name, N, K in (("expert_gate_up", 2 * inter, h), ("expert_down", h, inter)):
+        w = active * N * K * b.dt.w
+        b.add("gemm", name, 2.0 * pairs * N * K, pairs * K * b.dt.gemm_in + w, pairs * N * b.dt.a,
+              (per_expert, N, K, active), L, b.dt.mma, w)
+        if name == "expert_gate_up":
+            b.ew("expert_silu_mul", pairs * inter, 2, L, flops_per=5, cols=inter)
+    b.ew("moe_combine", pairs * h, 1, L, writes=1.0 / m.top_k, cols=h)
+    b.comm("alltoall_combine", disp, b.ep, L, kind="alltoall")
+    if m.shared_experts:
+        _mlp(b, L, m.shared_intermediate * m.shared_experts, "shared_expert")
+
+
+def _mla(b: _Builder, L: int) -> None:
+    """DeepSeek MLA: low-rank q and kv projections; the cache holds the kv latent plus the rope key.
+
+    Decode absorbs the up-projections into the query and output (attention over the latent, like
+    FlashMLA); prefill expands the latent into per-head keys and values (standard attention)."""
+    s, a, T, h = b.spec, b.spec.mla, b.batch.tokens, b.spec.hidden
+    H = _shard(s.heads, b.tp)
+    qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+    if a.q_lora_rank:
+        b.gemm("q_a_proj", T, a.q_lora_rank, h, L)
+        b.norm("q_a_norm", T, a.q_lora_rank, L)
+        b.gemm("q_b_proj", T, H * qk, a.q_lora_rank, L)
+    else:
+        b.gemm("q_proj", T, H * qk, h, L)
+    b.gemm("kv_a_proj", T, a.kv_lora_rank + a.qk_rope_head_dim, h, L)
+    b.norm("kv_a_norm", T, a.kv_lora_rank, L)
+    latent = a.kv_lora_rank + a.qk_rope_head_dim
+    b.add("elementwise", "rope_kv_write", 6 * T * (H + 1) * a.qk_rope_head_dim, T * (H * qk + latent) * b.dt.a,
+          T * latent * b.dt.kvb, (T, latent), L)
+    if b.batch.prefill:
+        pre = _Builder(s, Batch(prefill=b.batch.prefill), b.dt, b.impl, b.tp, b.ep, b.out)
+        ctx = sum(c + n for n, c in b.batch.prefill)
+        pre.gemm("kv_b_proj", ctx, H * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank, L)
+        _attn_kernels(pre, L, H, H, qk, a.v_head_dim, kv_elem_bytes=b.dt.a)
+    if b.batch.decode:
+        B = len(b.batch.decode)
+        dec = _Builder(s, Batch(decode=b.batch.decode), b.dt, b.impl, b.tp, b.ep, b.out)
+        dec.gemm("q_absorb", B, a.kv_lora_rank, a.qk_nope_head_dim, L, groups=H)
+        _attn_kernels(dec, L, H, 1, latent, a.kv_lora_rank, latent=True)
+        dec.gemm("o_absorb", B, a.v_head_dim, a.kv_lora_rank, L, groups=H)
+    b.gemm("o_proj", T, h, H * a.v_head_dim, L)
+    b.comm("allreduce_attn", T * h * b.dt.a, b.tp, L)
+
+
+def _head(b: _Builder) -> None:
+    """Final norm, lm_head on each sequence's last position, and greedy sampling."""
+    s = b.spec
+    B = b.batch.sequences
+    b.norm("final_norm", B, s.hidden, 1)
+    vocab = _shard(s.vocab, b.tp)
+    b.gemm("lm_head", B, vocab, s.hidden, 1)
+    b.comm("allgather_logits", B * vocab * 4, b.tp, 1, kind="allgather")
+    b.add("elementwise", "argmax", B * vocab, B * vocab * b.dt.a, B * 8, (B, vocab), 1)
