@@ -1,0 +1,436 @@
+"""The NPU instruction set: frozen dataclasses, a binary encoding and an assembly text form.
+
+The ISA is derived from the chip file the way VTA derives its ISA from `vta_config.json`:
+`Geometry.from_chip` reads the array size, SRAM sizes, core count and vector lanes, and the
+instructions address those resources. Every instruction's docstring states its meaning as
+loop pseudo-code; `tapeout.npu.sim` executes exactly that.
+
+Machine model (per core): three in-order queues -- `dma`, `mxu` (the systolic array) and
+`vec` (the vector unit) -- fed from one instruction stream in program order. Each queue keeps
+a completion counter `done[q]` (instructions of queue q finished so far on this core).
+Every instruction carries three wait fields:
+
+    before issuing: wait until done["dma"] >= w_dma and done["mxu"] >= w_mxu and done["vec"] >= w_vec
+
+which are the dependency tokens between a core's queues (counting semaphores). `BARRIER`
+synchronises all queues of all cores. Memory spaces: `dram` (off-chip), `shared` (global
+buffer shared by the cores) and `sram` (the issuing core's scratchpad); addresses are byte
+offsets, strides are in elements.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from dataclasses import dataclass
+from typing import Iterable
+
+import ml_dtypes
+import numpy as np
+
+from ..chip import Chip
+from ..errors import TapeoutError
+
+SPACES = ("dram", "shared", "sram")
+QUEUES = ("dma", "mxu", "vec")
+# ISA dtype name -> numpy dtype ("u8" carries packed int4 pairs, low nibble first)
+DTYPES = {
+    "fp32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16),
+    "fp8": np.dtype(ml_dtypes.float8_e4m3fn), "int8": np.dtype(np.int8), "int32": np.dtype(np.int32),
+    "u8": np.dtype(np.uint8),
+}
+DTYPE_NAMES = tuple(DTYPES)
+# vector functions: name -> arity (operands a, b, c) and unit ("alu" or "sfu": special functions)
+VFUNCS = {
+    "copy": (1, "alu"), "neg": (1, "alu"), "abs": (1, "alu"), "relu": (1, "alu"),
+    "adds": (1, "alu"), "muls": (1, "alu"), "maxs": (1, "alu"), "mins": (1, "alu"), "rsubs": (1, "alu"),
+    "pows": (1, "sfu"), "exp": (1, "sfu"), "log": (1, "sfu"), "sqrt": (1, "sfu"), "rsqrt": (1, "sfu"),
+    "recip": (1, "sfu"), "tanh": (1, "sfu"), "sigmoid": (1, "sfu"), "silu": (1, "sfu"), "gelu": (1, "sfu"),
+    "gelu_tanh": (1, "sfu"), "sin": (1, "sfu"), "cos": (1, "sfu"), "erf": (1, "sfu"),
+    "add": (2, "alu"), "sub": (2, "alu"), "mul": (2, "alu"), "max": (2, "alu"), "min": (2, "alu"),
+    "div": (2, "sfu"), "pow": (2, "sfu"), "lt": (2, "alu"), "le": (2, "alu"), "gt": (2, "alu"),
+    "ge": (2, "alu"), "eq": (2, "alu"), "ne": (2, "alu"),
+    "where": (3, "alu"), "fma": (3, "alu"),
+}
+VFUNC_NAMES = tuple(VFUNCS)
+RFUNCS = ("sum", "max", "min", "absmax")
+WORD_BYTES = 96  # every instruction encodes to one fixed-width little-endian word of this size
+
+
+class IsaError(TapeoutError):
+    """An instruction or program that does not fit the ISA (bad field, bad assembly text)."""
+
+
+# ----------------------------------------------------------------------------- geometry
+
+@dataclass(frozen=True)
+class Geometry:
+    """The chip resources the ISA addresses, derived from the chip file."""
+    name: str
+    cores: int
+    rows: int           # systolic array rows (the K side of a weight tile)
+    cols: int           # systolic array columns (the N side of a weight tile)
+    dataflow: str
+    sram_bytes: int     # per core
+    shared_bytes: int
+    lanes: int
+    macs: dict          # dtype -> MACs per cycle per core
+
+    @staticmethod
+    def from_chip(chip: Chip) -> "Geometry":
+        m = chip.cores.matrix
+        if chip.chip.kind not in ("npu", "tpu") or not m.array_rows or not m.array_cols:
+            raise IsaError(f"{chip.path or chip.name}: cores.matrix: the virtual NPU needs an npu/tpu chip "
+                           f"with array_rows and array_cols (got kind {chip.chip.kind!r})")
+        return Geometry(chip.name, chip.cores.count, m.array_rows, m.array_cols, m.dataflow,
+                        int(chip.cores.sram.bytes), int(chip.shared_buffer.bytes), chip.cores.vector.lanes,
+                        dict(m.macs_per_cycle))
+
+    def pe_macs(self, dtype: str) -> int:
+        """MACs per processing element per cycle for `dtype` (2 where 8-bit MACs split a 16-bit one)."""
+        key = {"int32": "int8"}.get(dtype, dtype)
+        n = self.macs.get(key, 0) / (self.rows * self.cols)
+        return max(1, int(round(n))) if n else 0
+
+    def tile_cols(self, dtype: str) -> int:
+        """Output columns one fold covers: array columns x MACs per PE for the input dtype."""
+        return self.cols * max(1, self.pe_macs(dtype))
+
+
+# ----------------------------------------------------------------------------- instructions
+
+def _e(kind: str, default=dataclasses.MISSING):
+    """A field with its encoding kind: 'u8' 'u32' 'i32' 'u64' 'f32' or an enum table name."""
+    return dataclasses.field(default=default, metadata={"kind": kind})
+
+
+_WAITS = ("w_dma", "w_mxu", "w_vec")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dma:
+    """Strided 3-D copy between memory spaces (queue: dma).
+
+        for i in range(n0): for j in range(n1): for k in range(n2):
+            dst_space[dst_addr + (i*ds0 + j*ds1 + k*ds2) * size(dtype)] =
+                src_space[src_addr + (i*ss0 + j*ss1 + k*ss2) * size(dtype)]      # one element
+
+    A stride of 0 on the source broadcasts; permuted strides transpose. `sram` is the issuing
+    core's scratchpad. Time: latency of the far memory + bytes / (that memory's bandwidth / cores).
+    """
+    src_space: str = _e("space")
+    src_addr: int = _e("u64")
+    dst_space: str = _e("space")
+    dst_addr: int = _e("u64")
+    dtype: str = _e("dtype")
+    n0: int = _e("u32")
+    n1: int = _e("u32")
+    n2: int = _e("u32")
+    ss0: int = _e("i32", 0)
+    ss1: int = _e("i32", 0)
+    ss2: int = _e("i32", 1)
+    ds0: int = _e("i32", 0)
+    ds1: int = _e("i32", 0)
+    ds2: int = _e("i32", 1)
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gather:
+    """Indirect row copy, e.g. an embedding lookup (queue: dma).
+
+        for i in range(n):
+            r = sram.int32[idx_addr + 4*i]
+            for j in range(cols):
+                dst_space[dst_addr + (i*cols + j)*size(dtype)] = src_space[src_addr + (r*src_stride + j)*size(dtype)]
+    """
+    src_space: str = _e("space")
+    src_addr: int = _e("u64")
+    dst_space: str = _e("space")
+    dst_addr: int = _e("u64")
+    dtype: str = _e("dtype")
+    idx_addr: int = _e("u32")
+    n: int = _e("u32")
+    cols: int = _e("u32")
+    src_stride: int = _e("u32")
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Matmul:
+    """Tile GEMM on the weight-stationary systolic array, all operands in SRAM (queue: mxu).
+
+        T = tile_cols(in_dtype)                     # array columns x MACs per PE
+        for n0 in range(0, N, T):                   # one fold: weights w[k0:k0+rows, n0:n0+T]
+          for k0 in range(0, K, rows):              #   are loaded into the PEs (stationary),
+            for m in range(M):                      #   then the M rows of `a` stream through
+              for n in range(n0, min(n0 + T, N)):
+                s = sum(f32(a[m*lda + k]) * f32(w[k*ldw + n]) for k in range(k0, min(k0 + rows, K)))
+                acc[m*ldc + n] = (acc[m*ldc + n] if (acc_in or k0 > 0) else 0) + s
+
+    in_dtype bf16/fp16/fp8 accumulate in fp32, int8 in int32 (exact). Time per instruction:
+    folds = ceil(K/rows) * ceil(N/T); weights of the next fold load while rows stream, so
+    cycles = rows (first weight load) + folds * max(M, rows) + rows + cols - 2 (skew fill/drain).
+    """
+    acc_addr: int = _e("u32")
+    a_addr: int = _e("u32")
+    w_addr: int = _e("u32")
+    M: int = _e("u32")
+    K: int = _e("u32")
+    N: int = _e("u32")
+    lda: int = _e("u32")
+    ldw: int = _e("u32")
+    ldc: int = _e("u32")
+    in_dtype: str = _e("dtype")
+    acc_dtype: str = _e("dtype")
+    acc_in: int = _e("u8", 0)
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Vec:
+    """Elementwise op on strided 2-D SRAM tiles (queue: vec).
+
+        for r in range(rows): for c in range(cols):
+            x = f32(a[a_addr + r*a_rs + c*a_cs]); y = f32(b[...]); z = f32(c[...])   # as the arity needs
+            d[d_addr + r*d_rs + c*d_cs] = cast(d_dtype, func(x, y, z, imm))
+
+    A stride of 0 broadcasts (a row vector has rs=0, a per-row scalar cs=0). The vector unit
+    computes in fp32; `cast` rounds to nearest even and, for integer and fp8 results, saturates
+    (int8 to [-128, 127], fp8 e4m3 to +-448). funcs: see VFUNCS (`adds`, `muls`, ... use imm).
+    Time: ceil(rows*cols / lanes) on the ALU, or / special_functions_per_cycle for sfu funcs.
+    """
+    func: str = _e("vfunc")
+    rows: int = _e("u32")
+    cols: int = _e("u32")
+    d_addr: int = _e("u32")
+    d_dtype: str = _e("dtype")
+    d_rs: int = _e("i32")
+    d_cs: int = _e("i32", 1)
+    a_addr: int = _e("u32")
+    a_dtype: str = _e("dtype")
+    a_rs: int = _e("i32")
+    a_cs: int = _e("i32", 1)
+    b_addr: int = _e("u32", 0)
+    b_dtype: str = _e("dtype", "fp32")
+    b_rs: int = _e("i32", 0)
+    b_cs: int = _e("i32", 0)
+    c_addr: int = _e("u32", 0)
+    c_dtype: str = _e("dtype", "fp32")
+    c_rs: int = _e("i32", 0)
+    c_cs: int = _e("i32", 0)
+    imm: float = _e("f32", 0.0)
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reduce:
+    """Row reduction of a strided 2-D SRAM tile (queue: vec).
+
+        for r in range(rows):
+            d[d_addr + r*d_rs] = cast(d_dtype, imm * func(f32(a[a_addr + r*a_rs + c*a_cs]) for c in range(cols)))
+
+    func: sum, max, min, absmax (max of |x|). Time: ceil(rows*cols / lanes) + log2(cols).
+    """
+    func: str = _e("rfunc")
+    rows: int = _e("u32")
+    cols: int = _e("u32")
+    d_addr: int = _e("u32")
+    d_dtype: str = _e("dtype")
+    d_rs: int = _e("i32")
+    a_addr: int = _e("u32")
+    a_dtype: str = _e("dtype")
+    a_rs: int = _e("i32")
+    a_cs: int = _e("i32", 1)
+    imm: float = _e("f32", 1.0)
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dequant4:
+    """int4 weight-only dequantisation with group scales (queue: vec).
+
+        for r in range(rows): for c in range(cols):
+            byte = u8[a_addr + r*(cols//2) + c//2]
+            q = signed4(byte & 0xF if c % 2 == 0 else byte >> 4)          # -8..7
+            d[d_addr + r*d_rs + c] = cast(d_dtype, q * f32(s[s_addr + (r // group)*s_rs + c]))
+
+    Time: ceil(rows*cols / lanes) on the ALU.
+    """
+    rows: int = _e("u32")
+    cols: int = _e("u32")
+    group: int = _e("u32")
+    d_addr: int = _e("u32")
+    d_dtype: str = _e("dtype")
+    d_rs: int = _e("i32")
+    a_addr: int = _e("u32")
+    s_addr: int = _e("u32")
+    s_dtype: str = _e("dtype")
+    s_rs: int = _e("i32")
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Barrier:
+    """Synchronise every queue of every core.
+
+        t = max(end time of every instruction issued before, on all queues of all cores)
+        every queue of every core resumes at t + barrier_cycles
+    """
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+# opcode -> class; the mnemonic is the lower-case class name
+OPCODES = {1: Dma, 2: Gather, 3: Matmul, 4: Vec, 5: Reduce, 6: Dequant4, 7: Barrier}
+QUEUE_OF = {Dma: "dma", Gather: "dma", Matmul: "mxu", Vec: "vec", Reduce: "vec", Dequant4: "vec", Barrier: None}
+_OPCODE_OF = {cls: op for op, cls in OPCODES.items()}
+_MNEMONIC = {cls.__name__.lower(): cls for cls in OPCODES.values()}
+_ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS}
+_STRUCT = {"u8": "B", "u32": "I", "i32": "i", "u64": "Q", "f32": "f", **{k: "B" for k in _ENUMS}}
+
+
+def fields_of(cls) -> tuple[tuple[str, str], ...]:
+    return tuple((f.name, f.metadata["kind"]) for f in dataclasses.fields(cls))
+
+
+_LAYOUT = {cls: (fields_of(cls), struct.Struct("<B" + "".join(_STRUCT[k] for _, k in fields_of(cls))))
+           for cls in OPCODES.values()}
+assert all(s.size <= WORD_BYTES for _, s in _LAYOUT.values())
+
+
+# ----------------------------------------------------------------------------- binary encoding
+
+def encode(ins) -> bytes:
+    """One instruction -> WORD_BYTES little-endian bytes: opcode, then its fields in order."""
+    fields, st = _LAYOUT[type(ins)]
+    vals = []
+    for name, kind in fields:
+        v = getattr(ins, name)
+        vals.append(_ENUMS[kind].index(v) if kind in _ENUMS else v)
+    try:
+        return st.pack(_OPCODE_OF[type(ins)], *vals).ljust(WORD_BYTES, b"\0")
+    except struct.error as e:
+        raise IsaError(f"{type(ins).__name__.lower()}: field out of range: {e}") from None
+
+
+def decode(word: bytes):
+    cls = OPCODES.get(word[0])
+    if cls is None:
+        raise IsaError(f"unknown opcode {word[0]}")
+    fields, st = _LAYOUT[cls]
+    vals = st.unpack_from(word)[1:]
+    kw = {name: (_ENUMS[kind][v] if kind in _ENUMS else v) for (name, kind), v in zip(fields, vals)}
+    return cls(**kw)
+
+
+def encode_stream(instrs: Iterable) -> bytes:
+    return b"".join(encode(i) for i in instrs)
+
+
+def decode_stream(data: bytes) -> list:
+    if len(data) % WORD_BYTES:
+        raise IsaError(f"instruction stream of {len(data)} bytes is not a multiple of {WORD_BYTES}")
+    return [decode(data[i:i + WORD_BYTES]) for i in range(0, len(data), WORD_BYTES)]
+
+
+# ----------------------------------------------------------------------------- assembly text
+
+def _fmt(kind: str, v) -> str:
+    if kind == "f32":
+        return repr(float(np.float32(v)))
+    if kind in ("u64", "u32") and v >= 4096:
+        return hex(v)
+    return str(v)
+
+
+def to_asm(ins) -> str:
+    """`mnemonic key=value ...`, every field that differs from its default."""
+    parts = [type(ins).__name__.lower()]
+    for f in dataclasses.fields(ins):
+        v = getattr(ins, f.name)
+        if f.default is dataclasses.MISSING or v != f.default:
+            parts.append(f"{f.name}={_fmt(f.metadata['kind'], v)}")
+    return " ".join(parts)
+
+
+def from_asm(line: str):
+    words = line.split("#", 1)[0].split()
+    if not words:
+        raise IsaError("empty assembly line")
+    cls = _MNEMONIC.get(words[0])
+    if cls is None:
+        raise IsaError(f"unknown mnemonic {words[0]!r} (known: {', '.join(_MNEMONIC)})")
+    kinds = dict(fields_of(cls))
+    kw = {}
+    for w in words[1:]:
+        key, eq, val = w.partition("=")
+        if not eq or key not in kinds:
+            raise IsaError(f"{words[0]}: bad operand {w!r} (fields: {', '.join(kinds)})")
+        kind = kinds[key]
+        if kind in _ENUMS:
+            if val not in _ENUMS[kind]:
+                raise IsaError(f"{words[0]}: {key}={val!r} is not one of {', '.join(_ENUMS[kind])}")
+            kw[key] = val
+        else:
+            kw[key] = float(val) if kind == "f32" else int(val, 0)
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise IsaError(f"{words[0]}: {e}") from None
+
+
+def program_to_asm(streams: list[list]) -> str:
+    out = []
+    for c, s in enumerate(streams):
+        out.append(f".core {c}")
+        out.extend("  " + to_asm(i) for i in s)
+    return "\n".join(out) + "\n"
+
+
+def program_from_asm(text: str) -> list[list]:
+    streams: list[list] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        if s.startswith(".core"):
+            streams.append([])
+            continue
+        if not streams:
+            raise IsaError(f"line {n}: instruction before the first '.core' directive")
+        try:
+            streams[-1].append(from_asm(s))
+        except IsaError as e:
+            raise IsaError(f"line {n}: {e}") from None
+    return streams
+
+
+def queue_of(ins) -> str | None:
+    return QUEUE_OF[type(ins)]
+
+
+def dtype_size(name: str) -> int:
+    return DTYPES[name].itemsize
+
+
+def matmul_cycles(geom: Geometry, M: int, K: int, N: int, in_dtype: str, overlap: bool = True) -> int:
+    """Cycles of one Matmul (see its docstring). overlap=False: each fold loads its weights,
+    then streams and drains alone (SCALE-Sim's WS model: folds * (2*rows + cols + M - 2))."""
+    folds = math.ceil(K / geom.rows) * math.ceil(N / geom.tile_cols(in_dtype))
+    if not overlap:
+        return folds * (2 * geom.rows + geom.cols + M - 2)
+    return geom.rows + folds * max(M, geom.rows) + geom.rows + geom.cols - 2

@@ -1,0 +1,375 @@
+"""The virtual NPU: executes a Program and times it in the same walk.
+
+One walk, many uses (VTA's simulator): every instruction is visited once, in each core's
+program order. The walk computes its start and end cycle on its queue (dma, mxu or vec of
+its core) -- after the queue is free and after the instructions its wait fields name have
+completed -- and, unless `count_only`, performs the loop of its docstring with numpy on the
+modelled DRAM, shared buffer and per-core SRAM. Program order is a valid topological order
+(waits only name earlier instructions), so executing in that order is exact; the timeline
+records the overlap the queues would achieve. `Barrier` closes a segment: all cores reach it
+before any continues.
+
+Costs, all derived from the chip file plus `data/npu_timing.json`:
+  Dma      bytes / (bandwidth of the far memory / cores) cycles on the dma queue; the result is
+           ready `latency` later (DMAs pipeline: the queue is free while the latency elapses)
+  Matmul   isa.matmul_cycles (folds of the weight-stationary array)
+  Vec etc. ceil(elements / lanes) (ALU) or / special_functions_per_cycle (SFU), at least the
+           SRAM bytes touched / sram bandwidth, + vector_pipeline_cycles
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .isa import (DTYPES, QUEUES, VFUNCS, Barrier, Dequant4, Dma, Gather, Geometry, IsaError, Matmul,
+                  Reduce, Vec, matmul_cycles)
+from .program import Program
+
+_Q = {q: i for i, q in enumerate(QUEUES)}
+
+
+@lru_cache(maxsize=None)
+def timing_params() -> dict:
+    return json.loads((resources.files("tapeout.data") / "npu_timing.json").read_text())
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-core costs of the chip, in cycles."""
+    geom: Geometry
+    clock_hz: float
+    bytes_per_cycle: dict      # space -> per-core DMA bytes per cycle
+    latency: dict              # space -> cycles
+    lanes: int
+    sfu_per_cycle: float
+    sram_bytes_per_cycle: float
+    vec_overhead: int
+    barrier: int
+    overlap: bool
+
+    @staticmethod
+    def from_chip(chip) -> "Timing":
+        p, clk, n = timing_params(), chip.cores.clock_hz, chip.cores.count
+        sram_bw = chip.cores.sram.bandwidth_bytes_per_cycle
+        dram_bw = chip.dram.bandwidth_bytes_per_s or chip.shared_buffer.bandwidth_bytes_per_s
+        bpc = {"dram": dram_bw / n / clk, "shared": chip.shared_buffer.bandwidth_bytes_per_s / n / clk,
+               "sram": sram_bw}
+        lat = {k: int(round(v * clk)) for k, v in p["dma_latency_s"].items()}
+        v = chip.cores.vector
+        return Timing(Geometry.from_chip(chip), clk, bpc, lat, v.lanes,
+                      v.special_functions_per_cycle or v.lanes / 4, sram_bw, p["vector_pipeline_cycles"],
+                      p["barrier_cycles"], bool(p["matrix_weight_double_buffered"]))
+
+
+# ----------------------------------------------------------------------------- numerics
+
+def cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    """fp32 -> ISA dtype: round to nearest even; integers and fp8 saturate."""
+    if dtype == "int8":
+        return np.clip(np.rint(x), -128, 127).astype(np.int8)
+    if dtype == "u8":
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    if dtype == "int32":
+        return np.clip(np.rint(x), -2**31, 2**31 - 1).astype(np.int32)
+    if dtype == "fp8":
+        return np.clip(x, -448.0, 448.0).astype(DTYPES["fp8"])
+    return x.astype(DTYPES[dtype])
+
+
+def _erf(x):
+    # Abramowitz & Stegun 7.1.26 is too coarse for gelu at fp32; use the complementary series via tanh-free formula
+    t = 1.0 / (1.0 + 0.5 * np.abs(x))
+    y = 1 - t * np.exp(-x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+    return np.sign(x) * y
+
+
+_F = {
+    "copy": lambda a, b, c, s: a, "neg": lambda a, b, c, s: -a, "abs": lambda a, b, c, s: np.abs(a),
+    "relu": lambda a, b, c, s: np.maximum(a, 0), "adds": lambda a, b, c, s: a + s,
+    "muls": lambda a, b, c, s: a * s, "maxs": lambda a, b, c, s: np.maximum(a, s),
+    "mins": lambda a, b, c, s: np.minimum(a, s), "rsubs": lambda a, b, c, s: s - a,
+    "pows": lambda a, b, c, s: np.power(a, s), "exp": lambda a, b, c, s: np.exp(a),
+    "log": lambda a, b, c, s: np.log(a), "sqrt": lambda a, b, c, s: np.sqrt(a),
+    "rsqrt": lambda a, b, c, s: 1 / np.sqrt(a), "recip": lambda a, b, c, s: 1 / a,
+    "tanh": lambda a, b, c, s: np.tanh(a), "sigmoid": lambda a, b, c, s: 1 / (1 + np.exp(-a)),
+    "silu": lambda a, b, c, s: a / (1 + np.exp(-a)),
+    "gelu": lambda a, b, c, s: 0.5 * a * (1 + _erf(a * np.float32(0.7071067811865476))),
+    "gelu_tanh": lambda a, b, c, s: 0.5 * a * (1 + np.tanh(np.float32(0.7978845608028654) * (a + 0.044715 * a ** 3))),
+    "sin": lambda a, b, c, s: np.sin(a), "cos": lambda a, b, c, s: np.cos(a), "erf": lambda a, b, c, s: _erf(a),
+    "add": lambda a, b, c, s: a + b, "sub": lambda a, b, c, s: a - b, "mul": lambda a, b, c, s: a * b,
+    "max": lambda a, b, c, s: np.maximum(a, b), "min": lambda a, b, c, s: np.minimum(a, b),
+    "div": lambda a, b, c, s: a / b, "pow": lambda a, b, c, s: np.power(a, b),
+    "lt": lambda a, b, c, s: (a < b).astype(np.float32), "le": lambda a, b, c, s: (a <= b).astype(np.float32),
+    "gt": lambda a, b, c, s: (a > b).astype(np.float32), "ge": lambda a, b, c, s: (a >= b).astype(np.float32),
+    "eq": lambda a, b, c, s: (a == b).astype(np.float32), "ne": lambda a, b, c, s: (a != b).astype(np.float32),
+    "where": lambda a, b, c, s: np.where(a != 0, b, c), "fma": lambda a, b, c, s: a * b + c,
+}
+_R = {"sum": lambda x: x.sum(axis=1), "max": lambda x: x.max(axis=1), "min": lambda x: x.min(axis=1),
+      "absmax": lambda x: np.abs(x).max(axis=1)}
+assert set(_F) == set(VFUNCS)
+
+
+class Memory:
+    """Byte-addressed DRAM, shared buffer and per-core SRAM as numpy uint8 arrays."""
+
+    def __init__(self, prog: Program, geom: Geometry):
+        up = lambda n: max(64, -(-int(n) // 64) * 64)
+        self.bufs = {"dram": np.zeros(up(prog.dram_bytes), np.uint8),
+                     "shared": np.zeros(up(prog.shared_bytes), np.uint8)}
+        self.sram = [np.zeros(up(geom.sram_bytes), np.uint8) for _ in range(geom.cores)]
+
+    def buf(self, space: str, core: int) -> np.ndarray:
+        return self.sram[core] if space == "sram" else self.bufs[space]
+
+    def view(self, space: str, core: int, addr: int, dtype: str, shape, strides) -> np.ndarray:
+        buf, dt = self.buf(space, core), DTYPES[dtype]
+        es = dt.itemsize
+        if addr % es:
+            raise IsaError(f"{space} address {addr:#x} is not aligned to {dtype}")
+        extent = addr + (sum((n - 1) * s for n, s in zip(shape, strides) if n > 0) + 1) * es
+        if any(s < 0 for s in strides) or extent > len(buf) or min(shape) <= 0:
+            raise IsaError(f"{space} access {dtype}{list(shape)} strides {list(strides)} at {addr:#x} "
+                           f"is outside the {len(buf)}-byte memory")
+        base = buf[addr:addr + (len(buf) - addr) // es * es].view(dt)
+        return as_strided(base, tuple(shape), tuple(s * es for s in strides), writeable=True)
+
+    def write(self, space, addr, arr: np.ndarray, dtype: str):
+        a = np.ascontiguousarray(arr.astype(DTYPES[dtype], copy=False))
+        self.bufs[space][addr:addr + a.nbytes] = a.view(np.uint8).reshape(-1)
+
+    def read(self, space, addr, shape, dtype) -> np.ndarray:
+        n = math.prod(shape) * DTYPES[dtype].itemsize
+        return self.bufs[space][addr:addr + n].view(DTYPES[dtype]).reshape(shape).copy()
+
+
+# ----------------------------------------------------------------------------- execution (functional)
+
+def _f32(x):
+    return x.astype(np.float32, copy=False)
+
+
+def exec_dma(m: Memory, c: int, i: Dma):
+    shape = (i.n0, i.n1, i.n2)
+    src = m.view(i.src_space, c, i.src_addr, i.dtype, shape, (i.ss0, i.ss1, i.ss2))
+    dst = m.view(i.dst_space, c, i.dst_addr, i.dtype, shape, (i.ds0, i.ds1, i.ds2))
+    dst[...] = src.copy()
+
+
+def exec_gather(m: Memory, c: int, i: Gather):
+    idx = m.view("sram", c, i.idx_addr, "int32", (i.n,), (1,))
+    rows = int(idx.max()) + 1 if i.n else 1
+    if idx.min() < 0:
+        raise IsaError(f"gather: negative row index {int(idx.min())}")
+    table = m.view(i.src_space, c, i.src_addr, i.dtype, (rows, i.cols), (i.src_stride, 1))
+    m.view(i.dst_space, c, i.dst_addr, i.dtype, (i.n, i.cols), (i.cols, 1))[...] = table[idx]
+
+
+def exec_matmul(m: Memory, c: int, i: Matmul):
+    a = m.view("sram", c, i.a_addr, i.in_dtype, (i.M, i.K), (i.lda, 1))
+    w = m.view("sram", c, i.w_addr, i.in_dtype, (i.K, i.N), (i.ldw, 1))
+    acc = m.view("sram", c, i.acc_addr, i.acc_dtype, (i.M, i.N), (i.ldc, 1))
+    if i.acc_dtype == "int32":    # exact: |products| < 2^14, sums far below 2^53
+        s = (a.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
+        acc[...] = (acc.astype(np.int64) + s if i.acc_in else s).astype(np.int32)
+    else:
+        s = _f32(a) @ _f32(w)
+        acc[...] = cast(_f32(acc) + s if i.acc_in else s, i.acc_dtype)
+
+
+def _operand(m, c, rows, cols, addr, dtype, rs, cs):
+    return _f32(m.view("sram", c, addr, dtype, (rows, cols), (rs, cs)))
+
+
+def exec_vec(m: Memory, c: int, i: Vec):
+    ar = VFUNCS[i.func][0]
+    a = _operand(m, c, i.rows, i.cols, i.a_addr, i.a_dtype, i.a_rs, i.a_cs)
+    b = _operand(m, c, i.rows, i.cols, i.b_addr, i.b_dtype, i.b_rs, i.b_cs) if ar > 1 else None
+    z = _operand(m, c, i.rows, i.cols, i.c_addr, i.c_dtype, i.c_rs, i.c_cs) if ar > 2 else None
+    with np.errstate(all="ignore"):
+        r = _F[i.func](a, b, z, np.float32(i.imm))
+    m.view("sram", c, i.d_addr, i.d_dtype, (i.rows, i.cols), (i.d_rs, i.d_cs))[...] = cast(_f32(r), i.d_dtype)
+
+
+def exec_reduce(m: Memory, c: int, i: Reduce):
+    a = _operand(m, c, i.rows, i.cols, i.a_addr, i.a_dtype, i.a_rs, i.a_cs)
+    r = _R[i.func](a) * np.float32(i.imm)
+    m.view("sram", c, i.d_addr, i.d_dtype, (i.rows,), (i.d_rs,))[...] = cast(_f32(r), i.d_dtype)
+
+
+def exec_dequant4(m: Memory, c: int, i: Dequant4):
+    packed = m.view("sram", c, i.a_addr, "u8", (i.rows, i.cols // 2), (i.cols // 2, 1))
+    q = np.empty((i.rows, i.cols), np.int8)
+    q[:, 0::2] = (packed & 0xF).astype(np.int8)
+    q[:, 1::2] = (packed >> 4).astype(np.int8)
+    q = np.where(q > 7, q - 16, q).astype(np.float32)
+    s = _operand(m, c, -(-i.rows // i.group), i.cols, i.s_addr, i.s_dtype, i.s_rs, 1)
+    r = q * np.repeat(s, i.group, axis=0)[:i.rows]
+    m.view("sram", c, i.d_addr, i.d_dtype, (i.rows, i.cols), (i.d_rs, 1))[...] = cast(r, i.d_dtype)
+
+
+EXEC = {Dma: exec_dma, Gather: exec_gather, Matmul: exec_matmul, Vec: exec_vec, Reduce: exec_reduce,
+        Dequant4: exec_dequant4}
+
+
+# ----------------------------------------------------------------------------- costs (cycles, bytes)
+
+def _dma_cost(t: Timing, i):
+    n = i.n0 * i.n1 * i.n2 if type(i) is Dma else i.n * i.cols
+    nbytes = n * DTYPES[i.dtype].itemsize
+    far = [s for s in (i.src_space, i.dst_space) if s != "sram"] or ["sram"]
+    bpc = min(t.bytes_per_cycle[s] for s in far)
+    lat = max(t.latency[s] for s in far)
+    traffic = {i.src_space: nbytes}
+    traffic[i.dst_space] = traffic.get(i.dst_space, 0) + nbytes
+    return math.ceil(nbytes / bpc), lat, traffic
+
+
+def _matmul_cost(t: Timing, i: Matmul):
+    es, ea = DTYPES[i.in_dtype].itemsize, DTYPES[i.acc_dtype].itemsize
+    nbytes = (i.M * i.K + i.K * i.N) * es + i.M * i.N * ea * (2 if i.acc_in else 1)
+    return matmul_cycles(t.geom, i.M, i.K, i.N, i.in_dtype, t.overlap), 0, {"sram": nbytes}
+
+
+def _vec_cost(t: Timing, i):
+    rows, cols = i.rows, i.cols
+    n = rows * cols
+    if type(i) is Vec:
+        ar, unit = VFUNCS[i.func]
+        nbytes = n * (DTYPES[i.d_dtype].itemsize + DTYPES[i.a_dtype].itemsize
+                      + (DTYPES[i.b_dtype].itemsize if ar > 1 else 0) + (DTYPES[i.c_dtype].itemsize if ar > 2 else 0))
+        per = t.sfu_per_cycle if unit == "sfu" else t.lanes
+        cyc = math.ceil(n / per)
+    elif type(i) is Reduce:
+        nbytes = n * DTYPES[i.a_dtype].itemsize + rows * DTYPES[i.d_dtype].itemsize
+        cyc = math.ceil(n / t.lanes) + max(1, cols).bit_length()
+    else:  # Dequant4
+        nbytes = n // 2 + n * DTYPES[i.d_dtype].itemsize
+        cyc = math.ceil(n / t.lanes)
+    return max(cyc, math.ceil(nbytes / t.sram_bytes_per_cycle)) + t.vec_overhead, 0, {"sram": nbytes}
+
+
+COST = {Dma: _dma_cost, Gather: _dma_cost, Matmul: _matmul_cost, Vec: _vec_cost, Reduce: _vec_cost,
+        Dequant4: _vec_cost}
+QIDX = {Dma: 0, Gather: 0, Matmul: 1, Vec: 2, Reduce: 2, Dequant4: 2}
+
+
+# ----------------------------------------------------------------------------- the walk
+
+@dataclass(frozen=True)
+class Result:
+    outputs: list                  # numpy arrays (None in count-only mode)
+    stats: dict
+    events: list                   # (core, queue index, start, end, instruction)
+    clock_hz: float
+
+
+def simulate(prog: Program, inputs=(), count_only: bool = False) -> Result:
+    """Run `prog`; `inputs` are numpy arrays in the order of prog.inputs."""
+    t = Timing.from_chip(prog.chip)
+    mem = None if count_only else _load(prog, t.geom, inputs)
+    ncores = len(prog.streams)
+    free = [[0, 0, 0] for _ in range(ncores)]          # cycle each queue is next free
+    done = [([], [], []) for _ in range(ncores)]        # completion cycle of each instruction, per queue
+    busy, stall = [0, 0, 0], [0, 0, 0]
+    traffic: dict = {"dram": 0, "shared": 0, "sram": 0}
+    events: list = []
+    pos = [0] * ncores
+    release = 0
+    while True:
+        for c in range(ncores):
+            pos[c] = _run_segment(prog.streams[c], pos[c], c, t, mem, free[c], done[c], busy, stall, traffic, events)
+        ends = [max(max(f), *(d[-1] for d in dn if d)) if any(dn) else max(f) for f, dn in zip(free, done)]
+        release = max(ends + [release])
+        if all(pos[c] >= len(prog.streams[c]) for c in range(ncores)):
+            break
+        if not all(pos[c] < len(prog.streams[c]) for c in range(ncores)):
+            raise IsaError("barrier count differs between cores")
+        release += t.barrier
+        for c in range(ncores):
+            free[c][:] = [release] * 3
+            pos[c] += 1                                  # step over the barrier
+    outs = None if count_only else [cast(_f32(mem.read(o.space, o.addr, o.shape, o.dtype)), "fp32") for o in prog.outputs]
+    return Result(outs, _stats(prog, t, release, busy, stall, traffic), events, t.clock_hz)
+
+
+def _run_segment(stream, p, c, t, mem, free, done, busy, stall, traffic, events):
+    n = len(stream)
+    while p < n:
+        i = stream[p]
+        cls = type(i)
+        if cls is Barrier:
+            return p
+        q = QIDX[cls]
+        ready = free[q]
+        for k, w in ((0, i.w_dma), (1, i.w_mxu), (2, i.w_vec)):
+            if w:
+                if w > len(done[k]):
+                    raise IsaError(f"core {c} instruction {p}: waits for {QUEUES[k]} count {w}, "
+                                   f"but only {len(done[k])} issued before it")
+                ready = max(ready, done[k][w - 1])
+        occ, lat, tr = COST[cls](t, i)
+        stall[q] += ready - free[q]
+        free[q] = ready + occ
+        dq = done[q]
+        dq.append(max(ready + occ + lat, dq[-1]) if dq else ready + occ + lat)   # counters complete in order
+        busy[q] += occ
+        for k, v in tr.items():
+            traffic[k] += v
+        events.append((c, q, ready, ready + occ + lat, i))
+        if mem is not None:
+            EXEC[cls](mem, c, i)
+        p += 1
+    return p
+
+
+def _load(prog: Program, geom: Geometry, inputs) -> Memory:
+    mem = Memory(prog, geom)
+    if len(inputs) != len(prog.inputs):
+        raise IsaError(f"program takes {len(prog.inputs)} inputs, got {len(inputs)}")
+    for tns, arr in prog.constants:
+        if arr is None:
+            raise IsaError(f"constant {tns.name} has no data (abstract weights): use count_only=True")
+        mem.write(tns.space, tns.addr, np.asarray(arr).reshape(tns.shape), tns.dtype)
+    for tns, arr in zip(prog.inputs, inputs):
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != tuple(tns.shape):
+            raise IsaError(f"input {tns.name}: expected shape {list(tns.shape)}, got {list(arr.shape)}")
+        mem.write(tns.space, tns.addr, cast(_f32(arr), tns.dtype) if tns.dtype != "int32" else arr.astype(np.int32), tns.dtype)
+    return mem
+
+
+def _stats(prog, t: Timing, cycles, busy, stall, traffic) -> dict:
+    ncores = len(prog.streams)
+    cycles = max(int(cycles), 1)
+    return {
+        "cycles": cycles,
+        "seconds": cycles / t.clock_hz,
+        "engine_busy_cycles": {q: int(busy[k]) for k, q in enumerate(QUEUES)},
+        "utilization": {q: busy[k] / (cycles * ncores) for k, q in enumerate(QUEUES)},
+        "stall_cycles": {q: int(stall[k]) for k, q in enumerate(QUEUES)},
+        "bytes": {k: int(v) for k, v in traffic.items()},
+        "instructions": prog.n_instructions,
+        "cores": ncores,
+    }
+
+
+def write_trace(result: Result, path, max_events: int = 500_000) -> int:
+    """Chrome / Perfetto trace JSON: pid = core, tid = queue, one complete event per instruction."""
+    us = 1e6 / result.clock_hz
+    ev = [{"ph": "M", "name": "process_name", "pid": c, "args": {"name": f"core {c}"}}
+          for c in sorted({e[0] for e in result.events})]
+    ev += [{"ph": "M", "name": "thread_name", "pid": c, "tid": k, "args": {"name": q}}
+           for c in sorted({e[0] for e in result.events}) for k, q in enumerate(QUEUES)]
+    for c, q, s, e, ins in result.events[:max_events]:
+        ev.append({"ph": "X", "pid": c, "tid": q, "ts": s * us, "dur": max(e - s, 1) * us,
+                   "name": type(ins).__name__.lower() + (f".{ins.func}" if hasattr(ins, "func") else "")})
+    with open(path, "w") as f:
+        json.dump({"traceEvents": ev, "displayTimeUnit": "ns"}, f)
+    return len(ev)
