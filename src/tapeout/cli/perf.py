@@ -1,0 +1,144 @@
+"""`tapeout predict / estimate / compare / roofline / measure`: the performance model on the command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import console, gib, print_json, si
+
+_MODEL = typer.Option(..., "--model", "-m", help="shipped model name, config.json path or local HF model folder")
+_WEIGHTS = typer.Option("bf16", "--weights", help="weight dtype: bf16, fp16, fp8, int8, int4 (weight-only)")
+_KV = typer.Option(None, "--kv", help="KV-cache dtype (default: fp8 with fp8 weights, else bf16)")
+_IMPL = typer.Option("fused", "--impl", help="fused (vLLM/TensorRT-LLM-like) or pytorch-cudagraph")
+
+
+def predict(file: Path = typer.Argument(..., help="JSON in ../shared/calibration's format ('ms' optional)"),
+            chip: str = typer.Option(..., "--chip", "-c", help="chip preset or .toml path"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the JSON with predicted_ms here")):
+    """Add "predicted_ms" to every gemm/attention/memory/llm entry; print error statistics."""
+    from ..errors import TapeoutError
+    from ..perf.predict import SECTIONS, errors, predict_entries
+
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise TapeoutError(f"{file}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TapeoutError(f"{file}: not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not any(isinstance(data.get(s), list) for s in SECTIONS):
+        raise TapeoutError(f"{file}: no gemm/attention/memory/llm lists: not a calibration-format file")
+    res = predict_entries(data, chip)
+    stats = errors(res)
+    t = Table(title=f"predicted on {chip} ({file.name})")
+    for col in ("section", "entries", "measured", "unpredicted", "MAPE %", "median %", "max %"):
+        t.add_column(col, justify="right" if col != "section" else "left")
+    for s, v in stats.items():
+        f = lambda x: "-" if x != x else f"{x:.1f}"
+        t.add_row(s, str(v["n"]), str(v["measured"]), str(v["unpredicted"]), f(v["mape"]), f(v["median"]), f(v["max"]))
+    console.print(t)
+    for s in SECTIONS:
+        for e in res.get(s) or []:
+            if e.get("predicted_ms") is None:
+                console.print(f"[yellow]not predicted[/] {s}: {json.dumps({k: v for k, v in e.items() if k != 'reason'})}: {e['reason']}")
+    if out:
+        out.write_text(json.dumps(res, indent=1))
+        console.print(f"wrote {out}")
+
+
+def _estimate_kw(batch, prompt, output, weights, kv, impl, tp):
+    return dict(batch=batch, prompt=prompt, output=output, weights=weights, kv=kv, impl=impl, tp=tp)
+
+
+def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip", "-c"),
+             batch: int = typer.Option(1, "--batch", "-b"), prompt: int = typer.Option(1024, "--prompt", "-p"),
+             output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
+             impl: str = _IMPL, tp: int = typer.Option(1, "--tp", help="tensor-parallel chips"),
+             json_out: bool = typer.Option(False, "--json")):
+    """TTFT, TPOT, latency, tokens/s, memory and what bounds each phase, for one model on one chip."""
+    from ..perf.api import estimate as est
+
+    r = est(model, chip, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp))
+    if json_out:
+        print_json(r.to_dict())
+        return
+    _print_estimates([r])
+    b = Table(title="time by kernel kind (prefill step / one decode step)")
+    b.add_column("kind"); b.add_column("prefill", justify="right"); b.add_column("decode", justify="right")
+    kinds = dict.fromkeys([*r.breakdown["prefill"], *r.breakdown["decode"]])
+    for k in kinds:
+        b.add_row(k, _ms(r.breakdown["prefill"].get(k)), _ms(r.breakdown["decode"].get(k)))
+    console.print(b)
+
+
+def _ms(s: float | None) -> str:
+    return "-" if s is None else (f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.3f} s")
+
+
+def _print_estimates(rs) -> None:
+    t = Table(title=f"{rs[0].model}: batch {rs[0].batch}, prompt {rs[0].prompt}, output {rs[0].output}, "
+                    f"weights {rs[0].settings['weights']}, kv {rs[0].settings['kv']}, {rs[0].settings['impl']}")
+    t.add_column("metric")
+    for r in rs:
+        t.add_column(r.chip, justify="right")
+    rows = [("TTFT", lambda r: _ms(r.ttft_s)), ("TPOT", lambda r: _ms(r.tpot_s)), ("end-to-end", lambda r: _ms(r.e2e_s)),
+            ("tokens/s (request)", lambda r: f"{r.tokens_per_s:,.0f}"),
+            ("tokens/s (decode)", lambda r: f"{r.decode_tokens_per_s:,.0f}"),
+            ("memory used", lambda r: f"{gib(r.memory_bytes)} / {gib(r.memory.capacity_bytes)}"),
+            ("prefill bound", lambda r: r.bounds["prefill"]), ("decode bound", lambda r: r.bounds["decode"]),
+            ("clock (prefill/decode)", lambda r: f"{r.prefill.clock_hz / 1e9:.2f} / {r.decode.clock_hz / 1e9:.2f} GHz")]
+    for name, f in rows:
+        t.add_row(name, *[f(r) for r in rs])
+    console.print(t)
+
+
+def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout-n7", "--chips", help="comma-separated"),
+            batch: int = typer.Option(1, "--batch", "-b"), prompt: int = typer.Option(1024, "--prompt", "-p"),
+            output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
+            impl: str = _IMPL, tp: int = typer.Option(1, "--tp"), json_out: bool = typer.Option(False, "--json")):
+    """The same estimate side by side on several chips."""
+    from ..errors import DoesNotFitError
+    from ..perf.api import estimate as est
+
+    rs, skipped = [], []
+    for c in [c.strip() for c in chips.split(",") if c.strip()]:
+        try:
+            rs.append(est(model, c, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp)))
+        except DoesNotFitError as e:
+            skipped.append(str(e))
+    if json_out:
+        print_json({"results": [r.to_dict() for r in rs], "skipped": skipped})
+        return
+    if rs:
+        _print_estimates(rs)
+    for s in skipped:
+        console.print(f"[yellow]skipped:[/] {s}", soft_wrap=True)
+
+
+def roofline(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip", "-c"),
+             batch: int = typer.Option(1, "--batch", "-b"), prompt: int = typer.Option(1024, "--prompt", "-p"),
+             output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
+             impl: str = _IMPL, out: Path = typer.Option(Path("roofline.png"), "--out", "-o")):
+    """A roofline plot of every kernel of the prefill and decode steps."""
+    from ..perf.plots import roofline_plot
+
+    roofline_plot(model, chip, out, **_estimate_kw(batch, prompt, output, weights, kv, impl, 1))
+    console.print(f"wrote {out}")
+
+
+def measure(out: Path = typer.Option(..., "--out", "-o", help="where to write the measurements (JSON)"),
+            budget_s: float = typer.Option(300.0, "--budget-s", help="stop measuring after this many seconds"),
+            quick: bool = typer.Option(False, "--quick", help="a few entries per section only")):
+    """Measure this machine's NVIDIA GPU in the calibration format (needs PyTorch with CUDA)."""
+    from ..perf.measure import measure as run
+
+    n = run(out, budget_s=budget_s, quick=quick)
+    console.print(f"wrote {out}: {n} entries")
+
+
+def register(app: typer.Typer) -> None:
+    for f in (predict, estimate, compare, roofline, measure):
+        app.command(f.__name__)(f)

@@ -1,0 +1,151 @@
+"""The performance model's Python API: one entry point per level.
+
+    >>> import tapeout
+    >>> r = tapeout.estimate("qwen2.5-7b", chip="h100-sxm", batch=8, prompt=2048, output=256)
+    >>> r.ttft_s < 1 and r.tpot_s < 0.1
+    True
+    >>> tapeout.step_time("llama-3.1-8b", chip="h100-sxm", phase="decode", batch=64, context=4096) < 0.1
+    True
+
+- `step_time(model, chip, phase, batch, context|prompt)`: seconds of one prefill or decode step.
+- `batch_time(model, chip, Batch)`: seconds of one mixed serving batch (the serving simulator's seam).
+- `estimate(model, chip, batch, prompt, output)`: TTFT, TPOT, end-to-end latency, tokens/s, memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..chip import Chip, load_chip
+from ..errors import DoesNotFitError, TapeoutError
+from ..llm.kernels import Batch, Dtypes, build_step
+from ..llm.spec import ModelSpec, load_model
+from .step import StepTime, run_kernels
+
+GiB = 2.0 ** 30
+
+
+def _dtypes(weights: str, kv: str | None, activations: str | None, chip: Chip) -> Dtypes:
+    act = activations
+    if act is None:  # 8-bit weights run 8-bit GEMMs where the chip has them (W8A8, as serving engines do)
+        act = weights if weights in ("fp8", "int8") and chip.supports(weights) else "bf16"
+    return Dtypes(weights=weights, activations=act, kv=kv or ("fp8" if weights == "fp8" and chip.supports("fp8") else "bf16"))
+
+
+def run_batch(model, chip, batch: Batch, *, weights: str = "bf16", kv: str | None = None,
+              activations: str | None = None, impl: str = "fused", tp: int = 1, ep: int = 1) -> StepTime:
+    """Per-kernel timing of one step of `batch` (the full result behind batch_time/step_time)."""
+    c, spec = load_chip(chip), load_model(model)
+    ks = build_step(spec, batch, _dtypes(weights, kv, activations, c), impl, tp, ep)
+    return run_kernels(c, ks, queued=True)
+
+
+def batch_time(model, chip, batch: Batch, **kw) -> float:
+    """Seconds of one step over a mixed batch of prefill chunks and decodes."""
+    return run_batch(model, chip, batch, **kw).seconds
+
+
+def step_time(model, chip="h100-sxm", phase: str = "decode", batch: int = 1, context: int | None = None,
+              prompt: int | None = None, **kw) -> float:
+    """Seconds of one prefill (`prompt` tokens each) or decode (`context` cached tokens each) step."""
+    length = context if phase == "decode" else (prompt if prompt is not None else context)
+    if length is None:
+        raise TapeoutError(f"step_time: give context= for decode or prompt= for prefill")
+    return batch_time(model, chip, Batch.of(phase, batch, length), **kw)
+
+
+@dataclass(frozen=True)
+class Memory:
+    weights_bytes: float
+    kv_cache_bytes: float
+    activation_bytes: float
+    capacity_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.capacity_bytes
+
+
+def memory_use(spec: ModelSpec, chip: Chip, dt: Dtypes, batch: int, tokens: int, prompt: int, tp: int = 1) -> Memory:
+    """Weights + KV cache (batch x tokens) + the largest prefill activations, per chip of `tp`."""
+    w = spec.n_params * dt.w / tp
+    kv = batch * tokens * spec.kv_bytes_per_token(dt.kvb) / tp
+    inter = spec.moe.intermediate * spec.moe.top_k if spec.moe else spec.intermediate
+    act = batch * prompt * (2 * spec.hidden + 3 * inter / tp) * dt.a + batch * spec.vocab * 4
+    return Memory(w, kv, act, chip.memory_bytes)
+
+
+def check_fit(m: Memory, chip: Chip, spec: ModelSpec) -> None:
+    if not m.fits:
+        raise DoesNotFitError(
+            f"{spec.name} does not fit on {chip.name}: needs {m.total_bytes / GiB:.1f} GiB "
+            f"(weights {m.weights_bytes / GiB:.1f}, KV cache {m.kv_cache_bytes / GiB:.1f}, activations "
+            f"{m.activation_bytes / GiB:.1f}), chip has {m.capacity_bytes / GiB:.1f} GiB; try --weights fp8/int4, "
+            f"a smaller batch or more chips (--tp)")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    chip: str
+    batch: int
+    prompt: int
+    output: int
+    ttft_s: float
+    tpot_s: float
+    e2e_s: float
+    tokens_per_s: float         # generated tokens per second over the whole request (batch x output / e2e)
+    decode_tokens_per_s: float  # batch / TPOT
+    memory: Memory
+    prefill: StepTime
+    decode: StepTime
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory.total_bytes
+
+    @property
+    def breakdown(self) -> dict[str, dict[str, float]]:
+        """Seconds by kernel kind: prefill (the whole TTFT step) and decode (one average step)."""
+        return {"prefill": self.prefill.by_kind(), "decode": self.decode.by_kind()}
+
+    @property
+    def bounds(self) -> dict[str, str]:
+        return {"prefill": self.prefill.bound, "decode": self.decode.bound}
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "chip": self.chip, "batch": self.batch, "prompt": self.prompt,
+                "output": self.output, "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "e2e_s": self.e2e_s,
+                "tokens_per_s": self.tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "memory": {"weights_bytes": self.memory.weights_bytes, "kv_cache_bytes": self.memory.kv_cache_bytes,
+                           "activation_bytes": self.memory.activation_bytes, "total_bytes": self.memory.total_bytes,
+                           "capacity_bytes": self.memory.capacity_bytes},
+                "bounds": self.bounds, "breakdown": self.breakdown,
+                "clock_hz": {"prefill": self.prefill.clock_hz, "decode": self.decode.clock_hz},
+                "settings": self.settings}
+
+
+def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output: int = 128, *,
+             weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str = "fused",
+             tp: int = 1, ep: int = 1, check_memory: bool = True) -> Estimate:
+    """Latency and throughput of `batch` requests of `prompt` tokens generating `output` tokens each.
+
+    TTFT is one prefill step of the whole batch; TPOT is the decode step at the mean context
+    (decode time is linear in context, so this is the exact average over the output)."""
+    if batch < 1 or prompt < 1 or output < 1:
+        raise TapeoutError("batch, prompt and output must be >= 1")
+    c, spec = load_chip(chip), load_model(model)
+    dt = _dtypes(weights, kv, activations, c)
+    mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp)
+    if check_memory:
+        check_fit(mem, c, spec)
+    pre = run_kernels(c, build_step(spec, Batch.of("prefill", batch, prompt), dt, impl, tp, ep))
+    dec = run_kernels(c, build_step(spec, Batch.of("decode", batch, prompt + output // 2), dt, impl, tp, ep))
+    e2e = pre.seconds + (output - 1) * dec.seconds
+    settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": impl, "tp": tp, "ep": ep}
+    return Estimate(spec.name, c.name, batch, prompt, output, pre.seconds, dec.seconds, e2e,
+                    batch * output / e2e, batch / dec.seconds, mem, pre, dec, settings)

@@ -1,0 +1,160 @@
+"""Per-kernel cost: how long one kernel takes on a chip, from the chip file and family parameters.
+
+Every cost is a triple (cycles, memory_s, overhead_s): `cycles` of the cores (scale with the
+clock), `memory_s` of DRAM streaming (does not), `overhead_s` fixed (launch, pipeline fill,
+reductions). At clock f the kernel takes ``overhead_s + max(cycles / f, memory_s)``.
+
+GEMMs are mapped onto the cores as output tiles (tile shapes, split-K for skinny shapes, waves
+across the cores with the tail wave), each tile's MACs on the core's matrix units; operands come
+from DRAM once (the shared buffer holds the reuse) and from the shared buffer per tile. Attention
+is flash-style (prefill: query blocks x KV, MMA plus exp on the special-function units; decode:
+split-KV streaming of the cache). Memory-bound kernels stream their bytes, with the bandwidth
+ramp of small tensors coming from the number of cores they can occupy.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+from ..chip import Chip
+from ..llm.kernels import Kernel
+from .params import PerfParams
+
+INF = float("inf")
+
+
+def _mma_dtype(chip: Chip, dtype: str) -> str:
+    """The dtype the matrix unit runs: `dtype` if supported, else the nearest wider one it has."""
+    for d in {"fp8": ("fp8", "fp16", "bf16"), "int8": ("int8", "fp8", "bf16", "fp16"), "fp16": ("fp16", "bf16"),
+              "bf16": ("bf16", "fp16"), "int4": ("int4", "int8", "fp8", "bf16")}.get(dtype, (dtype, "bf16")):
+        if chip.supports(d):
+            return d
+    return max(chip.cores.matrix.macs_per_cycle, key=chip.cores.matrix.macs_per_cycle.get)
+
+
+def _stream_bw(chip: Chip, p: PerfParams, active_cores: float) -> float:
+    """DRAM bandwidth reachable by kernels that occupy `active_cores` cores."""
+    bw = chip.dram.bandwidth_bytes_per_s or chip.shared_buffer.bandwidth_bytes_per_s
+    return min(bw * p.dram_efficiency, active_cores * p.core_dram_bytes_per_cycle * chip.max_clock_hz)
+
+
+_CACHES: dict[int, dict] = {}
+
+
+def chip_cache(chip: Chip) -> dict:
+    """A memo dict that lives as long as `chip` (chips hold dicts, so they cannot be hashed)."""
+    c = _CACHES.get(id(chip))
+    if c is None:
+        c = _CACHES[id(chip)] = {}
+        weakref.finalize(chip, _CACHES.pop, id(chip), None)
+    return c
+
+
+def gemm_cost(chip: Chip, p: PerfParams, M: float, N: int, K: int, groups: float, dtype: str,
+              in_b: float, w_b: float, out_b: float) -> tuple[float, float, float]:
+    """Best tiling of C[M,N] = A[M,K] @ B[K,N] (x groups) over the candidate tiles and split-K factors."""
+    cache = chip_cache(chip)
+    key = ("gemm", p, M, N, K, groups, dtype, in_b, w_b, out_b)
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b)
+    return hit
+
+
+def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
+    d = _mma_dtype(chip, dtype)
+    macs = chip.macs_per_cycle(d) * p.mma_efficiency
+    cores, f0 = chip.cores.count, chip.max_clock_hz
+    l2 = p.l2_bytes_per_cycle_per_core
+    g = max(1, math.ceil(groups))
+    best = (INF, 0.0, 0.0, INF)
+    for tm, tn in p.gemm_tiles:
+        mt, nt = math.ceil(M / tm), math.ceil(N / tn)
+        s = 1
+        while s <= p.max_split_k and (s == 1 or K / s >= 2 * p.tile_k):
+            tiles = mt * nt * s * g
+            waves = math.ceil(tiles / cores)
+            ks = math.ceil(K / s / p.tile_k) * p.tile_k
+            cyc = waves * max(tm * tn * ks / macs, (tm + tn) * ks * in_b / l2)
+            active = min(cores, tiles)
+            dram = groups * (M * K * in_b + N * K * w_b + M * N * out_b) + (2 * s * M * N * 4 * groups if s > 1 else 0)
+            mem = dram / _stream_bw(chip, p, active)
+            ovh = p.split_reduce_s if s > 1 else 0.0
+            total = max(cyc / f0, mem) + ovh
+            if total < best[3]:
+                best = (cyc, mem, ovh, total)
+            s *= 2
+    return best[0], best[1], best[2] + p.kernel_latency_s
+
+
+def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
+    B, Sq, Skv, hq, hkv, dqk, dv, causal = k.shape
+    d = _mma_dtype(chip, "bf16" if k.dtype in ("fp32",) else k.dtype)
+    macs = chip.macs_per_cycle(d) * p.attention_mma_efficiency
+    sfu = chip.cores.vector.special_functions_per_cycle or chip.cores.vector.lanes
+    cores = chip.cores.count
+    mem_bytes = k.bytes_read + k.bytes_written
+    if Sq == 1:  # decode: stream the KV cache, split over KV blocks to occupy the cores
+        group = hq / hkv
+        rows = max(16.0, group)
+        units = B * hkv
+        splits = max(1, min(math.ceil(Skv / 256), math.ceil(cores / units)))
+        active = min(cores, units * splits)
+        cyc = units * rows * Skv * (dqk + dv) / macs / active + B * hq * Skv / sfu / active
+        mem = mem_bytes / _stream_bw(chip, p, active)
+        return cyc, mem, p.kernel_latency_s + (p.split_reduce_s if splits > 1 else 0.0)
+    bq = p.gemm_tiles[0][0]
+    nq = math.ceil(Sq / bq)
+    cached = Skv - Sq
+    per_pair = (dqk + dv) / macs + 1.0 / sfu
+    # query block i sees cached + (i+1)*bq keys under the causal mask
+    if causal:
+        pairs_total = B * hq * (nq * bq * cached + bq * bq * nq * (nq + 1) / 2)
+        longest = bq * Skv
+    else:
+        pairs_total = B * hq * nq * bq * Skv
+        longest = bq * Skv
+    blocks = B * hq * nq
+    cyc = max(pairs_total / cores, longest) * per_pair if blocks >= cores else longest * per_pair
+    mem = mem_bytes / _stream_bw(chip, p, min(cores, blocks))
+    return cyc, mem, p.kernel_latency_s
+
+
+def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
+    """Elementwise, norm, softmax, embedding, KV writes: DRAM streaming, occupancy-limited when small."""
+    rows, cols = (k.shape + (1, 1))[:2] if k.shape else (1, 1)
+    nbytes = k.bytes_read + k.bytes_written
+    if k.kind == "norm":
+        nbytes = k.bytes_read * p.norm_read_passes + k.bytes_written
+    elif k.kind == "softmax":
+        nbytes = k.bytes_read * p.softmax_read_passes + k.bytes_written
+    eff = 1.0 if k.kind in ("embed",) else p.elementwise_efficiency
+    # each core streams at most row_block_bytes before the work must spread to another core
+    active = min(chip.cores.count, max(1.0, nbytes / p.row_block_bytes), max(1.0, rows) if k.kind in ("norm", "softmax") else INF)
+    mem = nbytes / (_stream_bw(chip, p, active) * eff)
+    cyc = k.flops / max(chip.cores.vector.flops_per_cycle * chip.cores.count, 1.0)
+    return cyc, mem, p.kernel_latency_s
+
+
+def comm_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
+    nbytes, n, kind = k.shape
+    from ..parallel import collective_time  # the serving/parallelism layer owns link models
+
+    return 0.0, collective_time(chip, kind, nbytes, int(n)), 0.0
+
+
+COSTS = {
+    "attention": attention_cost,
+    "comm": comm_cost,
+}
+
+
+def kernel_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
+    if k.kind == "gemm":
+        M, N, K, groups = k.shape
+        in_b = (k.bytes_read - k.weight_bytes) / max(groups * M * K, 1e-9)
+        w_b = k.weight_bytes / max(groups * N * K, 1e-9)
+        out_b = k.bytes_written / max(groups * M * N, 1e-9)
+        return gemm_cost(chip, p, float(M), int(N), int(K), float(groups), k.dtype,
+                         round(in_b, 4), round(w_b, 4), round(out_b, 4))
+    return COSTS.get(k.kind, stream_cost)(chip, p, k)

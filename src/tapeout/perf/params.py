@@ -1,0 +1,64 @@
+"""Calibration parameters of the performance model, per chip family (data files, not code).
+
+`src/tapeout/data/perf/<family>.toml` holds the parameters no datasheet gives (achievable
+fractions of peak, per-kernel overheads), each with its provenance. A chip names its family
+in its file (`chip.family`); a family without a file inherits `default.toml`'s values (the
+documented defaults for NPU-style chips). Files may set `inherit = "other-family"`.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from importlib import resources
+
+from ..errors import TapeoutError
+
+
+@dataclass(frozen=True)
+class PerfParams:
+    family: str
+    mma_efficiency: float          # steady-state fraction of the matrix units' peak inside a GEMM tile
+    attention_mma_efficiency: float  # the same inside a flash-attention tile (softmax interleaved)
+    dram_efficiency: float         # achievable fraction of peak DRAM bandwidth when streaming
+    core_dram_bytes_per_cycle: float  # DRAM bytes per core-cycle one core can keep streaming (Little's law)
+    l2_bytes_per_cycle_per_core: float  # shared-buffer (L2) operand bandwidth per core per cycle
+    launch_s: float                # gap between two kernels launched one by one from the host
+    queued_launch_s: float         # the same inside a CUDA graph / an NPU's command queue
+    kernel_latency_s: float        # fill and drain of one kernel's pipeline (first DRAM loads, last stores)
+    split_reduce_s: float          # extra fixed cost of a split-K / split-KV reduction
+    elementwise_efficiency: float  # fraction of dram_efficiency reached by strided/broadcast elementwise kernels
+    row_block_bytes: float         # bytes of a row one core streams before another core can help (norm/softmax)
+    norm_read_passes: float        # times a norm kernel reads its input
+    softmax_read_passes: float     # times a softmax kernel reads its input
+    gemm_tiles: tuple              # candidate output tiles (rows, cols) of a GEMM kernel
+    tile_k: int                    # K-slice per pipeline stage
+    max_split_k: int
+    min_clock_fraction: float      # lowest clock the power limit can push the chip to, x max clock
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@lru_cache(maxsize=None)
+def _raw(family: str) -> dict:
+    res = resources.files("tapeout.data") / "perf" / f"{family}.toml"
+    if not res.is_file():
+        return {}
+    data = tomllib.loads(res.read_text())
+    parent = data.pop("inherit", "default" if family != "default" else None)
+    base = dict(_raw(parent)) if parent else {}
+    srcs = {**base.get("sources", {}), **data.pop("sources", {})}
+    base.update(data)
+    base["sources"] = srcs
+    return base
+
+
+@lru_cache(maxsize=None)
+def load_params(family: str) -> PerfParams:
+    raw = _raw(family) or _raw("default")
+    names = {f.name for f in fields(PerfParams)} - {"family"}
+    missing = names - set(raw)
+    if missing:
+        raise TapeoutError(f"data/perf/{family}.toml: missing {', '.join(sorted(missing))}")
+    kw = {k: raw[k] for k in names}
+    kw["gemm_tiles"] = tuple(tuple(t) for t in raw["gemm_tiles"])
+    return PerfParams(family=family, **kw)

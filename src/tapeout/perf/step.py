@@ -1,0 +1,98 @@
+"""Time of a sequence of kernels on a chip: the one entry point every level above uses.
+
+`run_kernels(chip, kernels)` costs each kernel (see kernels.py), solves the sustained clock
+under the chip's power limit for the whole sequence (as it runs repeatedly, e.g. a decode step
+replayed from a CUDA graph), and returns the per-kernel times at that clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..chip import Chip
+from ..llm.kernels import Kernel
+from .kernels import kernel_cost
+from .params import PerfParams, load_params
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTime:
+    kernel: Kernel
+    seconds: float       # all `count` launches together
+    bound: str           # compute | memory | overhead
+
+
+@dataclass(frozen=True)
+class StepTime:
+    seconds: float
+    clock_hz: float
+    kernels: tuple[KernelTime, ...]
+
+    def by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for kt in self.kernels:
+            out[kt.kernel.kind] = out.get(kt.kernel.kind, 0.0) + kt.seconds
+        return out
+
+    def by_bound(self) -> dict[str, float]:
+        out = {"compute": 0.0, "memory": 0.0, "overhead": 0.0}
+        for kt in self.kernels:
+            out[kt.bound] += kt.seconds
+        return out
+
+    @property
+    def bound(self) -> str:
+        b = self.by_bound()
+        return max(b, key=b.get)
+
+
+def activity_of(kernels: list[Kernel]) -> dict:
+    """Counts for the energy model: MACs by dtype, vector flops, DRAM bytes."""
+    macs: dict[str, float] = {}
+    vec = dram = 0.0
+    for k in kernels:
+        if k.kind in ("gemm", "attention"):
+            macs[k.dtype] = macs.get(k.dtype, 0.0) + k.flops / 2 * k.count
+        else:
+            vec += k.flops * k.count
+        if k.kind != "comm":
+            dram += (k.bytes_read + k.bytes_written) * k.count
+    return {"macs": macs, "vector_flops": vec, "dram_bytes": dram}
+
+
+def _sustained_clock(chip: Chip, p: PerfParams, kernels, costs, launch: float) -> float:
+    f0 = chip.max_clock_hz
+    total = compute = 0.0
+    for k, (cyc, mem, ovh) in zip(kernels, costs):
+        t = cyc / f0
+        total += k.count * (launch + ovh + max(t, mem))
+        if t > mem:
+            compute += k.count * t
+    try:
+        from .. import energy
+    except ImportError:  # energy model not available: no power limit
+        return f0
+    act = activity_of(kernels)
+    a = energy.Activity(macs=act["macs"], vector_flops=act["vector_flops"], dram_bytes=act["dram_bytes"])
+    f = energy.sustained_clock_hz(chip, a, total, compute / total if total else 0.0)
+    return max(min(f, f0), p.min_clock_fraction * f0)
+
+
+def run_kernels(chip: Chip, kernels: list[Kernel], *, queued: bool = True, params: PerfParams | None = None,
+                clock_hz: float | None = None, power_kernels: list[Kernel] = ()) -> StepTime:
+    """Time `kernels` run back to back. `queued`: launched from a CUDA graph / command queue
+    (else one by one from the host). `power_kernels` run in the same loop (e.g. a benchmark's
+    cache flush): they load the power budget but are not timed."""
+    p = params or load_params(chip.chip.family)
+    launch = p.queued_launch_s if queued else p.launch_s
+    all_k = list(kernels) + list(power_kernels)
+    costs = [kernel_cost(chip, p, k) for k in all_k]
+    f = clock_hz or _sustained_clock(chip, p, all_k, costs, launch)
+    out, total = [], 0.0
+    for k, (cyc, mem, ovh) in zip(kernels, costs):
+        t = cyc / f
+        work = max(t, mem)
+        sec = k.count * (launch + ovh + work)
+        bound = "overhead" if launch + ovh > work else ("compute" if t >= mem else "memory")
+        out.append(KernelTime(k, sec, bound))
+        total += sec
+    return StepTime(total, f, tuple(out))
