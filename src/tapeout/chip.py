@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -141,12 +142,15 @@ class Peaks:
     int8_ops_per_s: float | None = _f(1e9, 1e17, default=None)
     int4_ops_per_s: float | None = _f(1e9, 1e17, default=None)
     fp4_flops_per_s: float | None = _f(1e9, 1e17, default=None)
+    vector_fp32_flops_per_s: float | None = _f(1e9, 1e17, default=None,
+                                               doc="vector (non-matrix) FP32 peak, quoted at max_clock_hz")
 
     def stated(self) -> dict[str, float]:
+        """Stated matrix peaks by dtype (the vector peak is checked separately)."""
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if v is not None:
+            if v is not None and f.name.split("_")[0] in DTYPES:
                 out[f.name.split("_")[0]] = v
         return out
 
@@ -246,8 +250,13 @@ def _type_name(t: Any) -> str:
 
 
 def _did_you_mean(key: str, options) -> str:
-    m = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+    m = difflib.get_close_matches(str(key), [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean '{m[0]}'?)" if m else ""
+
+
+def _one_line(s: str) -> str:
+    """Escape newlines and other control characters so that an error stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(s))
 
 
 def _unwrap_optional(t: Any) -> tuple[Any, bool]:
@@ -257,16 +266,39 @@ def _unwrap_optional(t: Any) -> tuple[Any, bool]:
     return t, False
 
 
+# unit suffix of a key -> the scales a user may have written the value in by mistake
+_UNIT_SCALES = (
+    ("_bytes_per_s", ((1e9, "GB/s"), (1e12, "TB/s"), (1e6, "MB/s"))),
+    ("_flops_per_s", ((1e12, "TFLOP/s"), (1e15, "PFLOP/s"), (1e9, "GFLOP/s"))),
+    ("_ops_per_s", ((1e12, "TOP/s"), (1e15, "POP/s"), (1e9, "GOP/s"))),
+    ("_bytes", ((2**20, "MiB"), (2**30, "GiB"), (2**10, "KiB"))),
+    ("_hz", ((1e9, "GHz"), (1e6, "MHz"))),
+    ("_s", ((1e-6, "microseconds"), (1e-9, "nanoseconds"), (1e-3, "milliseconds"))),
+)
+
+
+def _unit_hint(key: str, v: float, lo: float | None, hi: float | None) -> str:
+    """'; 1.98 looks like GHz: write 1.98e+09' when a scale brings v into [lo, hi]."""
+    for suffix, scales in _UNIT_SCALES:
+        if key.endswith(suffix):
+            for scale, unit in scales:
+                w = v * scale
+                if (lo is None or w >= lo) and (hi is None or w <= hi):
+                    return f"; {v:g} looks like {unit}: write {w:.6g}"
+            return ""
+    return ""
+
+
 class _Loader:
     def __init__(self, path: str):
         self.path = path
 
     def err(self, key: str, reason: str) -> ChipFileError:
-        return ChipFileError(self.path, key, reason)
+        return ChipFileError(self.path, _one_line(key), _one_line(reason))
 
     def build(self, cls: type, data: Any, prefix: str):
         if not isinstance(data, dict):
-            raise self.err(prefix, f"must be a table ([{prefix}]), got {type(data).__name__}")
+            raise self.err(prefix, f"must be a table (a section of keys), got {type(data).__name__} {data!r:.40}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
         for k in data:
@@ -292,10 +324,12 @@ class _Loader:
 
     def mapping(self, vt: Any, v: Any, key: str, meta: dict):
         if not isinstance(v, dict):
-            raise self.err(key, f"must be a table, got {type(v).__name__}")
+            raise self.err(key, f"must be a table, got {type(v).__name__} {v!r:.40}")
         if key == "sources":
             return {k: self.source(k, s) for k, s in v.items()}
         if key.endswith("macs_per_cycle"):
+            if not v:
+                raise self.err(key, f"needs at least one dtype ({', '.join(DTYPES)})")
             for k in v:
                 if k not in DTYPES:
                     raise self.err(f"{key}.{k}", "unknown dtype" + _did_you_mean(k, DTYPES) + f"; known: {', '.join(DTYPES)}")
@@ -304,25 +338,31 @@ class _Loader:
     def source(self, k: str, s: Any) -> Source:
         key = f"sources.{k}"
         if not isinstance(s, dict):
-            raise self.err(key, "must be a table {ref = ..., confidence = ...}")
+            raise self.err(key, "must be a table {ref = ..., confidence = ..., note = ...}")
         for extra in set(s) - {"ref", "confidence", "note"}:
             raise self.err(f"{key}.{extra}", "unknown key" + _did_you_mean(extra, ("ref", "confidence", "note")))
         for need in ("ref", "confidence"):
             if need not in s:
                 raise self.err(key, f"missing '{need}'")
+        for part in ("ref", "confidence", "note"):
+            if part in s and not isinstance(s[part], str):
+                raise self.err(f"{key}.{part}", f"must be a string, got {type(s[part]).__name__}")
         if s["confidence"] not in CONFIDENCES:
-            raise self.err(f"{key}.confidence", f"must be one of {', '.join(CONFIDENCES)}, got {s['confidence']!r}")
-        if s["confidence"] in ("derived", "assumed") and not s.get("note"):
-            raise self.err(key, f"a {s['confidence']} value needs a 'note' saying how")
-        return Source(str(s["ref"]), s["confidence"], str(s.get("note", "")))
+            raise self.err(f"{key}.confidence", f"must be one of {', '.join(CONFIDENCES)}, got {s['confidence']!r}"
+                           + _did_you_mean(s["confidence"], CONFIDENCES))
+        if s["confidence"] in ("derived", "assumed") and not s.get("note", "").strip():
+            raise self.err(key, f"a {s['confidence']} value needs a 'note' saying " + ("how" if s["confidence"] == "derived" else "why"))
+        return Source(s["ref"], s["confidence"], s.get("note", ""))
 
     def scalar(self, t: Any, v: Any, key: str, meta: dict):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 1e300:
+            raise self.err(key, "is implausibly large (check the unit in the key name)")
         if t is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if t is int and isinstance(v, float) and v.is_integer():
+        if t is int and isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
             v = int(v)
         if not isinstance(v, t) or isinstance(v, bool) != (t is bool):
-            raise self.err(key, f"must be {_type_name(t)}, got {type(v).__name__} {v!r}")
+            raise self.err(key, f"must be {_type_name(t)}, got {type(v).__name__} {v!r:.40}")
         if meta.get("choices") and v not in meta["choices"]:
             raise self.err(key, f"must be one of {', '.join(meta['choices'])}, got {v!r}" + _did_you_mean(v, meta["choices"]))
         if t in (int, float):
@@ -336,48 +376,101 @@ class _Loader:
         if v < 0 or (v == 0 and not meta.get("zero_ok")):
             raise self.err(key, f"must be positive, got {v:g}")
         if lo is not None and v < lo and v != 0:
-            raise self.err(key, f"{v:g} is implausibly small (expected >= {lo:g}; check the unit in the key name)")
+            raise self.err(key, f"{v:g} is implausibly small (expected >= {lo:g}; check the unit in the key name)"
+                           + _unit_hint(key, v, lo, hi))
         if hi is not None and v > hi:
-            raise self.err(key, f"{v:g} is implausibly large (expected <= {hi:g}; check the unit in the key name)")
+            raise self.err(key, f"{v:g} is implausibly large (expected <= {hi:g}; check the unit in the key name)"
+                           + _unit_hint(key, v, lo, hi))
+
+
+def _peak_key(dtype: str) -> str:
+    return f"peaks.{dtype}_{'ops' if dtype.startswith('int') else 'flops'}_per_s"
+
+
+def _check_peaks(chip: Chip, path: str) -> None:
+    """Every stated peak agrees with cores x clock x MACs x 2 (vector: x flops_per_cycle at max clock)."""
+    stated = {_peak_key(d): (v, chip.peak_flops(d), d) for d, v in chip.peaks.stated().items()}
+    if chip.peaks.vector_fp32_flops_per_s is not None:
+        stated["peaks.vector_fp32_flops_per_s"] = (chip.peaks.vector_fp32_flops_per_s,
+                                                   chip.vector_flops(chip.max_clock_hz), "vector")
+    for key, (v, derived, dtype) in stated.items():
+        if derived == 0:
+            raise ChipFileError(path, key, f"states a {dtype} peak but cores.matrix.macs_per_cycle has no {dtype}")
+        if abs(derived - v) / v > PEAK_TOLERANCE:
+            how = ("cores x max clock x vector flops_per_cycle" if dtype == "vector" else "cores x clock x MACs x 2")
+            raise ChipFileError(path, key, f"stated {v / 1e12:.1f} T disagrees with {how} = "
+                                f"{derived / 1e12:.1f} T by {100 * (derived / v - 1):+.1f}% (limit {100 * PEAK_TOLERANCE:.0f}%)")
+
+
+def _check_sources(chip: Chip, path: str) -> None:
+    """Every number has a source; every source names a key of the file and a known reference."""
+    flat = chip.flat()
+    for key, val in flat.items():
+        if isinstance(val, (int, float)) and not isinstance(val, bool) and chip.source_of(key) is None:
+            raise ChipFileError(path, key, "has no source: add a sources entry for it or a parent section")
+    keys = {".".join(k.split(".")[:i]) for k in flat for i in range(1, k.count(".") + 2)}
+    for key, src in chip.sources.items():
+        if key not in keys:
+            raise ChipFileError(path, _one_line(f"sources.{key}"), "names no key of the file" + _did_you_mean(key, keys))
+        if src.ref not in chip.references and not src.ref.startswith(("http", "docs/")):
+            raise ChipFileError(path, _one_line(f"sources.{key}.ref"), _one_line(
+                f"names reference {src.ref!r}, which the references table lacks" + _did_you_mean(src.ref, chip.references)))
 
 
 def _check_consistency(chip: Chip, path: str) -> None:
-    """Cross-field checks: stated peaks vs derived, sources cover every number, memory."""
-    for dtype, stated in chip.peaks.stated().items():
-        derived = chip.peak_flops(dtype)
-        unit = "ops" if dtype.startswith("int") else "flops"
-        key = f"peaks.{dtype}_{unit}_per_s"
-        if derived == 0:
-            raise ChipFileError(path, key, f"states a {dtype} peak but cores.matrix.macs_per_cycle has no {dtype}")
-        if abs(derived - stated) / stated > PEAK_TOLERANCE:
-            raise ChipFileError(path, key, f"stated {stated / 1e12:.1f} T disagrees with cores x clock x MACs x 2 = "
-                                f"{derived / 1e12:.1f} T by {100 * (derived / stated - 1):+.1f}% (limit {100 * PEAK_TOLERANCE:.0f}%)")
-    for key, val in chip.flat().items():
-        if isinstance(val, (int, float)) and not isinstance(val, bool) and chip.source_of(key) is None:
-            raise ChipFileError(path, key, "has no source: add a [sources] entry for it or a parent section")
-    for key, src in chip.sources.items():
-        if src.ref not in chip.references and not src.ref.startswith(("http", "docs/")):
-            raise ChipFileError(path, f"sources.{key}.ref", f"names reference {src.ref!r}, which [references] lacks"
-                                + _did_you_mean(src.ref, chip.references))
-    if chip.dram.type == "none" and chip.dram.bytes:
-        raise ChipFileError(path, "dram.bytes", "must be 0 when dram.type is 'none'")
+    """Cross-field checks: stated peaks vs derived, sources cover every number, memory, links."""
+    _check_peaks(chip, path)
+    _check_sources(chip, path)
+    if chip.dram.type == "none" and (chip.dram.bytes or chip.dram.bandwidth_bytes_per_s):
+        raise ChipFileError(path, "dram.bytes", "must be 0 (and bandwidth_bytes_per_s 0) when dram.type is 'none'")
     if chip.dram.type != "none" and (chip.dram.bytes <= 0 or chip.dram.bandwidth_bytes_per_s <= 0):
         raise ChipFileError(path, "dram", f"a {chip.dram.type} memory needs positive bytes and bandwidth_bytes_per_s")
+    if chip.dram.type == "none" and chip.total_sram_bytes <= 0:
+        raise ChipFileError(path, "shared_buffer.bytes", "a chip without DRAM needs on-chip SRAM to hold its model")
+    c2c = chip.links.chip_to_chip
+    if (c2c.count == 0) != (c2c.topology == "none") or (c2c.count == 0) != (c2c.bandwidth_bytes_per_s == 0):
+        raise ChipFileError(path, "links.chip_to_chip", "count, bandwidth_bytes_per_s and topology must all say "
+                            "'no links' (0, 0, 'none') or all describe links")
     if chip.cores.max_clock_hz and chip.cores.max_clock_hz < chip.cores.clock_hz:
         raise ChipFileError(path, "cores.max_clock_hz", "is below cores.clock_hz")
     if chip.chip.idle_w is not None and chip.chip.idle_w >= chip.chip.tdp_w:
         raise ChipFileError(path, "chip.idle_w", "must be below chip.tdp_w")
 
 
-def parse_chip(text: str, path: str = "<string>") -> Chip:
-    """Parse and validate chip TOML text; raises ChipFileError naming the key and reason."""
+_TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+
+
+def _toml_error(path: str, e: Exception) -> ChipFileError:
+    msg = str(e)
+    m = _TOML_AT.search(msg)
+    if not m:
+        return ChipFileError(path, "", _one_line(f"not valid TOML: {msg}"))
+    key = f"line {m.group(1)}" if m.group(1) else "end of file"
+    col = f" (column {m.group(2)})" if m.group(2) else ""
+    return ChipFileError(path, key, _one_line(f"not valid TOML: {msg[:m.start()]}{col}"))
+
+
+def _decode(data: bytes, path: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ChipFileError(path, "", f"not UTF-8 text ({e.reason} at byte {e.start}); "
+                            "a chip file is TOML text") from None
+
+
+def parse_chip(text: str | bytes, path: str = "<string>") -> Chip:
+    """Parse and validate chip TOML (text or UTF-8 bytes); raises ChipFileError naming the key and reason."""
+    if isinstance(text, (bytes, bytearray)):
+        text = _decode(bytes(text), path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ChipFileError(path, "", f"not valid TOML: {e}") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ChipFileError(path, "", f"cannot be read: {e}") from None
-    data.pop("schema_version", None)
+        raise _toml_error(path, e) from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, absurd nesting
+        raise ChipFileError(path, "", _one_line(f"cannot be read as TOML: {e}")) from None
+    version = data.pop("schema_version", 1)
+    if version != 1:
+        raise ChipFileError(path, "schema_version", _one_line(f"must be 1 (the only version this tapeout reads), got {version!r:.20}"))
     chip = _Loader(path).build(Chip, data, "")
     chip = dataclasses.replace(chip, path=path)
     _check_consistency(chip, path)
@@ -395,6 +488,17 @@ def _load_preset(name: str) -> Chip:
     return parse_chip(res.read_text(encoding="utf-8"), path=f"chips/{name}.toml")
 
 
+def _read(p: Path, s: str) -> bytes:
+    if p.is_dir():
+        raise ChipFileError(s, "", "is a directory, not a chip .toml file")
+    if not p.is_file():
+        raise ChipFileError(s, "", "no such file")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ChipFileError(s, "", f"cannot be read: {e.strerror or e}") from None
+
+
 def load_chip(spec: "str | Path | Chip") -> Chip:
     """A chip from a preset name (`h100-sxm`), a path to a TOML file, or a Chip (returned as is)."""
     if isinstance(spec, Chip):
@@ -403,13 +507,7 @@ def load_chip(spec: "str | Path | Chip") -> Chip:
     if s in preset_names():
         return _load_preset(s)
     p = Path(s)
-    if p.suffix == ".toml" or p.exists() or "/" in s:
-        if not p.is_file():
-            raise ChipFileError(s, "", "no such file")
-        try:
-            text = p.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ChipFileError(s, "", f"not UTF-8 text: {e.reason} at byte {e.start}") from None
-        return parse_chip(text, path=s)
+    if p.suffix == ".toml" or p.exists() or "/" in s or "\\" in s:
+        return parse_chip(_read(p, s), path=s)
     raise ChipFileError(s, "", "is neither a chip preset nor a file" + _did_you_mean(s, preset_names())
                         + "; `tapeout chips` lists the presets")
