@@ -112,3 +112,9 @@ def test_errors():
         collective_time(H100, "allreduce", 1e6, 8, "butterfly")
     with pytest.raises(TapeoutError, match="no chip-to-chip links"):
         collective_time(with_links(H100, count=0), "allreduce", 1e6, 8)
+
+
+def test_auto_picks_the_fastest():
+    for S in (1e3, 1e6, 1e9):
+        best = min(collective_time(H100, "allreduce", S, 8, a) for a in ("ring", "tree", "direct"))
+        assert collective_time(H100, "allreduce", S, 8, "auto") == best

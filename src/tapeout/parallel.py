@@ -16,6 +16,8 @@ with B_r the bandwidth a ring (or set of rings) reaches on the topology (see `fa
     ring allreduce       2(n-1) alpha + 2 (n-1)/n S / B_r
     tree allreduce       2 ceil(log2 n) alpha + 2 S / B_r          (pipelined double binary tree)
     direct allreduce     2 alpha + 2 (n-1)/n S / B_r               (one-shot reduce-scatter + all-gather)
+    auto                 the fastest of ring, tree and direct (as NCCL's tuner / TensorRT-LLM's custom
+                         all-reduce pick per message size)
     allgather            (n-1) alpha + (n-1) s / B_r
     reducescatter        (n-1) alpha + (n-1)/n S / B_r
     alltoall             alpha x diameter + S x hops / B           (direct sends to every peer)
@@ -39,7 +41,7 @@ from .chip import Chip
 from .errors import TapeoutError
 
 KINDS = ("allreduce", "allgather", "reducescatter", "alltoall", "p2p")
-ALGORITHMS = ("ring", "tree", "direct", "pairwise")
+ALGORITHMS = ("ring", "tree", "direct", "pairwise", "auto")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ def flat_time(f: Fabric, kind: str, S: float, n: int, algorithm: str = "ring") -
     """One collective among n chips on one fabric (the closed forms in the module docstring)."""
     if n <= 1 or S <= 0:
         return 0.0
+    if algorithm == "auto":
+        return min(flat_time(f, kind, S, n, alg) for alg in ("ring", "tree", "direct"))
     a, steps = f.latency_s, f.ring_steps * (n - 1)
     if kind == "allreduce":
         if algorithm == "tree":
