@@ -50,10 +50,10 @@ VFUNCS = {
     "add": (2, "alu"), "sub": (2, "alu"), "mul": (2, "alu"), "max": (2, "alu"), "min": (2, "alu"),
     "div": (2, "sfu"), "pow": (2, "sfu"), "lt": (2, "alu"), "le": (2, "alu"), "gt": (2, "alu"),
     "ge": (2, "alu"), "eq": (2, "alu"), "ne": (2, "alu"),
-    "where": (3, "alu"), "fma": (3, "alu"),
+    "select": (2, "alu"), "tril": (1, "alu"), "subexp": (2, "sfu"), "where": (3, "alu"), "fma": (3, "alu"),
 }
 VFUNC_NAMES = tuple(VFUNCS)
-RFUNCS = ("sum", "max", "min", "absmax")
+RFUNCS = ("sum", "max", "min", "absmax", "argmax", "argmin")
 WORD_BYTES = 96  # every instruction encodes to one fixed-width little-endian word of this size
 
 
@@ -203,7 +203,10 @@ class Vec:
 
     A stride of 0 broadcasts (a row vector has rs=0, a per-row scalar cs=0). The vector unit
     computes in fp32; `cast` rounds to nearest even and, for integer and fp8 results, saturates
-    (int8 to [-128, 127], fp8 e4m3 to +-448). funcs: see VFUNCS (`adds`, `muls`, ... use imm).
+    (int8 to [-128, 127], fp8 e4m3 to +-448). funcs: see VFUNCS (`adds`, `muls`, ... use imm);
+    the less obvious ones: select = x if y != 0 else imm; tril = x if c <= r + imm else -3e38
+    (causal masking, r and c are the tile's row and column); subexp = exp(x - y); fma = x*y + z;
+    where = y if x != 0 else z; comparisons give 1.0 or 0.0.
     Time: ceil(rows*cols / lanes) on the ALU, or / special_functions_per_cycle for sfu funcs.
     """
     func: str = _e("vfunc")
@@ -238,7 +241,7 @@ class Reduce:
         for r in range(rows):
             d[d_addr + r*d_rs] = cast(d_dtype, imm * func(f32(a[a_addr + r*a_rs + c*a_cs]) for c in range(cols)))
 
-    func: sum, max, min, absmax (max of |x|). Time: ceil(rows*cols / lanes) + log2(cols).
+    func: sum, max, min, absmax (max of |x|), argmax/argmin (first index; imm ignored). Time: ceil(rows*cols / lanes) + log2(cols).
     """
     func: str = _e("rfunc")
     rows: int = _e("u32")

@@ -1,0 +1,783 @@
+"""IR program -> per-core NPU instruction streams.
+
+The compiler walks the IR equations in order, keeping for every value a `View` (where it
+lives and its strides). Shape ops (reshape, transpose, broadcast_to, slice, split, same-type
+casts) only make new views; equations whose inputs are all constants are folded with the
+reference interpreter at compile time; everything else goes through `LOWER`, a table from
+op name to a function that instantiates a kernel of `tapeout.npu.kernels`:
+
+    linear/matmul/conv2d -> gemm (+ fused elementwise epilogue; int8/fp8/int4 paths)
+    attention            -> flash-style attention
+    elementwise chains   -> row_kernel (fused: a chain of single-use elementwise ops is one kernel)
+    softmax, norms, reductions, quantisation -> row_kernel with Reduce steps
+    gather/concat/pad/pools -> DMA copies (+ row_kernel)
+
+Anything else raises UnsupportedOpError naming the op. Tensors live in the shared buffer
+when they fit (freed after their last use), else in DRAM; weights in DRAM.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from .emit import Stream, View, dma_copy, split_even
+from .isa import DTYPES, Geometry
+from .kernels import GemmJob, RowProgram, attention, gather_rows, gemm, row_kernel
+from .program import Program, Tensor
+
+MODES = ("bf16", "fp16", "fp8", "int8", "int4-weights")
+INT4_GROUP = 128
+
+UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "reciprocal": "recip", "sin": "sin",
+         "cos": "cos", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu", "erf": "erf", "neg": "neg",
+         "abs": "abs", "relu": "relu"}
+BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "max",
+          "minimum": "min", "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
+          "logical_and": "mul", "logical_or": "max", "logical_xor": "ne"}
+ELEMENTWISE = set(UNARY) | set(BINARY) | {"gelu", "clamp", "where", "cast", "logical_not"}
+CUR = object()   # marks the running value in an elementwise step
+
+
+def ew_steps(e, ins):
+    """An elementwise eqn as vector steps: [(func, operands, imm)], operands from `ins`."""
+    op, p = e.op, e.params
+    if op in UNARY:
+        return [(UNARY[op], ins[:1], 0.0)]
+    if op == "gelu":
+        return [("gelu_tanh" if p["approximate"] == "tanh" else "gelu", ins[:1], 0.0)]
+    if op == "clamp":
+        out = [("maxs", ins[:1], p["min"])] if p["min"] is not None else []
+        return out + [("mins", [CUR] if out else ins[:1], p["max"])] if p["max"] is not None else out or [("copy", ins[:1], 0.0)]
+    if op in ("cast",):
+        return [("copy", ins[:1], 0.0)]
+    if op == "logical_not":
+        return [("rsubs", ins[:1], 1.0)]
+    if op == "where":
+        return [("where", ins[:3], 0.0)]
+    return [(BINARY[op], ins[:2], 0.0)]
+
+
+def _imm_form(func, ops):
+    """Binary step with one scalar literal -> unary immediate form, or None."""
+    (a, b) = ops
+    la, lb = isinstance(a, float), isinstance(b, float)
+    if lb and not la:
+        x = {"add": ("adds", b), "sub": ("adds", -b), "mul": ("muls", b), "div": ("muls", 1.0 / b if b else math.inf),
+             "pow": ("pows", b), "max": ("maxs", b), "min": ("mins", b)}.get(func)
+        return (x[0], [a], x[1]) if x else None
+    if la and not lb:
+        x = {"add": ("adds", a), "mul": ("muls", a), "sub": ("rsubs", a), "max": ("maxs", a), "min": ("mins", a)}.get(func)
+        return (x[0], [b], x[1]) if x else None
+    return None
+
+
+class Heap:
+    """First-fit allocator of one memory space (64-byte aligned)."""
+
+    def __init__(self, cap: float):
+        self.cap, self.free, self.top = cap, [], 0
+
+    def alloc(self, nbytes: int) -> int | None:
+        n = -(-max(int(nbytes), 1) // 64) * 64
+        for k, (a, sz) in enumerate(self.free):
+            if sz >= n:
+                self.free[k] = (a + n, sz - n)
+                return a
+        if self.top + n > self.cap:
+            return None
+        self.top += n
+        return self.top - n
+
+    def release(self, addr: int, nbytes: int):
+        self.free.append((addr, -(-max(int(nbytes), 1) // 64) * 64))
+
+
+def isa_dtype(ir_dtype: str, act: str) -> str:
+    return {"f32": act, "f64": act, "bf16": "bf16", "f16": "fp16", "f8e4m3": "fp8", "f8e5m2": act, "i8": "int8",
+            "i16": "int32", "i32": "int32", "i64": "int32", "bool": "int8", "u8": "u8", "i4": "int8",
+            "u4": "int8"}[ir_dtype]
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: str = "bf16"
+    fold_limit: int = 1 << 22     # fold constant subgraphs up to this many elements
+
+
+class Compiler:
+    def __init__(self, ir, chip, opts: Options):
+        if opts.mode not in MODES:
+            raise UnsupportedOpError(f"dtype {opts.mode!r}: the NPU compiler supports {', '.join(MODES)}")
+        self.ir, self.chip, self.opts = ir, chip, opts
+        self.geom = Geometry.from_chip(chip)
+        self.ncores, self.sram_bytes = self.geom.cores, self.geom.sram_bytes
+        self.streams = [Stream() for _ in range(self.ncores)]
+        self.act = "fp16" if opts.mode == "fp16" else "bf16"
+        self.dram, self.shared = Heap(chip.dram.bytes or chip.shared_buffer.bytes), Heap(chip.shared_buffer.bytes)
+        self.env: dict = {}            # var name -> View
+        self.val: dict = {}            # var name -> numpy value (constants; None if abstract)
+        self.consts: list = []
+        self.op_name = ""
+        self.vars = ir.vars()
+
+    # ---- memory
+    def alloc(self, shape, dtype, space=None) -> View:
+        n = max(1, math.prod(shape)) * DTYPES[dtype].itemsize
+        if space != "dram":
+            a = self.shared.alloc(n)
+            if a is not None:
+                return View.contiguous("shared", a, dtype, tuple(shape))
+        a = self.dram.alloc(n)
+        return View.contiguous("dram", a, dtype, tuple(shape))
+
+    def place_const(self, name, arr, dtype, shape=None) -> View:
+        shape = tuple(arr.shape) if arr is not None else tuple(shape)
+        v = self.alloc(shape, dtype, "dram")
+        data = None if arr is None else _to_isa(arr, dtype)
+        self.consts.append((Tensor(name, "dram", v.addr, shape, dtype), data))
+        return v
+
+    def barrier(self):
+        for s in self.streams:
+            s.barrier()
+
+    # ---- values
+    def view(self, atom) -> View:
+        if hasattr(atom, "name") and atom.name in self.env:
+            return self.env[atom.name]
+        if hasattr(atom, "name"):
+            arr = self.val[atom.name]
+            v = self.place_const(atom.name, arr, isa_dtype(atom.dtype, self.act), atom.shape)
+            self.env[atom.name] = v
+            return v
+        dt = isa_dtype(atom.dtype, self.act)
+        dt = "fp32" if dt in ("bf16", "fp16", "fp8") else dt
+        arr = np.asarray(atom.value).astype(np.float32 if dt == "fp32" else DTYPES[dt]).reshape(())
+        v = self.place_const(f"lit{len(self.consts)}", arr.reshape(1), dt)
+        return View(v.space, v.addr, v.dtype, (), ())
+
+    def out_view(self, var) -> View:
+        v = self.alloc(var.shape, isa_dtype(var.dtype, self.act))
+        self.env[var.name] = v
+        return v
+
+    def materialize(self, v: View) -> View:
+        out = self.alloc(v.shape, v.dtype)
+        copy_kernel(self, v, out)
+        return out
+
+    def contiguous(self, v: View, shape) -> View:
+        r = v.reshape(shape)
+        return r if r is not None else self.materialize(v).reshape(shape)
+
+
+def _to_isa(arr, dtype):
+    if arr is None:
+        return None
+    a = np.asarray(arr)
+    if dtype == "int8" and a.dtype == np.bool_:
+        return a.astype(np.int8)
+    if dtype in ("int32", "int8", "u8") and a.dtype.kind in "iub":
+        return a.astype(DTYPES[dtype])
+    return a.astype(np.float32).astype(DTYPES[dtype]) if a.dtype.kind == "f" or a.dtype == ml_dtypes.bfloat16 else \
+        a.astype(DTYPES[dtype])
+
+
+def copy_kernel(cc, src: View, dst: View):
+    n0 = src.shape[0] if src.shape else 1
+    for core, (a, b) in enumerate(split_even(n0, cc.ncores)):
+        if src.shape:
+            sz = (b - a,) + tuple(src.shape[1:])
+            st = (a,) + (0,) * (len(src.shape) - 1)
+            dma_copy(cc.streams[core], src.box(st, sz), dst.box(st, sz))
+        else:
+            dma_copy(cc.streams[core], src.broadcast((1,)), dst.broadcast((1,)))
+    cc.barrier()
+
+
+# ----------------------------------------------------------------------------- the walk
+
+def compile_ir(ir, chip, mode: str = "bf16") -> Program:
+    cc = Compiler(ir, chip, Options(mode))
+    inputs = []
+    for v in ir.inputs:
+        view = cc.alloc(v.shape, isa_dtype(v.dtype, cc.act), "dram")
+        cc.env[v.name] = view
+        inputs.append(Tensor(v.name, "dram", view.addr, tuple(v.shape), view.dtype))
+    for name, arr in ir.consts.items():
+        cc.val[name] = None if _abstract(arr) else arr
+    consumers: dict = {}
+    for i, e in enumerate(ir.eqns):
+        for a in e.inputs:
+            if hasattr(a, "name"):
+                consumers.setdefault(a.name, []).append(i)
+    cc.consumers = consumers
+    cc.outputs = {o.name for o in ir.outputs if hasattr(o, "name")}
+    cc.done: set = set()
+    last_use = {n: max(ix) for n, ix in consumers.items()}
+    for i, e in enumerate(ir.eqns):
+        if i in cc.done:
+            continue
+        cc.op_name = e.op
+        _lower(cc, i, e)
+        cc.done.add(i)
+        _free_dead(cc, i, e, last_use)
+    outputs = []
+    for o in ir.outputs:
+        v = cc.view(o)
+        if v.space != "dram" or not v.is_contiguous() or v.shape != tuple(o.shape):
+            dst = cc.alloc(o.shape, v.dtype, "dram")
+            copy_kernel(cc, v.reshape(o.shape) or v.broadcast(o.shape) if v.shape != tuple(o.shape) else v, dst)
+            v = dst
+        outputs.append(Tensor(getattr(o, "name", "out"), "dram", v.addr, tuple(o.shape), v.dtype))
+    streams = [s.ins for s in cc.streams]
+    return Program(chip, streams, cc.dram.top, cc.shared.top, tuple(inputs), tuple(outputs), tuple(cc.consts),
+                   {"mode": mode, "ir_outputs": [getattr(o, "dtype", "f32") for o in ir.outputs]})
+
+
+def _abstract(arr) -> bool:
+    a = np.asarray(arr)
+    return a.size > 1 and all(s == 0 for s in a.strides)
+
+
+def _free_dead(cc, i, e, last_use):
+    for a in e.inputs:
+        n = getattr(a, "name", None)
+        if n and last_use.get(n) == i and n not in cc.outputs and n in cc.env and n not in cc.val:
+            v = cc.env[n]
+            if v.space == "shared" and v.is_contiguous() and _owner(cc, n):
+                cc.shared.release(v.addr, v.size * v.esize)
+
+
+def _owner(cc, name) -> bool:
+    """True if `name` owns its buffer (not a view of another value)."""
+    return name in getattr(cc, "owners", set())
+
+
+def _lower(cc, i, e):
+    op = e.op
+    ins = e.inputs
+    if op != "iota" and op != "full" and all(not hasattr(a, "name") or a.name in cc.val for a in ins) \
+            and _foldable(cc, e):
+        _fold(cc, e)
+        return
+    if op in VIEWS:
+        VIEWS[op](cc, e)
+        return
+    if op in ELEMENTWISE:
+        _elementwise(cc, i, e)
+        return
+    fn = LOWER.get(op)
+    if fn is None:
+        raise UnsupportedOpError(f"npu compiler: op {op!r} ({e.outputs[0]}) is not supported on the NPU")
+    fn(cc, i, e)
+    for o in e.outputs:
+        cc.owners = getattr(cc, "owners", set()) | {o.name}
+
+
+def _foldable(cc, e) -> bool:
+    if any(hasattr(a, "name") and cc.val[a.name] is None for a in e.inputs):
+        return False
+    return sum(o.size for o in e.outputs) <= cc.opts.fold_limit or not e.inputs
+
+
+def _fold(cc, e):
+    from ..ir.core import Program as IRProgram
+    from ..ir.interp import evaluate
+    vars_ = [a for a in e.inputs if hasattr(a, "name")]
+    uniq = list({v.name: v for v in vars_}.values())
+    p = IRProgram(tuple(uniq), {}, (e,), tuple(e.outputs))
+    outs = evaluate(p, *[cc.val[v.name] for v in uniq])
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    for o, val in zip(e.outputs, outs):
+        cc.val[o.name] = np.asarray(val)
+
+
+# ----------------------------------------------------------------------------- views
+
+def _alias(cc, e, v):
+    cc.env[e.outputs[0].name] = v
+
+
+def _reshape(cc, e):
+    _alias(cc, e, cc.contiguous(cc.view(e.inputs[0]), e.params["shape"]))
+
+
+def _slice(cc, e):
+    p = e.params
+    if any(t < 0 for t in p["steps"]):
+        raise UnsupportedOpError("npu compiler: slice with a negative step")
+    _alias(cc, e, cc.view(e.inputs[0]).slice(p["starts"], p["steps"], e.outputs[0].shape))
+
+
+def _split(cc, e):
+    v, ax, a = cc.view(e.inputs[0]), e.params["axis"], 0
+    for o, n in zip(e.outputs, e.params["sizes"]):
+        st = [0] * len(v.shape)
+        st[ax] = a
+        cc.env[o.name] = v.box(tuple(st), o.shape)
+        a += n
+
+
+def _cast(cc, e):
+    v, o = cc.view(e.inputs[0]), e.outputs[0]
+    if isa_dtype(o.dtype, cc.act) == v.dtype:
+        _alias(cc, e, v)
+        return True
+    return False
+
+
+VIEWS = {
+    "reshape": _reshape,
+    "transpose": lambda cc, e: _alias(cc, e, cc.view(e.inputs[0]).transpose(e.params["perm"])),
+    "broadcast_to": lambda cc, e: _alias(cc, e, cc.view(e.inputs[0]).broadcast(e.params["shape"])),
+    "slice": _slice, "split": _split,
+}
+
+
+# ----------------------------------------------------------------------------- elementwise chains
+
+def _chain(cc, i, var, shape, allow3=True, max_other=2):
+    """Eqn indices of single-use elementwise consumers following `var`, all of shape `shape`."""
+    out = []
+    while True:
+        users = cc.consumers.get(var.name, [])
+        if len(users) != 1 or var.name in cc.outputs:
+            return out
+        j = users[0]
+        e = cc.ir.eqns[j]
+        if e.op not in ELEMENTWISE or tuple(e.outputs[0].shape) != tuple(shape) or (e.op == "where" and not allow3):
+            return out
+        others = [a for a in e.inputs if getattr(a, "name", None) != var.name]
+        if sum(1 for a in e.inputs if getattr(a, "name", None) == var.name) != 1 or len(others) > max_other:
+            return out
+        if any(hasattr(a, "name") and a.name not in cc.env and a.name not in cc.val for a in others):
+            return out
+        out.append(j)
+        var = e.outputs[0]
+
+
+def _operand(cc, a, cur_name):
+    if getattr(a, "name", None) == cur_name:
+        return CUR
+    if not hasattr(a, "name") and np.ndim(a.value) == 0 and a.dtype not in ("bool",):
+        return float(a.value)
+    return a
+
+
+def _elementwise(cc, i, e):
+    if e.op == "cast" and _cast(cc, e):
+        return
+    out = e.outputs[0]
+    chain = [i] + _chain(cc, i, out, out.shape)
+    loads, steps, cur = {}, [], None
+    for j in chain:
+        ej = cc.ir.eqns[j]
+        ops = [_operand(cc, a, cur) if cur else _operand(cc, a, None) for a in ej.inputs]
+        for func, srcs, imm in ew_steps(ej, ops):
+            if len(srcs) == 2 and any(isinstance(x, float) for x in srcs):
+                f = _imm_form(func, srcs)
+                if f:
+                    func, srcs, imm = f
+            names = []
+            for x in srcs:
+                if x is CUR:
+                    names.append(steps[-1][2] if steps else "t0")
+                elif isinstance(x, float):
+                    names.append(_lit_tile(cc, loads, x))
+                else:
+                    names.append(_load_tile(cc, loads, x))
+            steps.append(("vec", func, f"t{len(steps) + 1}", names, imm))
+        cur = ej.outputs[0].name
+        cc.done.add(j)
+    last = cc.ir.eqns[chain[-1]].outputs[0]
+    ov = cc.out_view(last)
+    cc.owners = getattr(cc, "owners", set()) | {last.name}
+    final = steps[-1][2]
+    rp = RowProgram(tuple(out.shape) or (1,), loads, steps, {final: _nd(ov, out.shape)}, dtypes={final: ov.dtype})
+    row_kernel(cc, rp)
+
+
+def _nd(v: View, shape):
+    return v if shape else View(v.space, v.addr, v.dtype, (1,), (1,))
+
+
+def _load_tile(cc, loads, atom):
+    name = f"in_{atom.name}"
+    v = cc.view(atom)
+    loads[name] = v if v.shape else View(v.space, v.addr, v.dtype, (1,), (0,))
+    return name
+
+
+def _lit_tile(cc, loads, x):
+    v = cc.view(_Lit(x))
+    name = f"lit{len(loads)}"
+    loads[name] = View(v.space, v.addr, v.dtype, (1,), (0,))
+    return name
+
+
+@dataclass(frozen=True)
+class _Lit:
+    value: float
+    dtype: str = "f32"
+    shape: tuple = ()
+
+
+# ----------------------------------------------------------------------------- GEMMs
+
+def _epilogue(cc, i, out_var, shape2d, to2d):
+    """Fuse the single-use elementwise chain after a GEMM output: epilogue entries + final var."""
+    chain = _chain(cc, i, out_var, out_var.shape, allow3=False, max_other=1)
+    ep, cur = [], out_var
+    for j in chain:
+        e = cc.ir.eqns[j]
+        ops = [_operand(cc, a, cur.name) for a in e.inputs]
+        steps = ew_steps(e, ops)
+        entries = []
+        for func, srcs, imm in steps:
+            if len(srcs) == 2 and any(isinstance(x, float) for x in srcs):
+                f = _imm_form(func, srcs)
+                if f is None:
+                    break
+                func, srcs, imm = f
+            other = [x for x in srcs if x is not CUR]
+            if not other:
+                entries.append((func, None, imm, False))
+                continue
+            v = cc.view(other[0])
+            full = v.broadcast(out_var.shape) if v.shape != tuple(out_var.shape) else v
+            entries.append((func, to2d(full), imm, srcs[0] is not CUR))
+        else:
+            ep += entries
+            cc.done.add(j)
+            cur = e.outputs[0]
+            continue
+        break
+    return ep, cur
+
+
+def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var):
+    """x[..., K] @ W^T with W[N, K] a constant (or runtime view when wval is a View)."""
+    K = x.shape[-1]
+    N = wshape[0]
+    M = math.prod(x.shape[:-1])
+    a = cc.contiguous(x, (M, K)) if M > 0 else x
+    to2d = lambda v: _as2d(cc, v, M, N)
+    ep = [("add", to2d(cc.view(bias).broadcast(out_var.shape)), 0.0, False)] if bias is not None else []
+    ep2, last = _epilogue(cc, i, out_var, (M, N), to2d)
+    ov = cc.out_view(last)
+    cc.owners = getattr(cc, "owners", set()) | {last.name}
+    o2 = ov.reshape((M, N))
+    mode = cc.opts.mode
+    if isinstance(wval, View) or mode in ("bf16", "fp16"):
+        w = wval.transpose((1, 0)) if isinstance(wval, View) else _place_w(cc, e, wval, (K, N))
+        gemm(cc, [GemmJob(a, w, o2, ep + ep2)], cc.act, "fp32")
+    elif mode in ("int8", "fp8"):
+        qdt, qmax = ("int8", 127.0) if mode == "int8" else ("fp8", 448.0)
+        wq, sw = _quant_weight(wval, qdt, qmax, (N, K))
+        wv = cc.place_const(f"{e.outputs[0].name}_wq", wq, qdt, (K, N))
+        sv = cc.place_const(f"{e.outputs[0].name}_ws", sw, "fp32", (N,))
+        xq, sx = _quant_act(cc, a, qdt, qmax)
+        deq = [("mul", sx.broadcast((M, N)), 0.0, False), ("mul", sv.broadcast((M, N)), 0.0, False)]
+        gemm(cc, [GemmJob(xq, wv, o2, deq + ep + ep2)], qdt, "int32" if qdt == "int8" else "fp32")
+    else:  # int4-weights
+        g = INT4_GROUP if K % INT4_GROUP == 0 else K
+        packed, scales = _quant_int4(wval, g, (N, K))
+        pv = cc.place_const(f"{e.outputs[0].name}_w4", packed, "u8", (K, N // 2))
+        sv = cc.place_const(f"{e.outputs[0].name}_w4s", scales, "fp32", (K // g, N))
+        gemm(cc, [GemmJob(a, pv, o2, ep + ep2, w_scales=sv)], cc.act, "fp32", group=g)
+
+
+def _as2d(cc, v: View, M, N):
+    r = v.reshape((M, N))
+    return r if r is not None else cc.materialize(v).reshape((M, N))
+
+
+def _place_w(cc, e, wval, kn):
+    w = None if wval is None else np.ascontiguousarray(np.asarray(wval).T)
+    return cc.place_const(f"{e.outputs[0].name}_w", w, cc.act, kn)
+
+
+def _quant_weight(w, qdt, qmax, nk):
+    """Per-output-channel symmetric quantisation: W[n, k] ~ q[k, n] * s[n]."""
+    if w is None:
+        return None, None
+    w = np.asarray(w, np.float32)
+    s = np.maximum(np.abs(w).max(axis=1), 1e-30) / qmax
+    q = w / s[:, None]
+    q = np.clip(np.rint(q), -128, 127).astype(np.int8) if qdt == "int8" else \
+        np.clip(q, -448, 448).astype(ml_dtypes.float8_e4m3fn)
+    return np.ascontiguousarray(q.T), s.astype(np.float32)
+
+
+def _quant_int4(w, g, nk):
+    """Group-wise int4: W[n, k] ~ q[k, n] * s[k // g, n], q in -8..7, packed two per byte along n."""
+    if w is None:
+        return None, None
+    wt = np.asarray(w, np.float32).T                              # K x N
+    K, N = wt.shape
+    s = np.maximum(np.abs(wt.reshape(K // g, g, N)).max(axis=1), 1e-30) / 7.0
+    q = np.clip(np.rint(wt / np.repeat(s, g, axis=0)), -8, 7).astype(np.int8)
+    u = (q & 0xF).astype(np.uint8)
+    return np.ascontiguousarray(u[:, 0::2] | (u[:, 1::2] << 4)), s.astype(np.float32)
+
+
+def _quant_act(cc, a: View, qdt, qmax):
+    """Dynamic per-row quantisation kernel: s = absmax(row) / qmax, q = x / s."""
+    M, K = a.shape
+    xq, sx = cc.alloc((M, K), qdt), cc.alloc((M, 1), "fp32")
+    steps = [("red", "absmax", "am", "x", 1.0 / qmax), ("vec", "maxs", "s", ["am"], 1e-30),
+             ("vec", "div", "q", ["x", "s"], 0.0)]
+    row_kernel(cc, RowProgram((M, K), {"x": a}, steps, {"q": xq, "s": sx}, dtypes={"q": qdt},
+                              kinds={"am": "col", "s": "col"}, whole_rows=True))
+    return xq, sx
+
+
+def _linear(cc, i, e):
+    x, w = e.inputs[0], e.inputs[1]
+    bias = e.inputs[2] if len(e.inputs) > 2 else None
+    wval = cc.val[w.name] if w.name in cc.val and w.name not in cc.env else cc.view(w)
+    _linear_like(cc, i, e, cc.view(x), wval, w.shape, bias, e.outputs[0])
+
+
+def _matmul(cc, i, e):
+    a, b = e.inputs
+    out = e.outputs[0]
+    if len(b.shape) == 2 and b.name in cc.val and b.name not in cc.env and len(a.shape) >= 1:
+        x = cc.view(a) if len(a.shape) > 1 else cc.view(a).reshape((1, a.shape[0]))
+        wv = cc.val[b.name]
+        _linear_like(cc, i, e, x, None if wv is None else np.asarray(wv).T, (b.shape[1], b.shape[0]), None, out)
+        return
+    av, bv = cc.view(a), cc.view(b)
+    if len(a.shape) == 1:
+        av = av.reshape((1,) + av.shape)
+    if len(b.shape) == 1:
+        bv = bv.reshape(bv.shape + (1,))
+    M, K, N = av.shape[-2], av.shape[-1], bv.shape[-1]
+    batch = tuple(np.broadcast_shapes(av.shape[:-2], bv.shape[:-2]))
+    av, bv = av.broadcast(batch + (M, K)), bv.broadcast(batch + (K, N))
+    ov = cc.alloc(batch + (M, N), isa_dtype(out.dtype, cc.act))
+    jobs = []
+    for idx in np.ndindex(*batch) if batch else [()]:
+        st = tuple(idx)
+        one = (1,) * len(st)
+        jobs.append(GemmJob(av.box(st + (0, 0), one + (M, K)).reshape((M, K)),
+                            bv.box(st + (0, 0), one + (K, N)).reshape((K, N)),
+                            ov.box(st + (0, 0), one + (M, N)).reshape((M, N)), []))
+    gemm(cc, jobs, cc.act, "fp32")
+    cc.env[out.name] = ov.reshape(out.shape)
+
+
+def _attention(cc, i, e):
+    q, k, v = (cc.view(a) for a in e.inputs[:3])
+    out = e.outputs[0]
+    lead = q.shape[:-3]
+    B = math.prod(lead)
+    q4, k4, v4 = (cc.contiguous(x, (B,) + x.shape[-3:]) if x.reshape((B,) + x.shape[-3:]) is None else
+                  x.reshape((B,) + x.shape[-3:]) for x in (q, k, v))
+    mask = None
+    if len(e.inputs) > 3:
+        mv = cc.view(e.inputs[3]).broadcast(q.shape[:-1] + (k.shape[-2],))
+        mask = mv.reshape((B,) + mv.shape[-3:]) or cc.materialize(mv).reshape((B,) + mv.shape[-3:])
+    ov = cc.out_view(out)
+    attention(cc, q4, k4, v4, ov.reshape((B,) + ov.shape[-3:]), mask, e.params["causal"], e.params["scale"], cc.act)
+
+
+def _conv2d(cc, i, e):
+    p = e.params
+    x, w = e.inputs[0], e.inputs[1]
+    if p["groups"] != 1:
+        raise UnsupportedOpError("npu compiler: conv2d with groups > 1")
+    if w.name not in cc.val:
+        raise UnsupportedOpError("npu compiler: conv2d with a runtime (non-constant) weight")
+    N, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    (pt, pb), (pl, pr) = p["padding"]
+    xv = cc.view(x)
+    if pt or pb or pl or pr:
+        xv = _pad_view(cc, xv, ((0, 0), (0, 0), (pt, pb), (pl, pr)), 0.0)
+    _, _, Ho, Wo = e.outputs[0].shape
+    (sh, sw), (dh, dw) = p["stride"], p["dilation"]
+    s0, s1, s2, s3 = xv.strides
+    win = View(xv.space, xv.addr, xv.dtype, (N, Ho, Wo, C, kh, kw), (s0, s2 * sh, s3 * sw, s1, s2 * dh, s3 * dw))
+    cols = cc.materialize(win).reshape((N, Ho * Wo, C * kh * kw))
+    wval = cc.val[w.name]
+    wmat = None if wval is None else np.asarray(wval).reshape(O, C * kh * kw)
+    out = e.outputs[0]
+    wv = _place_w(cc, e, wmat, (C * kh * kw, O))
+    ov = cc.out_view(out)
+    cc.owners = getattr(cc, "owners", set()) | {out.name}
+    ep = []
+    if len(e.inputs) > 2:
+        bv = cc.view(e.inputs[2])
+        ep = [("add", View(bv.space, bv.addr, bv.dtype, (Ho * Wo, O), (0, 1)), 0.0, False)]
+    jobs = [GemmJob(cols.box((n, 0, 0), (1, Ho * Wo, C * kh * kw)).reshape((Ho * Wo, C * kh * kw)), wv,
+                    ov.box((n, 0, 0, 0), (1, O, Ho, Wo)).reshape((O, Ho * Wo)).transpose((1, 0)), ep) for n in range(N)]
+    gemm(cc, jobs, cc.act, "fp32")
+
+
+def _pad_view(cc, v: View, pads, value) -> View:
+    shape = tuple(d + lo + hi for d, (lo, hi) in zip(v.shape, pads))
+    out = cc.alloc(shape, v.dtype)
+    fill = cc.place_const(f"pad{len(cc.consts)}", np.full((1,), value, np.float32), v.dtype)
+    s = cc.streams[0]
+    dma_copy(s, View(fill.space, fill.addr, fill.dtype, shape, (0,) * len(shape)), out)
+    cc.barrier()
+    copy_kernel(cc, v, out.box(tuple(lo for lo, _ in pads), v.shape))
+    return out
+
+
+# ----------------------------------------------------------------------------- row ops
+
+def _rows_view(cc, v: View, axes):
+    """v with `axes` moved last and merged into one: (kept..., R)."""
+    kept = [d for d in range(len(v.shape)) if d not in axes]
+    t = v.transpose(tuple(kept) + tuple(axes))
+    shape = tuple(v.shape[d] for d in kept) + (math.prod(v.shape[d] for d in axes),)
+    return cc.contiguous(t, shape)
+
+
+def _out_rows(cc, out_var, kept_shape):
+    ov = cc.out_view(out_var)
+    cc.owners = getattr(cc, "owners", set()) | {out_var.name}
+    return ov, View.contiguous(ov.space, ov.addr, ov.dtype, tuple(kept_shape) + (1,))
+
+
+def _reduce(cc, i, e):
+    x = cc.view(e.inputs[0])
+    axes = e.params.get("axes", (e.params.get("axis"),))
+    rv = _rows_view(cc, x, axes)
+    func = {"reduce_sum": "sum", "reduce_mean": "sum", "reduce_max": "max", "reduce_min": "min",
+            "argmax": "argmax", "argmin": "argmin"}[e.op]
+    imm = 1.0 / rv.shape[-1] if e.op == "reduce_mean" else 1.0
+    _, o = _out_rows(cc, e.outputs[0], rv.shape[:-1])
+    row_kernel(cc, RowProgram(rv.shape, {"x": rv}, [("red", func, "y", "x", imm)], {"y": o},
+                              dtypes={"y": o.dtype}, whole_rows=True))
+
+
+def _last_axis(cc, e, x: View, axes):
+    """(rows view with the normalised axes last, output view in the same layout)."""
+    rv = _rows_view(cc, x, axes)
+    ov = cc.out_view(e.outputs[0])
+    cc.owners = getattr(cc, "owners", set()) | {e.outputs[0].name}
+    kept = [d for d in range(len(x.shape)) if d not in axes]
+    ot = ov.transpose(tuple(kept) + tuple(axes))
+    return rv, cc.contiguous(ot, rv.shape) if ot.reshape(rv.shape) is not None else None, ov
+
+
+def _softmax(cc, i, e):
+    x = cc.view(e.inputs[0])
+    rv, o, ov = _last_axis(cc, e, x, (e.params["axis"],))
+    tmp = o if o is not None else cc.alloc(rv.shape, ov.dtype)
+    if e.op == "softmax":
+        steps = [("red", "max", "m", "x", 1.0), ("vec", "subexp", "p", ["x", "m"], 0.0),
+                 ("red", "sum", "s", "p", 1.0), ("vec", "div", "y", ["p", "s"], 0.0)]
+    else:
+        steps = [("red", "max", "m", "x", 1.0), ("vec", "sub", "t", ["x", "m"], 0.0), ("vec", "exp", "p", ["t"], 0.0),
+                 ("red", "sum", "s", "p", 1.0), ("vec", "log", "ls", ["s"], 0.0), ("vec", "sub", "y", ["t", "ls"], 0.0)]
+    row_kernel(cc, RowProgram(rv.shape, {"x": rv}, steps, {"y": tmp}, dtypes={"y": ov.dtype},
+                              kinds={"ls": "col"}, whole_rows=True))
+    if o is None:
+        _unpermute(cc, tmp, ov, x, (e.params["axis"],))
+
+
+def _unpermute(cc, tmp, ov, x, axes):
+    kept = [d for d in range(len(x.shape)) if d not in axes]
+    perm = tuple(kept) + tuple(axes)
+    t = tmp.reshape(tuple(x.shape[d] for d in perm))
+    inv = tuple(np.argsort(perm))
+    copy_kernel(cc, t.transpose(inv), ov)
+
+
+def _norm(cc, i, e):
+    x = cc.view(e.inputs[0])
+    axes, eps = e.params["axes"], e.params["eps"]
+    rv, o, ov = _last_axis(cc, e, x, axes)
+    n = rv.shape[-1]
+    loads = {"x": rv}
+    if e.op == "layer_norm":
+        steps = [("red", "sum", "mu", "x", 1.0 / n), ("vec", "sub", "d", ["x", "mu"], 0.0),
+                 ("vec", "mul", "d2", ["d", "d"], 0.0), ("red", "sum", "var", "d2", 1.0 / n)]
+        src = "d"
+    else:
+        steps = [("vec", "mul", "d2", ["x", "x"], 0.0), ("red", "sum", "var", "d2", 1.0 / n)]
+        src = "x"
+    steps += [("vec", "adds", "ve", ["var"], eps), ("vec", "rsqrt", "r", ["ve"], 0.0),
+              ("vec", "mul", "y", [src, "r"], 0.0)]
+    for k, a in enumerate(e.inputs[1:]):
+        wv = cc.view(a)
+        loads[f"w{k}"] = wv.reshape((1, n)) if wv.reshape((1, n)) is not None else cc.materialize(wv).reshape((1, n))
+        steps.append(("vec", "mul" if k == 0 else "add", "y", ["y", f"w{k}"], 0.0))
+    final = f"y"
+    steps[-1] = steps[-1][:2] + ("out",) + steps[-1][3:]
+    kinds = {"ve": "col", "r": "col"}
+    row_kernel(cc, RowProgram(rv.shape, {k: (v.broadcast(rv.shape) if k != "x" else v) for k, v in loads.items()},
+                              steps, {"out": o if o is not None else cc.alloc(rv.shape, ov.dtype)},
+                              dtypes={"out": ov.dtype}, kinds=kinds, whole_rows=True))
+    if o is None:
+        raise UnsupportedOpError("npu compiler: norm over non-trailing axes")
+
+
+def _gather(cc, i, e):
+    table, idx = e.inputs
+    if e.params["axis"] != 0:
+        raise UnsupportedOpError("npu compiler: gather on an axis other than 0")
+    tv = cc.view(table)
+    V, D = table.shape[0], math.prod(table.shape[1:])
+    t2 = cc.contiguous(tv, (V, D))
+    n = idx.size
+    iv = cc.contiguous(cc.view(idx), (n,))
+    ov = cc.out_view(e.outputs[0])
+    cc.owners = getattr(cc, "owners", set()) | {e.outputs[0].name}
+    gather_rows(cc, t2, iv, ov.reshape((n, D)))
+
+
+def _concat(cc, i, e):
+    ov = cc.out_view(e.outputs[0])
+    cc.owners = getattr(cc, "owners", set()) | {e.outputs[0].name}
+    ax, a = e.params["axis"], 0
+    for k, x in enumerate(e.inputs):
+        st = [0] * len(ov.shape)
+        st[ax] = a
+        xv = cc.view(x)
+        dma_copy(cc.streams[k % cc.ncores], xv, ov.box(tuple(st), x.shape))
+        a += x.shape[ax]
+    cc.barrier()
+
+
+def _pad(cc, i, e):
+    v = _pad_view(cc, cc.view(e.inputs[0]), e.params["pads"], e.params["value"])
+    cc.env[e.outputs[0].name] = v
+
+
+def _pool(cc, i, e):
+    p = e.params
+    x = cc.view(e.inputs[0])
+    (pt, pb), (pl, pr) = p["padding"]
+    N, C, H, W = x.shape
+    mx = e.op == "max_pool2d"
+    if not mx and (pt or pb or pl or pr) and not p["count_include_pad"]:
+        raise UnsupportedOpError("npu compiler: avg_pool2d with count_include_pad=False and padding")
+    if pt or pb or pl or pr:
+        x = _pad_view(cc, x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), -3.0e38 if mx else 0.0)
+    _, _, Ho, Wo = e.outputs[0].shape
+    (kh, kw), (sh, sw) = p["kernel"], p["stride"]
+    dh, dw = p.get("dilation", (1, 1))
+    s0, s1, s2, s3 = x.strides
+    win = View(x.space, x.addr, x.dtype, (N, C, Ho, Wo, kh, kw), (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw))
+    rv = cc.materialize(win).reshape((N * C * Ho * Wo, kh * kw))
+    _, o = _out_rows(cc, e.outputs[0], (N * C * Ho * Wo,))
+    row_kernel(cc, RowProgram(rv.shape, {"x": rv}, [("red", "max" if mx else "sum", "y", "x", 1.0 if mx else 1.0 / (kh * kw))],
+                              {"y": o}, dtypes={"y": o.dtype}, whole_rows=True))
+
+
+LOWER = {
+    "linear": _linear, "matmul": _matmul, "conv2d": _conv2d, "attention": _attention,
+    **{op: _reduce for op in ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "argmin")},
+    "softmax": _softmax, "log_softmax": _softmax, "layer_norm": _norm, "rms_norm": _norm,
+    "gather": _gather, "concat": _concat, "pad": _pad, "max_pool2d": _pool, "avg_pool2d": _pool,
+}

@@ -1,0 +1,403 @@
+"""Kernel emitters: the instruction patterns the compiler instantiates.
+
+- `row_kernel`: a small program of vector steps over tiles of rows (elementwise chains,
+  reductions, softmax, norms, dynamic quantisation), double-buffered, rows split over cores.
+- `gemm`: tiled GEMM on the systolic arrays: output tiles split over cores, K in chunks,
+  operand tiles double-buffered (and reused while resident), fused elementwise epilogue,
+  int8/fp8 (quantised activations x quantised weights) and int4 weight-only (Dequant4).
+- `attention`: flash-style attention per (batch, head): online softmax over key chunks.
+Every kernel ends with a barrier: the next one may read what any core wrote.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..errors import UnsupportedOpError
+from .emit import Buf, Sram, View, dma_copy, split_even
+from .isa import DTYPES, Gather, Matmul, Reduce, Vec, Dequant4
+
+F32 = "fp32"
+NEG = -3.0e38   # "minus infinity" that keeps exp(x - max) finite
+
+
+# ----------------------------------------------------------------------------- tiles
+
+@dataclass
+class Tile:
+    """A named SRAM tile of a row kernel: kind full (rows x cols), col (rows x 1), row (1 x cols), one (1 x 1)."""
+    kind: str
+    dtype: str
+    bufs: list = field(default_factory=list)
+
+    def strides(self, cols: int):
+        return {"full": (cols, 1), "col": (1, 0), "row": (0, 1), "one": (0, 0)}[self.kind]
+
+
+def _kind_of(view: View, ndim_lead: int) -> str:
+    lead_const = all(s == 0 or d == 1 for d, s in zip(view.shape[:ndim_lead], view.strides[:ndim_lead]))
+    col_const = view.strides[-1] == 0 or view.shape[-1] == 1
+    return {(True, True): "one", (True, False): "row", (False, True): "col", (False, False): "full"}[(lead_const, col_const)]
+
+
+def box_iter(shape, max_rows: int, max_cols: int):
+    """Boxes (starts, sizes) covering `shape`: the last dim in chunks of max_cols, then full inner
+    leading dims and a chunk of one more, so each box holds at most max_rows rows."""
+    lead, cols = shape[:-1], shape[-1]
+    cc = max(1, min(cols, max_cols))
+    k, inner = len(lead), 1
+    while k > 0 and inner * lead[k - 1] <= max_rows:
+        k -= 1
+        inner *= lead[k]
+    chunk = max(1, max_rows // inner) if k > 0 else 1
+    outer = lead[:k - 1] if k > 0 else ()
+    for idx in _nd(outer):
+        for a in range(0, lead[k - 1] if k > 0 else 1, chunk):
+            for c0 in range(0, cols, cc):
+                n = min(chunk, lead[k - 1] - a) if k > 0 else 1
+                starts = idx + ((a,) if k > 0 else ()) + (0,) * (len(lead) - k) + (c0,)
+                sizes = (1,) * len(idx) + ((n,) if k > 0 else ()) + tuple(lead[k:]) + (min(cc, cols - c0),)
+                yield starts, sizes
+
+
+def _nd(shape):
+    if not shape:
+        yield ()
+        return
+    for i in range(shape[0]):
+        for r in _nd(shape[1:]):
+            yield (i,) + r
+
+
+@dataclass
+class RowProgram:
+    """Steps over tiles. loads: name -> View (broadcast to `shape`, or shape[:-1]+(1,));
+    steps: ("vec", func, dst, srcs, imm) | ("red", func, dst, src, imm); stores: name -> View."""
+    shape: tuple
+    loads: dict
+    steps: list
+    stores: dict
+    dtypes: dict = field(default_factory=dict)   # computed tile name -> dtype (default fp32)
+    kinds: dict = field(default_factory=dict)    # computed tile name -> kind (default full)
+    whole_rows: bool = False                     # a reduction needs the whole row in one tile
+
+
+def row_kernel(cc, rp: RowProgram):
+    shape = tuple(rp.shape) if rp.shape else (1,)
+    lead_n = len(shape) - 1
+    tiles: dict[str, Tile] = {}
+    for n, v in rp.loads.items():
+        tiles[n] = Tile(_kind_of(v.broadcast(shape) if v.shape[-1] != 1 or shape[-1] == 1 else v, lead_n), v.dtype)
+    for st in rp.steps:
+        tiles.setdefault(st[2], Tile(rp.kinds.get(st[2], "col" if st[0] == "red" else "full"), rp.dtypes.get(st[2], F32)))
+    cols = shape[-1]
+    full_bytes = sum(DTYPES[t.dtype].itemsize for t in tiles.values() if t.kind == "full")
+    col_bytes = sum(DTYPES[t.dtype].itemsize for t in tiles.values() if t.kind == "col")
+    budget = cc.sram_bytes // 2 - sum(cols * 4 for t in tiles.values() if t.kind == "row")
+    max_cols = cols if rp.whole_rows else min(cols, 4096)
+    per_row = 2 * (full_bytes * max_cols + col_bytes) + 64
+    max_rows = budget // per_row
+    if max_rows < 1:
+        raise UnsupportedOpError(f"{cc.op_name}: a row of {cols} elements does not fit the {cc.sram_bytes}-byte SRAM")
+    rows_total = math.prod(shape[:-1])
+    max_rows = max(1, min(max_rows, 1024, -(-rows_total // cc.ncores)))
+    boxes = list(box_iter(shape, max_rows, max_cols))
+    for core, (b0, b1) in enumerate(split_even(len(boxes), cc.ncores)):
+        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        nr, nc = max_rows, max_cols
+        for t in tiles.values():
+            n = {"full": nr * nc, "col": nr, "row": nc, "one": 1}[t.kind] * DTYPES[t.dtype].itemsize
+            t.bufs = [sram.alloc(n), sram.alloc(n)] if t.kind in ("full", "col") else [sram.alloc(n)] * 2
+        resident: dict = {}
+        for j, (starts, sizes) in enumerate(boxes[b0:b1]):
+            _row_tile(s, rp, tiles, starts, sizes, j % 2, resident)
+    cc.barrier()
+
+
+def _row_tile(s, rp, tiles, starts, sizes, par, resident):
+    rows, cols = math.prod(sizes[:-1]), sizes[-1]
+    shape = tuple(rp.shape) if rp.shape else (1,)
+    for name, v in rp.loads.items():
+        t = tiles[name]
+        vb = v.broadcast(shape) if v.shape != shape and len(v.shape) <= len(shape) else v
+        src = vb.box(starts, sizes) if vb.shape == shape else vb.box(starts[:-1] + (0,), sizes[:-1] + (1,))
+        buf = t.bufs[par]
+        if t.kind in ("row", "one"):
+            key = (v, starts[-1], sizes[-1])
+            if resident.get(name) == key:
+                continue
+            resident[name] = key
+            n = cols if t.kind == "row" else 1
+            src = src.box((0,) * len(sizes), (1,) * (len(sizes) - 1) + (n,)) if t.kind == "row" else \
+                src.box((0,) * len(sizes), (1,) * len(sizes))
+        elif t.kind == "col":
+            src = src.box((0,) * len(sizes), sizes[:-1] + (1,))
+        dst = View.contiguous("sram", buf.addr, v.dtype, src.shape)
+        dma_copy(s, src, dst, writes=[buf])
+    for st in rp.steps:
+        if st[0] == "vec":
+            _, func, dst, srcs, imm = st
+            _vec(s, tiles, par, func, dst, srcs, imm, rows, cols)
+        else:
+            _, func, dst, src, imm = st
+            a, d = tiles[src], tiles[dst]
+            ab, db = a.bufs[par], d.bufs[par]
+            ars, acs = a.strides(cols)
+            s.emit(lambda **w: Reduce(func=func, rows=rows, cols=cols, d_addr=db.addr, d_dtype=d.dtype, d_rs=1,
+                                      a_addr=ab.addr, a_dtype=a.dtype, a_rs=ars, a_cs=acs, imm=imm, **w),
+                   reads=[ab], writes=[db])
+    for name, v in rp.stores.items():
+        t = tiles[name]
+        buf = t.bufs[par]
+        dst = v.box(starts, sizes) if t.kind == "full" else v.box(starts[:-1] + (0,), sizes[:-1] + (1,))
+        dma_copy(s, View.contiguous("sram", buf.addr, t.dtype, dst.shape), dst, reads=[buf])
+
+
+def _vec(s, tiles, par, func, dst, srcs, imm, rows, cols):
+    d = tiles[dst]
+    db = d.bufs[par]
+    ops, kw = [], {}
+    for k, n in zip("abc", srcs):
+        t = tiles[n]
+        rs, cs = t.strides(cols)
+        kw.update({f"{k}_addr": t.bufs[par].addr, f"{k}_dtype": t.dtype, f"{k}_rs": rs, f"{k}_cs": cs})
+        ops.append(t.bufs[par])
+    drs, dcs = d.strides(cols)
+    c = 1 if d.kind in ("col", "one") else cols
+    r = 1 if d.kind in ("row", "one") else rows
+    s.emit(lambda **w: Vec(func=func, rows=r, cols=c, d_addr=db.addr, d_dtype=d.dtype, d_rs=drs if r > 1 else 0,
+                           d_cs=dcs if c > 1 else 1, imm=float(imm), **kw, **w), reads=ops, writes=[db])
+
+
+# ----------------------------------------------------------------------------- GEMM
+
+@dataclass
+class GemmJob:
+    a: View           # M x K
+    w: View           # K x N (or packed int4 K x N/2 when w_scales is set)
+    out: View         # M x N
+    epilogue: list    # (func, operand View (M x N broadcast) | None, imm, acc_is_b)
+    w_scales: View | None = None   # int4: (K/group) x N
+
+
+def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0):
+    g = cc.geom
+    tc = g.tile_cols(in_dtype)
+    M, K = jobs[0].a.shape
+    N = jobs[0].out.shape[1]
+    ntiles_min = cc.ncores if len(jobs) < cc.ncores else 1
+    tn = min(_up(N, tc), max(tc, 512 if M > 1 else 2048))
+    tm = min(M, 256)
+    while math.ceil(M / tm) * math.ceil(N / tn) * len(jobs) < ntiles_min and tn > tc:
+        tn = max(tc, _up(tn // 2, tc))
+    while math.ceil(M / tm) * math.ceil(N / tn) * len(jobs) < ntiles_min and tm > 16:
+        tm = max(16, tm // 2)
+    es = DTYPES[in_dtype].itemsize
+    fixed = 2 * tm * tn * (DTYPES[acc_dtype].itemsize + 4 + 4) + 4 * (tm + tn) * 4 * 2
+    per_k = 2 * (tm + tn) * es + (2 * tn // 2 + 2 * tn * 4 // max(group, 1) if group else 0)
+    tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows))
+    if group:
+        tk = max(group, tk // group * group)
+    if fixed + tk * per_k > cc.sram_bytes:
+        raise UnsupportedOpError(f"{cc.op_name}: GEMM tiles do not fit SRAM")
+    tiles = [(j, m0, n0) for j in range(len(jobs)) for n0 in range(0, N, tn) for m0 in range(0, M, tm)]
+    for core, (t0, t1) in enumerate(split_even(len(tiles), cc.ncores)):
+        _gemm_core(cc, cc.streams[core], jobs, tiles[t0:t1], tm, tn, tk, in_dtype, acc_dtype, group)
+    cc.barrier()
+
+
+def _up(x, m):
+    return -(-x // m) * m
+
+
+def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
+    sram = Sram(cc.sram_bytes)
+    es = DTYPES[in_dtype].itemsize
+    abuf = [sram.alloc(tm * tk * es) for _ in range(2)]
+    wbuf = [sram.alloc(tk * tn * es) for _ in range(2)]
+    pbuf = [sram.alloc(tk * tn // 2) for _ in range(2)] if group else None
+    sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(2)] if group else None
+    acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(2)]
+    ep = [sram.alloc(tm * tn * 4) for _ in range(2)]
+    obuf = [sram.alloc(tm * tn * 4) for _ in range(2)]
+    kslot = 0
+    for t, (j, m0, n0) in enumerate(tiles):
+        job = jobs[j]
+        K = job.a.shape[1]
+        M, N = job.out.shape
+        m, n = min(tm, M - m0), min(tn, N - n0)
+        ab = acc[t % 2]
+        for ki, k0 in enumerate(range(0, K, tk)):
+            k = min(tk, K - k0)
+            a, w = abuf[kslot % 2], wbuf[kslot % 2]
+            _load(s, a, job.a.box((m0, k0), (m, k)), (id(job.a), m0, k0, m, k))
+            if group:
+                p, sc = pbuf[kslot % 2], sbuf[kslot % 2]
+                if w.key != (id(job.w), k0, n0, k, n):
+                    _load(s, p, job.w.box((k0, n0 // 2), (k, n // 2)), None)
+                    _load(s, sc, job.w_scales.box((k0 // group, n0), (-(-k // group), n)), None)
+                    s.emit(lambda **wt: Dequant4(rows=k, cols=n, group=group, d_addr=w.addr, d_dtype=in_dtype, d_rs=n,
+                                                 a_addr=p.addr, s_addr=sc.addr, s_dtype=job.w_scales.dtype, s_rs=n, **wt),
+                           reads=[p, sc], writes=[w])
+                    w.key = (id(job.w), k0, n0, k, n)
+            else:
+                _load(s, w, job.w.box((k0, n0), (k, n)), (id(job.w), k0, n0, k, n))
+            s.emit(lambda **wt: Matmul(acc_addr=ab.addr, a_addr=a.addr, w_addr=w.addr, M=m, K=k, N=n, lda=k, ldw=n,
+                                       ldc=n, in_dtype=in_dtype, acc_dtype=acc_dtype, acc_in=int(ki > 0), **wt),
+                   reads=[a, w], writes=[ab])
+            kslot += 1
+        _epilogue(s, job, ab, acc_dtype, ep[t % 2], obuf[t % 2], m0, n0, m, n)
+
+
+def _load(s, buf: Buf, src: View, key):
+    if key is not None and buf.key == key:
+        return
+    dma_copy(s, src, View.contiguous("sram", buf.addr, src.dtype, src.shape), writes=[buf])
+    buf.key = key
+
+
+def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n):
+    cur, cur_dt = ab, acc_dtype
+    for func, opnd, imm, acc_is_b in job.epilogue:
+        kw, reads = {}, [cur]
+        if opnd is not None:
+            o = opnd.box((m0, n0), (m, n))
+            rs = 0 if o.strides[0] == 0 or m == 1 else n
+            cs = 0 if o.strides[1] == 0 or n == 1 else 1
+            src = o.box((0, 0), (m if rs else 1, n if cs else 1))
+            eb.key = None
+            dma_copy(s, src, View.contiguous("sram", eb.addr, o.dtype, src.shape), writes=[eb])
+            slot_o = {"addr": eb.addr, "dtype": o.dtype, "rs": rs if m > 1 else 0, "cs": cs if n > 1 else 0}
+            slot_c = {"addr": cur.addr, "dtype": cur_dt, "rs": n, "cs": 1}
+            a_, b_ = (slot_o, slot_c) if acc_is_b else (slot_c, slot_o)
+            kw = {"a_addr": a_["addr"], "a_dtype": a_["dtype"], "a_rs": a_["rs"], "a_cs": a_["cs"],
+                  "b_addr": b_["addr"], "b_dtype": b_["dtype"], "b_rs": b_["rs"], "b_cs": b_["cs"]}
+            reads = [cur, eb]
+        else:
+            kw = {"a_addr": cur.addr, "a_dtype": cur_dt, "a_rs": n, "a_cs": 1}
+        s.emit(lambda **w: Vec(func=func, rows=m, cols=n, d_addr=ob.addr, d_dtype=F32, d_rs=n, imm=float(imm), **kw, **w),
+               reads=reads, writes=[ob])
+        cur, cur_dt = ob, F32
+    out = job.out.box((m0, n0), (m, n))
+    s.emit(lambda **w: Vec(func="copy", rows=m, cols=n, d_addr=eb.addr, d_dtype=out.dtype, d_rs=n,
+                           a_addr=cur.addr, a_dtype=cur_dt, a_rs=n, **w), reads=[cur], writes=[eb])
+    eb.key = None
+    dma_copy(s, View.contiguous("sram", eb.addr, out.dtype, (m, n)), out, reads=[eb])
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention(cc, q: View, k: View, v: View, out: View, mask: View | None, causal: bool, scale: float, in_dtype: str):
+    """q[B,Hq,Lq,D], k[B,Hkv,Lk,D], v[B,Hkv,Lk,Dv], out[B,Hq,Lq,Dv]; mask broadcast to [B,Hq,Lq,Lk]."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    grp = Hq // Hkv
+    stack = grp if Lq == 1 and mask is None and not causal else 1        # decode: one kv head serves the group's rows at once
+    jobs = [(b, h) for b in range(B) for h in range(0, Hq, stack)]
+    rows = Lq * stack
+    tq = min(rows, 128)
+    tk = min(Lk, 512)
+    for core, (j0, j1) in enumerate(split_even(len(jobs), cc.ncores)):
+        st = _AttnCore(cc, tq, tk, D, Dv, in_dtype)
+        for b, h in jobs[j0:j1]:
+            hk = h // grp
+            for r0 in range(0, rows, tq):
+                r = min(tq, rows - r0)
+                qv = q.box((b, h, 0, 0), (1, stack, Lq, D)).reshape((rows, D)).box((r0, 0), (r, D)) if stack > 1 else \
+                    q.box((b, h, r0, 0), (1, 1, r, D)).reshape((r, D))
+                ov = out.box((b, h, 0, 0), (1, stack, Lq, Dv)).reshape((rows, Dv)).box((r0, 0), (r, Dv)) if stack > 1 else \
+                    out.box((b, h, r0, 0), (1, 1, r, Dv)).reshape((r, Dv))
+                mv = mask.box((b, h, r0, 0), (1, 1, r, Lk)).reshape((r, Lk)) if mask is not None else None
+                st.run(cc.streams[core], qv, k.box((b, hk, 0, 0), (1, 1, Lk, D)).reshape((Lk, D)),
+                       v.box((b, hk, 0, 0), (1, 1, Lk, Dv)).reshape((Lk, Dv)), ov, mv,
+                       r0 if causal else None, scale)      # causal is top-left aligned: row i sees keys <= i
+    cc.barrier()
+
+
+class _AttnCore:
+    def __init__(self, cc, tq, tk, D, Dv, dt):
+        sr = Sram(cc.sram_bytes)
+        es = DTYPES[dt].itemsize
+        self.dt, self.tq, self.tk = dt, tq, tk
+        self.qb = sr.alloc(tq * D * es)
+        self.kb = [sr.alloc(tk * D * es) for _ in range(2)]
+        self.vb = [sr.alloc(tk * Dv * es) for _ in range(2)]
+        self.sb, self.pb = sr.alloc(tq * tk * 4), sr.alloc(tq * tk * es)
+        self.mb = sr.alloc(tq * tk * 4)
+        self.o, self.pv = sr.alloc(tq * Dv * 4), sr.alloc(tq * Dv * 4)
+        self.m, self.l, self.mn, self.cr, self.rs = (sr.alloc(tq * 4) for _ in range(5))
+        self.ob = sr.alloc(tq * Dv * 4)
+        self.slot = 0
+
+    def run(self, s, q, k, v, out, mask, diag, scale):
+        """One query block against all keys: online softmax (flash attention)."""
+        r, D = q.shape
+        Lk, Dv = k.shape[0], v.shape[1]
+        _load(s, self.qb, q, None)
+        V = lambda func, rows, cols, d, dt, drs, a, adt, ars, acs, b=None, bdt=F32, brs=0, bcs=0, imm=0.0, rd=(), wr=(): \
+            s.emit(lambda **w: Vec(func=func, rows=rows, cols=cols, d_addr=d.addr, d_dtype=dt, d_rs=drs, d_cs=1 if cols > 1 else 0,
+                                   a_addr=a.addr, a_dtype=adt, a_rs=ars, a_cs=acs, b_addr=b.addr if b else 0, b_dtype=bdt,
+                                   b_rs=brs, b_cs=bcs, imm=imm, **w), reads=rd, writes=wr)
+        V("muls", r, 1, self.m, F32, 1, self.m, F32, 1, 0, imm=0.0, rd=[self.m], wr=[self.m])
+        V("adds", r, 1, self.m, F32, 1, self.m, F32, 1, 0, imm=NEG, rd=[self.m], wr=[self.m])
+        V("muls", r, 1, self.l, F32, 1, self.l, F32, 1, 0, imm=0.0, rd=[self.l], wr=[self.l])
+        V("muls", r, Dv, self.o, F32, Dv, self.o, F32, Dv, 1, imm=0.0, rd=[self.o], wr=[self.o])
+        for c0 in range(0, Lk, self.tk):
+            c = min(self.tk, Lk - c0)
+            if diag is not None and c0 > diag + r - 1:
+                break                                  # fully masked key block
+            kb, vb = self.kb[self.slot % 2], self.vb[self.slot % 2]
+            self.slot += 1
+            _load(s, kb, k.box((c0, 0), (c, D)).transpose((1, 0)), (id(k), k.addr, c0, c))
+            _load(s, vb, v.box((c0, 0), (c, Dv)), (id(v), v.addr, c0, c))
+            s.emit(lambda **w: Matmul(acc_addr=self.sb.addr, a_addr=self.qb.addr, w_addr=kb.addr, M=r, K=D, N=c,
+                                      lda=D, ldw=c, ldc=c, in_dtype=self.dt, acc_dtype=F32, **w),
+                   reads=[self.qb, kb], writes=[self.sb])
+            V("muls", r, c, self.sb, F32, c, self.sb, F32, c, 1, imm=scale, rd=[self.sb], wr=[self.sb])
+            if diag is not None and c0 + c - 1 > diag:
+                V("tril", r, c, self.sb, F32, c, self.sb, F32, c, 1, imm=float(diag - c0), rd=[self.sb], wr=[self.sb])
+            if mask is not None:
+                mv = mask.box((0, c0), (r, c))
+                _load(s, self.mb, mv, None)
+                f = "select" if mask.dtype == "int8" else "add"     # bool masks: keep where true
+                V(f, r, c, self.sb, F32, c, self.sb, F32, c, 1, self.mb, mv.dtype, c, 1, imm=NEG,
+                  rd=[self.sb, self.mb], wr=[self.sb])
+            s.emit(lambda **w: Reduce(func="max", rows=r, cols=c, d_addr=self.mn.addr, d_dtype=F32, d_rs=1,
+                                      a_addr=self.sb.addr, a_dtype=F32, a_rs=c, **w), reads=[self.sb], writes=[self.mn])
+            V("max", r, 1, self.mn, F32, 1, self.mn, F32, 1, 0, self.m, F32, 1, 0, rd=[self.mn, self.m], wr=[self.mn])
+            V("sub", r, 1, self.cr, F32, 1, self.m, F32, 1, 0, self.mn, F32, 1, 0, rd=[self.m, self.mn], wr=[self.cr])
+            V("exp", r, 1, self.cr, F32, 1, self.cr, F32, 1, 0, rd=[self.cr], wr=[self.cr])
+            V("subexp", r, c, self.pb, self.dt, c, self.sb, F32, c, 1, self.mn, F32, 1, 0, rd=[self.sb, self.mn], wr=[self.pb])
+            s.emit(lambda **w: Reduce(func="sum", rows=r, cols=c, d_addr=self.rs.addr, d_dtype=F32, d_rs=1,
+                                      a_addr=self.pb.addr, a_dtype=self.dt, a_rs=c, **w), reads=[self.pb], writes=[self.rs])
+            s.emit(lambda **w: Vec(func="fma", rows=r, cols=1, d_addr=self.l.addr, d_dtype=F32, d_rs=1, d_cs=0,
+                                   a_addr=self.l.addr, a_dtype=F32, a_rs=1, a_cs=0, b_addr=self.cr.addr, b_dtype=F32,
+                                   b_rs=1, b_cs=0, c_addr=self.rs.addr, c_dtype=F32, c_rs=1, c_cs=0, **w),
+                   reads=[self.l, self.cr, self.rs], writes=[self.l])
+            V("copy", r, 1, self.m, F32, 1, self.mn, F32, 1, 0, rd=[self.mn], wr=[self.m])
+            s.emit(lambda **w: Matmul(acc_addr=self.pv.addr, a_addr=self.pb.addr, w_addr=vb.addr, M=r, K=c, N=Dv,
+                                      lda=c, ldw=Dv, ldc=Dv, in_dtype=self.dt, acc_dtype=F32, **w),
+                   reads=[self.pb, vb], writes=[self.pv])
+            s.emit(lambda **w: Vec(func="fma", rows=r, cols=Dv, d_addr=self.o.addr, d_dtype=F32, d_rs=Dv, a_addr=self.o.addr,
+                                   a_dtype=F32, a_rs=Dv, b_addr=self.cr.addr, b_dtype=F32, b_rs=1, b_cs=0,
+                                   c_addr=self.pv.addr, c_dtype=F32, c_rs=Dv, c_cs=1, **w),
+                   reads=[self.o, self.cr, self.pv], writes=[self.o])
+        V("div", r, Dv, self.ob, out.dtype, Dv, self.o, F32, Dv, 1, self.l, F32, 1, 0, rd=[self.o, self.l], wr=[self.ob])
+        dma_copy(s, View.contiguous("sram", self.ob.addr, out.dtype, (r, Dv)), out, reads=[self.ob])
+
+
+def gather_rows(cc, table: View, idx: View, out: View):
+    """out[i, :] = table[idx[i], :] for a contiguous table[V, D] and int32 idx[n]."""
+    n, D = out.shape
+    for core, (a, b) in enumerate(split_even(n, cc.ncores)):
+        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        step = max(1, min(b - a, (cc.sram_bytes // 2) // max(1, D * table.esize)))
+        ib, tb = sram.alloc(4 * step), sram.alloc(step * D * table.esize)
+        for r0 in range(a, b, step):
+            r = min(step, b - r0)
+            _load(s, ib, idx.box((r0,), (r,)), None)
+            s.emit(lambda **w: Gather(src_space=table.space, src_addr=table.addr, dst_space="sram", dst_addr=tb.addr,
+                                      dtype=table.dtype, idx_addr=ib.addr, n=r, cols=D, src_stride=table.strides[0], **w),
+                   reads=[ib], writes=[tb])
+            dma_copy(s, View.contiguous("sram", tb.addr, table.dtype, (r, D)), out.box((r0, 0), (r, D)), reads=[tb])
+    cc.barrier()
