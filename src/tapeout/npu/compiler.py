@@ -122,6 +122,11 @@ class Compiler:
         self.val: dict = {}            # var name -> numpy value (constants; None if abstract)
         self.consts: list = []
         self.op_name = ""
+        self.kernels: list = []        # op name of each kernel, in barrier order
+        self.root: dict = {}           # value name -> name of the value owning its memory
+        self.live: dict = {}           # owner name -> values viewing it not yet dead
+        self.owned: dict = {}          # owner name -> its shared-buffer View
+        self.fused: dict = {}          # eqn index -> indices of the eqns fused into it
         self.vars = ir.vars()
 
     # ---- memory
@@ -144,6 +149,7 @@ class Compiler:
     def barrier(self):
         for s in self.streams:
             s.barrier()
+        self.kernels.append(self.op_name)
 
     # ---- values
     def view(self, atom) -> View:
@@ -163,6 +169,8 @@ class Compiler:
     def out_view(self, var) -> View:
         v = self.alloc(var.shape, isa_dtype(var.dtype, self.act))
         self.env[var.name] = v
+        if v.space == "shared":
+            self.owned[var.name] = v
         return v
 
     def materialize(self, v: View) -> View:
@@ -218,12 +226,15 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
     cc.consumers = consumers
     cc.outputs = {o.name for o in ir.outputs if hasattr(o, "name")}
     cc.done: set = set()
-    last_use = {n: max(ix) for n, ix in consumers.items()}
+    last_use = None
+    cc.remaining = {n: len(set(ix)) for n, ix in consumers.items()}
     for i, e in enumerate(ir.eqns):
         if i in cc.done:
             continue
         cc.op_name = e.op
+        before = set(cc.done)
         _lower(cc, i, e)
+        cc.fused[i] = tuple(sorted(cc.done - before - {i}))
         cc.done.add(i)
         _free_dead(cc, i, e, last_use)
     outputs = []
@@ -236,7 +247,7 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
         outputs.append(Tensor(getattr(o, "name", "out"), "dram", v.addr, tuple(o.shape), v.dtype))
     streams = [s.ins for s in cc.streams]
     return Program(chip, streams, cc.dram.top, cc.shared.top, tuple(inputs), tuple(outputs), tuple(cc.consts),
-                   {"mode": mode, "ir_outputs": [getattr(o, "dtype", "f32") for o in ir.outputs]})
+                   {"mode": mode, "ir_outputs": [getattr(o, "dtype", "f32") for o in ir.outputs], "kernels": cc.kernels})
 
 
 def _abstract(arr) -> bool:
@@ -245,17 +256,30 @@ def _abstract(arr) -> bool:
 
 
 def _free_dead(cc, i, e, last_use):
-    for a in e.inputs:
-        n = getattr(a, "name", None)
-        if n and last_use.get(n) == i and n not in cc.outputs and n in cc.env and n not in cc.val:
-            v = cc.env[n]
-            if v.space == "shared" and v.is_contiguous() and _owner(cc, n):
+    """Release a shared-buffer allocation once every value viewing it has had its last use."""
+    for o in e.outputs:
+        if o.name in cc.env and o.name not in cc.val:
+            r = cc.root.setdefault(o.name, o.name)
+            cc.live[r] = cc.live.get(r, 0) + 1
+    for j in _fused_here(cc, i):
+        for o in cc.ir.eqns[j].outputs:
+            if o.name in cc.env and o.name not in cc.root:
+                cc.root[o.name] = o.name
+                cc.live[o.name] = cc.live.get(o.name, 0) + 1
+    for j in (i, *_fused_here(cc, i)):
+        for n in {getattr(a, "name", None) for a in cc.ir.eqns[j].inputs} - {None}:
+            cc.remaining[n] -= 1
+            if cc.remaining[n] or n in cc.outputs or n not in cc.root:
+                continue
+            r = cc.root[n]
+            cc.live[r] -= 1
+            if cc.live[r] == 0 and r in cc.owned:
+                v = cc.owned.pop(r)
                 cc.shared.release(v.addr, v.size * v.esize)
 
 
-def _owner(cc, name) -> bool:
-    """True if `name` owns its buffer (not a view of another value)."""
-    return name in getattr(cc, "owners", set())
+def _fused_here(cc, i):
+    return cc.fused.get(i, ())
 
 
 def _lower(cc, i, e):
@@ -275,8 +299,6 @@ def _lower(cc, i, e):
     if fn is None:
         raise UnsupportedOpError(f"npu compiler: op {op!r} ({e.outputs[0]}) is not supported on the NPU")
     fn(cc, i, e)
-    for o in e.outputs:
-        cc.owners = getattr(cc, "owners", set()) | {o.name}
 
 
 def _foldable(cc, e) -> bool:
@@ -301,6 +323,9 @@ def _fold(cc, e):
 
 def _alias(cc, e, v):
     cc.env[e.outputs[0].name] = v
+    src = getattr(e.inputs[0], "name", None)
+    if src in cc.root:
+        cc.root[e.outputs[0].name] = cc.root[src]
 
 
 def _reshape(cc, e):
@@ -320,6 +345,8 @@ def _split(cc, e):
         st = [0] * len(v.shape)
         st[ax] = a
         cc.env[o.name] = v.box(tuple(st), o.shape)
+        if e.inputs[0].name in cc.root:
+            cc.root[o.name] = cc.root[e.inputs[0].name]
         a += n
 
 
@@ -396,7 +423,6 @@ def _elementwise(cc, i, e):
         cc.done.add(j)
     last = cc.ir.eqns[chain[-1]].outputs[0]
     ov = cc.out_view(last)
-    cc.owners = getattr(cc, "owners", set()) | {last.name}
     final = steps[-1][2]
     rp = RowProgram(tuple(out.shape) or (1,), loads, steps, {final: _nd(ov, out.shape)}, dtypes={final: ov.dtype})
     row_kernel(cc, rp)
@@ -470,7 +496,6 @@ def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var):
     ep = [("add", to2d(cc.view(bias).broadcast(out_var.shape)), 0.0, False)] if bias is not None else []
     ep2, last = _epilogue(cc, i, out_var, (M, N), to2d)
     ov = cc.out_view(last)
-    cc.owners = getattr(cc, "owners", set()) | {last.name}
     o2 = ov.reshape((M, N))
     mode = cc.opts.mode
     if isinstance(wval, View) or mode in ("bf16", "fp16"):
@@ -610,7 +635,6 @@ def _conv2d(cc, i, e):
     out = e.outputs[0]
     wv = _place_w(cc, e, wmat, (C * kh * kw, O))
     ov = cc.out_view(out)
-    cc.owners = getattr(cc, "owners", set()) | {out.name}
     ep = []
     if len(e.inputs) > 2:
         bv = cc.view(e.inputs[2])
@@ -643,7 +667,6 @@ def _rows_view(cc, v: View, axes):
 
 def _out_rows(cc, out_var, kept_shape):
     ov = cc.out_view(out_var)
-    cc.owners = getattr(cc, "owners", set()) | {out_var.name}
     return ov, View.contiguous(ov.space, ov.addr, ov.dtype, tuple(kept_shape) + (1,))
 
 
@@ -663,7 +686,6 @@ def _last_axis(cc, e, x: View, axes):
     """(rows view with the normalised axes last, output view in the same layout)."""
     rv = _rows_view(cc, x, axes)
     ov = cc.out_view(e.outputs[0])
-    cc.owners = getattr(cc, "owners", set()) | {e.outputs[0].name}
     kept = [d for d in range(len(x.shape)) if d not in axes]
     ot = ov.transpose(tuple(kept) + tuple(axes))
     return rv, cc.contiguous(ot, rv.shape) if ot.reshape(rv.shape) is not None else None, ov
@@ -732,13 +754,11 @@ def _gather(cc, i, e):
     n = idx.size
     iv = cc.contiguous(cc.view(idx), (n,))
     ov = cc.out_view(e.outputs[0])
-    cc.owners = getattr(cc, "owners", set()) | {e.outputs[0].name}
     gather_rows(cc, t2, iv, ov.reshape((n, D)))
 
 
 def _concat(cc, i, e):
     ov = cc.out_view(e.outputs[0])
-    cc.owners = getattr(cc, "owners", set()) | {e.outputs[0].name}
     ax, a = e.params["axis"], 0
     for k, x in enumerate(e.inputs):
         st = [0] * len(ov.shape)

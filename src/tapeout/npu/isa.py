@@ -42,7 +42,7 @@ DTYPES = {
 DTYPE_NAMES = tuple(DTYPES)
 # vector functions: name -> arity (operands a, b, c) and unit ("alu" or "sfu": special functions)
 VFUNCS = {
-    "copy": (1, "alu"), "neg": (1, "alu"), "abs": (1, "alu"), "relu": (1, "alu"),
+    "fill": (0, "alu"), "copy": (1, "alu"), "neg": (1, "alu"), "abs": (1, "alu"), "relu": (1, "alu"),
     "adds": (1, "alu"), "muls": (1, "alu"), "maxs": (1, "alu"), "mins": (1, "alu"), "rsubs": (1, "alu"),
     "pows": (1, "sfu"), "exp": (1, "sfu"), "log": (1, "sfu"), "sqrt": (1, "sfu"), "rsqrt": (1, "sfu"),
     "recip": (1, "sfu"), "tanh": (1, "sfu"), "sigmoid": (1, "sfu"), "silu": (1, "sfu"), "gelu": (1, "sfu"),
@@ -172,9 +172,11 @@ class Matmul:
                 s = sum(f32(a[m*lda + k]) * f32(w[k*ldw + n]) for k in range(k0, min(k0 + rows, K)))
                 acc[m*ldc + n] = (acc[m*ldc + n] if (acc_in or k0 > 0) else 0) + s
 
-    in_dtype bf16/fp16/fp8 accumulate in fp32, int8 in int32 (exact). Time per instruction:
-    folds = ceil(K/rows) * ceil(N/T); weights of the next fold load while rows stream, so
-    cycles = rows (first weight load) + folds * max(M, rows) + rows + cols - 2 (skew fill/drain).
+    in_dtype bf16/fp16/fp8 accumulate in fp32, int8 in int32 (exact). Time: folds =
+    ceil(K/rows) * ceil(N/T); the weights of the next fold load while rows stream, so the array
+    is occupied folds * max(M, rows) cycles and the result is ready rows (first weight load) +
+    rows + cols - 2 (skew fill and drain) cycles later; back-to-back Matmuls overlap that latency.
+    Alone: cycles = rows + folds * max(M, rows) + rows + cols - 2.
     """
     acc_addr: int = _e("u32")
     a_addr: int = _e("u32")
@@ -204,7 +206,7 @@ class Vec:
     A stride of 0 broadcasts (a row vector has rs=0, a per-row scalar cs=0). The vector unit
     computes in fp32; `cast` rounds to nearest even and, for integer and fp8 results, saturates
     (int8 to [-128, 127], fp8 e4m3 to +-448). funcs: see VFUNCS (`adds`, `muls`, ... use imm);
-    the less obvious ones: select = x if y != 0 else imm; tril = x if c <= r + imm else -3e38
+    the less obvious ones: fill = imm (reads nothing); select = x if y != 0 else imm; tril = x if c <= r + imm else -3e38
     (causal masking, r and c are the tile's row and column); subexp = exp(x - y); fma = x*y + z;
     where = y if x != 0 else z; comparisons give 1.0 or 0.0.
     Time: ceil(rows*cols / lanes) on the ALU, or / special_functions_per_cycle for sfu funcs.
@@ -436,4 +438,14 @@ def matmul_cycles(geom: Geometry, M: int, K: int, N: int, in_dtype: str, overlap
     folds = math.ceil(K / geom.rows) * math.ceil(N / geom.tile_cols(in_dtype))
     if not overlap:
         return folds * (2 * geom.rows + geom.cols + M - 2)
-    return geom.rows + folds * max(M, geom.rows) + geom.rows + geom.cols - 2
+    return matmul_latency(geom) + folds * max(M, geom.rows)
+
+
+def matmul_occupancy(geom: Geometry, M: int, K: int, N: int, in_dtype: str) -> int:
+    """Cycles the array is busy with one Matmul when Matmuls run back to back."""
+    return math.ceil(K / geom.rows) * math.ceil(N / geom.tile_cols(in_dtype)) * max(M, geom.rows)
+
+
+def matmul_latency(geom: Geometry) -> int:
+    """First weight load + skew fill/drain: cycles from the last fold's issue to its result."""
+    return geom.rows + geom.rows + geom.cols - 2

@@ -18,6 +18,8 @@ from .emit import Buf, Sram, View, dma_copy, split_even
 from .isa import DTYPES, Gather, Matmul, Reduce, Vec, Dequant4
 
 F32 = "fp32"
+NBUF = 3                    # operand tiles in flight per GEMM (triple buffering)
+W_TILE_BYTES = 256 * 1024   # weight tile size that keeps several DMAs in flight per output tile
 NEG = -3.0e38   # "minus infinity" that keeps exp(x - max) finite
 
 
@@ -194,8 +196,9 @@ def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0)
         tm = max(16, tm // 2)
     es = DTYPES[in_dtype].itemsize
     fixed = 2 * tm * tn * (DTYPES[acc_dtype].itemsize + 4 + 4) + 4 * (tm + tn) * 4 * 2
-    per_k = 2 * (tm + tn) * es + (2 * tn // 2 + 2 * tn * 4 // max(group, 1) if group else 0)
-    tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows))
+    per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
+    tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows,
+                         max(g.rows, (W_TILE_BYTES // (tn * es)) // g.rows * g.rows)))   # >= a few k-chunks to pipeline
     if group:
         tk = max(group, tk // group * group)
     if fixed + tk * per_k > cc.sram_bytes:
@@ -213,10 +216,10 @@ def _up(x, m):
 def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
     sram = Sram(cc.sram_bytes)
     es = DTYPES[in_dtype].itemsize
-    abuf = [sram.alloc(tm * tk * es) for _ in range(2)]
-    wbuf = [sram.alloc(tk * tn * es) for _ in range(2)]
-    pbuf = [sram.alloc(tk * tn // 2) for _ in range(2)] if group else None
-    sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(2)] if group else None
+    abuf = [sram.alloc(tm * tk * es) for _ in range(NBUF)]
+    wbuf = [sram.alloc(tk * tn * es) for _ in range(NBUF)]
+    pbuf = [sram.alloc(tk * tn // 2) for _ in range(NBUF)] if group else None
+    sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(NBUF)] if group else None
     acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(2)]
     ep = [sram.alloc(tm * tn * 4) for _ in range(2)]
     obuf = [sram.alloc(tm * tn * 4) for _ in range(2)]
@@ -229,10 +232,10 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
         ab = acc[t % 2]
         for ki, k0 in enumerate(range(0, K, tk)):
             k = min(tk, K - k0)
-            a, w = abuf[kslot % 2], wbuf[kslot % 2]
+            a, w = abuf[kslot % NBUF], wbuf[kslot % NBUF]
             _load(s, a, job.a.box((m0, k0), (m, k)), (id(job.a), m0, k0, m, k))
             if group:
-                p, sc = pbuf[kslot % 2], sbuf[kslot % 2]
+                p, sc = pbuf[kslot % NBUF], sbuf[kslot % NBUF]
                 if w.key != (id(job.w), k0, n0, k, n):
                     _load(s, p, job.w.box((k0, n0 // 2), (k, n // 2)), None)
                     _load(s, sc, job.w_scales.box((k0 // group, n0), (-(-k // group), n)), None)
@@ -262,12 +265,12 @@ def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n):
         kw, reads = {}, [cur]
         if opnd is not None:
             o = opnd.box((m0, n0), (m, n))
-            rs = 0 if o.strides[0] == 0 or m == 1 else n
-            cs = 0 if o.strides[1] == 0 or n == 1 else 1
-            src = o.box((0, 0), (m if rs else 1, n if cs else 1))
+            vr = o.strides[0] != 0 and m > 1          # operand varies along rows / columns
+            vc = o.strides[1] != 0 and n > 1
+            src = o.box((0, 0), (m if vr else 1, n if vc else 1))
             eb.key = None
             dma_copy(s, src, View.contiguous("sram", eb.addr, o.dtype, src.shape), writes=[eb])
-            slot_o = {"addr": eb.addr, "dtype": o.dtype, "rs": rs if m > 1 else 0, "cs": cs if n > 1 else 0}
+            slot_o = {"addr": eb.addr, "dtype": o.dtype, "rs": (n if vc else 1) if vr else 0, "cs": 1 if vc else 0}
             slot_c = {"addr": cur.addr, "dtype": cur_dt, "rs": n, "cs": 1}
             a_, b_ = (slot_o, slot_c) if acc_is_b else (slot_c, slot_o)
             kw = {"a_addr": a_["addr"], "a_dtype": a_["dtype"], "a_rs": a_["rs"], "a_cs": a_["cs"],
@@ -338,10 +341,9 @@ class _AttnCore:
             s.emit(lambda **w: Vec(func=func, rows=rows, cols=cols, d_addr=d.addr, d_dtype=dt, d_rs=drs, d_cs=1 if cols > 1 else 0,
                                    a_addr=a.addr, a_dtype=adt, a_rs=ars, a_cs=acs, b_addr=b.addr if b else 0, b_dtype=bdt,
                                    b_rs=brs, b_cs=bcs, imm=imm, **w), reads=rd, writes=wr)
-        V("muls", r, 1, self.m, F32, 1, self.m, F32, 1, 0, imm=0.0, rd=[self.m], wr=[self.m])
-        V("adds", r, 1, self.m, F32, 1, self.m, F32, 1, 0, imm=NEG, rd=[self.m], wr=[self.m])
-        V("muls", r, 1, self.l, F32, 1, self.l, F32, 1, 0, imm=0.0, rd=[self.l], wr=[self.l])
-        V("muls", r, Dv, self.o, F32, Dv, self.o, F32, Dv, 1, imm=0.0, rd=[self.o], wr=[self.o])
+        V("fill", r, 1, self.m, F32, 1, self.m, F32, 1, 0, imm=NEG, wr=[self.m])
+        V("fill", r, 1, self.l, F32, 1, self.l, F32, 1, 0, imm=0.0, wr=[self.l])
+        V("fill", r, Dv, self.o, F32, Dv, self.o, F32, Dv, 1, imm=0.0, wr=[self.o])
         for c0 in range(0, Lk, self.tk):
             c = min(self.tk, Lk - c0)
             if diag is not None and c0 > diag + r - 1:

@@ -12,7 +12,7 @@ before any continues.
 Costs, all derived from the chip file plus `data/npu_timing.json`:
   Dma      bytes / (bandwidth of the far memory / cores) cycles on the dma queue; the result is
            ready `latency` later (DMAs pipeline: the queue is free while the latency elapses)
-  Matmul   isa.matmul_cycles (folds of the weight-stationary array)
+  Matmul   folds * max(M, rows) cycles on the mxu queue, ready matmul_latency later (isa.Matmul)
   Vec etc. ceil(elements / lanes) (ALU) or / special_functions_per_cycle (SFU), at least the
            SRAM bytes touched / sram bandwidth, + vector_pipeline_cycles
 """
@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .isa import (DTYPES, QUEUES, VFUNCS, Barrier, Dequant4, Dma, Gather, Geometry, IsaError, Matmul,
-                  Reduce, Vec, matmul_cycles)
+                  Reduce, Vec, matmul_cycles, matmul_latency, matmul_occupancy)
 from .program import Program
 
 _Q = {q: i for i, q in enumerate(QUEUES)}
@@ -91,7 +91,7 @@ def _erf(x):
 
 
 _F = {
-    "copy": lambda a, b, c, s: a, "neg": lambda a, b, c, s: -a, "abs": lambda a, b, c, s: np.abs(a),
+    "fill": lambda a, b, c, s: a + s, "copy": lambda a, b, c, s: a, "neg": lambda a, b, c, s: -a, "abs": lambda a, b, c, s: np.abs(a),
     "relu": lambda a, b, c, s: np.maximum(a, 0), "adds": lambda a, b, c, s: a + s,
     "muls": lambda a, b, c, s: a * s, "maxs": lambda a, b, c, s: np.maximum(a, s),
     "mins": lambda a, b, c, s: np.minimum(a, s), "rsubs": lambda a, b, c, s: s - a,
@@ -193,7 +193,7 @@ def _operand(m, c, rows, cols, addr, dtype, rs, cs):
 
 def exec_vec(m: Memory, c: int, i: Vec):
     ar = VFUNCS[i.func][0]
-    a = _operand(m, c, i.rows, i.cols, i.a_addr, i.a_dtype, i.a_rs, i.a_cs)
+    a = _operand(m, c, i.rows, i.cols, i.a_addr, i.a_dtype, i.a_rs, i.a_cs) if ar else np.zeros((i.rows, i.cols), np.float32)
     b = _operand(m, c, i.rows, i.cols, i.b_addr, i.b_dtype, i.b_rs, i.b_cs) if ar > 1 else None
     z = _operand(m, c, i.rows, i.cols, i.c_addr, i.c_dtype, i.c_rs, i.c_cs) if ar > 2 else None
     with np.errstate(all="ignore"):
@@ -238,7 +238,9 @@ def _dma_cost(t: Timing, i):
 def _matmul_cost(t: Timing, i: Matmul):
     es, ea = DTYPES[i.in_dtype].itemsize, DTYPES[i.acc_dtype].itemsize
     nbytes = (i.M * i.K + i.K * i.N) * es + i.M * i.N * ea * (2 if i.acc_in else 1)
-    return matmul_cycles(t.geom, i.M, i.K, i.N, i.in_dtype, t.overlap), 0, {"sram": nbytes}
+    if not t.overlap:
+        return matmul_cycles(t.geom, i.M, i.K, i.N, i.in_dtype, False), 0, {"sram": nbytes}
+    return matmul_occupancy(t.geom, i.M, i.K, i.N, i.in_dtype), matmul_latency(t.geom), {"sram": nbytes}
 
 
 def _vec_cost(t: Timing, i):
@@ -246,7 +248,7 @@ def _vec_cost(t: Timing, i):
     n = rows * cols
     if type(i) is Vec:
         ar, unit = VFUNCS[i.func]
-        nbytes = n * (DTYPES[i.d_dtype].itemsize + DTYPES[i.a_dtype].itemsize
+        nbytes = n * (DTYPES[i.d_dtype].itemsize + (DTYPES[i.a_dtype].itemsize if ar else 0)
                       + (DTYPES[i.b_dtype].itemsize if ar > 1 else 0) + (DTYPES[i.c_dtype].itemsize if ar > 2 else 0))
         per = t.sfu_per_cycle if unit == "sfu" else t.lanes
         cyc = math.ceil(n / per)
@@ -272,6 +274,8 @@ class Result:
     stats: dict
     events: list                   # (core, queue index, start, end, instruction)
     clock_hz: float
+    barriers: list = ()            # cycle at which each barrier released (kernel boundaries)
+    barriers: list = ()            # cycle at which each barrier released (kernel boundaries)
 
 
 def simulate(prog: Program, inputs=(), count_only: bool = False) -> Result:
@@ -285,7 +289,7 @@ def simulate(prog: Program, inputs=(), count_only: bool = False) -> Result:
     traffic: dict = {"dram": 0, "shared": 0, "sram": 0}
     events: list = []
     pos = [0] * ncores
-    release = 0
+    release, releases = 0, []
     while True:
         for c in range(ncores):
             pos[c] = _run_segment(prog.streams[c], pos[c], c, t, mem, free[c], done[c], busy, stall, traffic, events)
@@ -295,12 +299,13 @@ def simulate(prog: Program, inputs=(), count_only: bool = False) -> Result:
             break
         if not all(pos[c] < len(prog.streams[c]) for c in range(ncores)):
             raise IsaError("barrier count differs between cores")
+        releases.append(release)
         release += t.barrier
         for c in range(ncores):
             free[c][:] = [release] * 3
             pos[c] += 1                                  # step over the barrier
     outs = None if count_only else [cast(_f32(mem.read(o.space, o.addr, o.shape, o.dtype)), "fp32") for o in prog.outputs]
-    return Result(outs, _stats(prog, t, release, busy, stall, traffic), events, t.clock_hz)
+    return Result(outs, _stats(prog, t, release, busy, stall, traffic), events, t.clock_hz, releases)
 
 
 def _run_segment(stream, p, c, t, mem, free, done, busy, stall, traffic, events):
@@ -377,3 +382,13 @@ def write_trace(result: Result, path, max_events: int = 500_000) -> int:
     with open(path, "w") as f:
         json.dump({"traceEvents": ev, "displayTimeUnit": "ns"}, f)
     return len(ev)
+
+
+def kernel_times(prog: Program, result: Result) -> list[tuple[str, int]]:
+    """(op name, cycles) of each kernel, from the barrier release times."""
+    names = prog.meta.get("kernels", [])
+    out, prev = [], 0
+    for name, t in zip(names, result.barriers):
+        out.append((name, int(t - prev)))
+        prev = t
+    return out
