@@ -232,6 +232,7 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
         if i in cc.done:
             continue
         cc.op_name = e.op
+        cc.eqn = e
         before = set(cc.done)
         _lower(cc, i, e)
         cc.fused[i] = tuple(sorted(cc.done - before - {i}))
@@ -389,7 +390,7 @@ def _chain(cc, i, var, shape, allow3=True, max_other=2):
 
 
 def _operand(cc, a, cur_name):
-    if getattr(a, "name", None) == cur_name:
+    if cur_name is not None and getattr(a, "name", None) == cur_name:
         return CUR
     if not hasattr(a, "name") and np.ndim(a.value) == 0 and a.dtype not in ("bool",):
         return float(a.value)
