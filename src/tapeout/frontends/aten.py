@@ -415,8 +415,11 @@ def _conv(cx, node, x, w, b, stride, padding, dilation, transposed, output_paddi
     stats = None if bn is None else [cx.env_of(a) for a in bn.args[1:5]]
     if stats is not None and not any(isinstance(t, Var) for t in stats):
         scale, shift = _bn_affine(*stats, bn.args[6])
+        wname = cx.param_names.get(w.untyped_storage().data_ptr(), "conv")
         w = (w.float() * scale.reshape(-1, *[1] * (w.ndim - 1))).to(w.dtype)
         b = (shift + (b.float() * scale if b is not None else 0)).to(w.dtype)
+        cx.hints[cx._key(w)], cx.hints[cx._key(b)] = f"{wname}_bnfold", f"{wname}_bnfold_bias"
+        cx.lift(w), cx.lift(b)  # lift now, while the hints' keys are alive
     else:
         bn = None
     dt = _dt(node)

@@ -66,7 +66,7 @@ class Ctx:
     """Translation state for one export: the builder, and where constants came from."""
     b: Builder
     param_names: dict = field(default_factory=dict)   # tensor storage key -> module path
-    lifted: dict = field(default_factory=dict)        # tensor view key -> const Var
+    lifted: dict = field(default_factory=dict)        # tensor view key -> (tensor, const Var)
     env: dict = field(default_factory=dict)           # fx node -> Var | torch.Tensor | tuple | scalar
     hints: dict = field(default_factory=dict)         # tensor view key -> name of the folded node
 
@@ -84,8 +84,9 @@ class Ctx:
             base = self.param_names.get(t.untyped_storage().data_ptr())
             if base is not None and key[1:4] != self._param_layout.get(base):
                 base += "_t" if t.ndim == 2 and t.stride()[0] == 1 else "_v"
-            self.lifted[key] = self.b.const(to_numpy(t), name=base or self.hints.get(key, name))
-        return self.lifted[key]
+            # keep t alive: a freed temporary's storage address could be reused by another tensor
+            self.lifted[key] = (t, self.b.const(to_numpy(t), name=base or self.hints.get(key, name)))
+        return self.lifted[key][1]
 
     _param_layout: dict = field(default_factory=dict)
 
@@ -162,7 +163,7 @@ def _call(cx: Ctx, node, env):
         with torch.no_grad():
             out = node.target(*args, **kwargs)
         if isinstance(out, torch.Tensor):
-            cx.hints[cx._key(out)] = node.name
+            cx.hints[cx._key(out)] = node.name  # (out stays alive in env, so its key stays unique)
         return out
     fn = ATEN.get(name) or ATEN.get(name.rsplit(".", 1)[0])
     if fn is None:
