@@ -128,6 +128,7 @@ class Compiler:
         self.owned: dict = {}          # owner name -> its shared-buffer View
         self.fused: dict = {}          # eqn index -> indices of the eqns fused into it
         self.vars = ir.vars()
+        self.outputs = {o.name for o in ir.outputs if hasattr(o, "name")}
 
     # ---- memory
     def alloc(self, shape, dtype, space=None) -> View:
@@ -167,7 +168,7 @@ class Compiler:
         return View(v.space, v.addr, v.dtype, (), ())
 
     def out_view(self, var) -> View:
-        v = self.alloc(var.shape, isa_dtype(var.dtype, self.act))
+        v = self.alloc(var.shape, isa_dtype(var.dtype, self.act), "dram" if var.name in self.outputs else None)
         self.env[var.name] = v
         if v.space == "shared":
             self.owned[var.name] = v
@@ -224,7 +225,6 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
             if hasattr(a, "name"):
                 consumers.setdefault(a.name, []).append(i)
     cc.consumers = consumers
-    cc.outputs = {o.name for o in ir.outputs if hasattr(o, "name")}
     cc.done: set = set()
     last_use = None
     cc.remaining = {n: len(set(ix)) for n, ix in consumers.items()}
@@ -239,6 +239,7 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
         cc.done.add(i)
         _free_dead(cc, i, e, last_use)
     outputs = []
+    cc.op_name = "output"
     for o in ir.outputs:
         v = cc.view(o)
         if v.space != "dram" or not v.is_contiguous() or v.shape != tuple(o.shape):
@@ -286,7 +287,7 @@ def _fused_here(cc, i):
 def _lower(cc, i, e):
     op = e.op
     ins = e.inputs
-    if op != "iota" and op != "full" and all(not hasattr(a, "name") or a.name in cc.val for a in ins) \
+    if all(not hasattr(a, "name") or a.name in cc.val for a in ins) \
             and _foldable(cc, e):
         _fold(cc, e)
         return
