@@ -1,0 +1,160 @@
+"""`tapeout.serve(...)`: simulate serving a model on chips and report latency, throughput, goodput,
+energy and cost.
+
+    >>> import tapeout
+    >>> r = tapeout.serve("llama-3.1-8b", "h100-sxm", rate=4, requests=200, seed=1)
+    >>> r.metrics["requests"], r.metrics["ttft_s"]["p50"] < 1
+    (200, True)
+
+A deployment is `chips` chips split into replicas of tp x pp x ep chips (data parallel), or with
+`disaggregate=(prefill_chips, decode_chips)` into a prefill pool and a decode pool that pass KV
+caches over the links (or the network when the deployment spans more than one domain).
+`offline=True` issues every request at t = 0 (MLPerf Offline); `max_rate` finds the highest
+Poisson rate whose p99 TTFT and TPOT meet the SLO (MLPerf Server).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..chip import load_chip
+from ..errors import TapeoutError
+from ..llm.spec import load_model
+from .engine import POLICIES, Limits
+from .kvcache import plan_memory
+from .metrics import summarize
+from .sim import Pool, Sim
+from .steptime import Parallel, StepTimer
+from .workload import Request, generate, load_trace
+
+SCHEDULERS = ("static", "continuous", "chunked")
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    settings: dict
+    metrics: dict
+    memory: dict
+    records: object = field(repr=False, compare=False, default=None)
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "metrics": self.metrics, "memory": self.memory}
+
+    def row(self) -> dict:
+        """One flat CSV row."""
+        m = self.metrics
+        row = {k: v for k, v in self.settings.items() if not isinstance(v, (dict, list, tuple))}
+        for k in ("ttft_s", "tpot_s", "e2e_s"):
+            row.update({f"{k[:-2]}_{q}_s": m[k][q] for q in ("mean", "p50", "p90", "p99")})
+        for k in ("requests", "throughput_tok_s", "throughput_tok_s_per_chip", "request_rate", "goodput_req_s",
+                  "goodput_tok_s", "slo_attainment", "utilization", "energy_j_per_token", "power_w_per_chip",
+                  "cost_usd_per_mtok", "preemptions", "makespan_s"):
+            row[k] = m[k]
+        return row
+
+
+def _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, prefix_groups, prefix_len):
+    if isinstance(requests, (list, tuple)):
+        return list(requests)
+    if isinstance(requests, str) or hasattr(requests, "read_text"):
+        reqs = load_trace(requests)
+        if offline:
+            reqs = [Request(r.id, 0.0, r.prompt, r.output, r.prefix_id, r.prefix_len) for r in reqs]
+        return reqs
+    return generate(requests, rate=rate, duration_s=duration_s, workload=workload,
+                    arrival="offline" if offline else arrival, cv=cv, seed=seed,
+                    prefix_groups=prefix_groups, prefix_len=prefix_len)
+
+
+def _pool(spec, chip, par, chips, policy, limits, mem_kw, model_kw, prefix_caching, role):
+    if chips % par.chips:
+        raise TapeoutError(f"{role}: {chips} chips is not a multiple of tp x pp x ep = {par.chips}")
+    timer = StepTimer(spec, chip, par, **model_kw)
+    mem = plan_memory(spec, chip, timer.dtypes, par, max_batched_tokens=limits.max_batched_tokens,
+                      max_seqs=limits.max_seqs, **mem_kw)
+    return Pool(timer, mem, chips // par.chips, policy, limits, prefix_caching)
+
+
+def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: int = 1, ep: int = 1,
+          requests=None, rate: float | None = None, duration_s: float | None = None, workload: str = "chat",
+          arrival: str = "poisson", cv: float = 1.0, offline: bool = False, seed: int = 0,
+          scheduler: str = "continuous", max_seqs: int = 256, max_batched_tokens: int = 8192,
+          block_size: int = 16, memory_utilization: float = 0.9, prefix_caching: bool = False,
+          prefix_groups: int = 0, prefix_len: int = 0, disaggregate: tuple[int, int] | None = None,
+          prefill_par: Parallel | None = None, decode_par: Parallel | None = None,
+          weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str = "fused",
+          slo_ttft: float = 2.0, slo_tpot: float = 0.1, progress=None, record_steps: bool = True) -> ServeResult:
+    """Simulate serving; `requests` is a count, a list of Request, or a trace file (CSV / JSONL)."""
+    spec, c = load_model(model), load_chip(chip)
+    if scheduler not in SCHEDULERS:
+        raise TapeoutError(f"--scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+    if max_seqs < 1 or max_batched_tokens < 1 or block_size < 1 or not 0 < memory_utilization <= 1:
+        raise TapeoutError("max_seqs, max_batched_tokens and block_size must be >= 1, memory_utilization in (0, 1]")
+    par = Parallel(tp, pp, ep)
+    reqs = _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, prefix_groups, prefix_len)
+    limits = Limits(max_seqs, max_batched_tokens)
+    model_kw = dict(weights=weights, kv=kv, activations=activations, impl=impl)
+    mem_kw = dict(block_size=block_size, utilization=memory_utilization)
+    if disaggregate:
+        p_chips, d_chips = disaggregate
+        pools = {"prefill": _pool(spec, c, prefill_par or par, p_chips, "prefill", limits, mem_kw, model_kw, prefix_caching, "prefill pool"),
+                 "decode": _pool(spec, c, decode_par or par, d_chips, "decode", limits, mem_kw, model_kw, False, "decode pool")}
+    else:
+        pools = {"all": _pool(spec, c, par, chips or par.chips, scheduler, limits, mem_kw, model_kw, prefix_caching, "--chips")}
+    rec = Sim(reqs, pools, record_steps).run(progress)
+    settings = {"model": spec.name, "chip": c.name, "chips": rec.chips, "tp": tp, "pp": pp, "ep": ep,
+                "scheduler": "disaggregated" if disaggregate else scheduler,
+                "disaggregate": list(disaggregate) if disaggregate else None,
+                "replicas": {k: p.replicas for k, p in pools.items()},
+                "workload": workload if not isinstance(requests, (str, list, tuple)) else "trace",
+                "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
+                "seed": seed, "max_seqs": max_seqs, "max_batched_tokens": max_batched_tokens,
+                "block_size": block_size, "prefix_caching": prefix_caching, **model_kw,
+                "dtypes": {k: vars(p.timer.dtypes) for k, p in pools.items()}}
+    memory = {k: {"kv_blocks": p.memory.blocks, "kv_tokens": p.memory.kv_tokens,
+                  "weights_bytes_per_chip": p.memory.weights_bytes, "kv_bytes_per_token_per_chip": p.memory.kv_bytes_per_token,
+                  "activation_reserve_bytes": p.memory.activation_bytes, "usable_bytes_per_chip": p.memory.usable_bytes}
+              for k, p in pools.items()}
+    m = summarize(rec, c, slo_ttft, slo_tpot)
+    m["timer_calls"] = rec.timer_calls
+    return ServeResult(settings, m, memory, rec)
+
+
+def meets(result: ServeResult, percentile: int = 99) -> bool:
+    """p-th percentile TTFT and TPOT within the SLO (MLPerf Server's latency constraint)."""
+    m = result.metrics
+    q = f"p{percentile}"
+    return m["ttft_s"][q] <= m["slo"]["ttft_s"] and m["tpot_s"][q] <= m["slo"]["tpot_s"]
+
+
+def max_rate(model, chip="h100-sxm", *, requests: int = 2000, percentile: int = 99, iterations: int = 8,
+             progress=None, **kw) -> tuple[float, ServeResult]:
+    """Highest Poisson request rate whose p-th percentile TTFT and TPOT meet the SLO (bisection,
+    same seed at every rate). Starts from the offline throughput as the upper bound."""
+    kw.pop("rate", None)
+    kw.pop("offline", None)
+    off = serve(model, chip, requests=requests, offline=True, record_steps=False, **kw)
+    lo, hi, best, r = 0.0, off.metrics["request_rate"] * 1.1, None, off
+    for i in range(iterations):
+        mid = (lo + hi) / 2
+        r = serve(model, chip, requests=requests, rate=mid, record_steps=False, **kw)
+        ok = meets(r, percentile)
+        if progress:
+            progress(i + 1, iterations, mid, ok)
+        if ok:
+            lo, best = mid, r
+        else:
+            hi = mid
+    return lo, best or r
+
+
+def sweep(model, chip="h100-sxm", rates=(), progress=None, **kw) -> list[ServeResult]:
+    """One simulation per request rate (same seed, so the same requests, arriving faster)."""
+    out = []
+    for i, r in enumerate(rates):
+        out.append(serve(model, chip, rate=r, record_steps=False, **kw))
+        if progress:
+            progress(i + 1, len(rates), r)
+    return out
+
+
+__all__ = ["serve", "max_rate", "sweep", "meets", "ServeResult", "Parallel", "POLICIES"]

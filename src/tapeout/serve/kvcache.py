@@ -1,0 +1,147 @@
+"""Paged KV cache: fixed-size blocks sized from the chip memory left after weights (vLLM-style).
+
+Capacity (per chip, then x ep attention groups in a replica):
+
+    blocks = floor((memory x utilization - weights - activation reserve) / (kv bytes per token x block size))
+
+where weights and KV are this chip's share under tp x pp (x ep for routed experts). KV heads are
+split over tp (replicated when tp > kv heads); an MLA latent cache is replicated over tp.
+
+Prefix caching: a request's first `prefix_len // block_size` blocks can be shared with earlier
+requests of the same prefix id. Shared blocks are reference-counted and stay cached after their
+users finish, evicted least-recently-used when blocks run out.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..errors import DoesNotFitError
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-chip memory of one replica and the KV blocks it leaves."""
+    capacity_bytes: float
+    usable_bytes: float
+    weights_bytes: float
+    activation_bytes: float
+    kv_bytes_per_token: float       # this chip's share of one token's KV cache
+    block_size: int
+    blocks: int                     # in the whole replica (all ep groups)
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.blocks * self.block_size
+
+
+def _expert_params(spec) -> float:
+    m = spec.moe
+    if m is None:
+        return 0.0
+    return (spec.layers - min(m.dense_layers, spec.layers)) * m.experts * 3 * spec.hidden * m.intermediate
+
+
+def plan_memory(spec, chip, dtypes, par, *, block_size: int = 16, utilization: float = 0.9,
+                max_batched_tokens: int = 8192, max_seqs: int = 256) -> MemoryPlan:
+    """How many KV blocks a replica of `par` (tp x pp x ep chips) holds after weights and activations."""
+    tp, pp, ep = par.tp, par.pp, par.ep
+    experts = _expert_params(spec)
+    weights = ((spec.n_params - experts) / (tp * pp) + experts / (tp * pp * ep)) * dtypes.w
+    if spec.mla:
+        per_layer = (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim)          # replicated over tp
+    else:
+        per_layer = 2 * spec.head_dim * math.ceil(spec.kv_heads / min(tp, spec.kv_heads))
+    kv_tok = math.ceil(spec.layers / pp) * per_layer * dtypes.kvb
+    inter = spec.moe.intermediate * spec.moe.top_k if spec.moe else spec.intermediate
+    act = max_batched_tokens * (2 * spec.hidden + 3 * inter / tp) * dtypes.a + max_seqs * spec.vocab / tp * 4
+    usable = chip.memory_bytes * utilization
+    free = usable - weights - act
+    blocks = int(free // (kv_tok * block_size)) * ep
+    if blocks < 1:
+        gib = 2.0 ** 30
+        raise DoesNotFitError(
+            f"{spec.name} on {tp * pp * ep}x {chip.name} (tp={tp}, pp={pp}, ep={ep}): weights {weights / gib:.1f} GiB "
+            f"+ activations {act / gib:.1f} GiB per chip leave no room for a KV cache in {usable / gib:.1f} GiB "
+            f"({utilization:.0%} of {chip.memory_bytes / gib:.0f} GiB); use more chips, --weights fp8/int4, "
+            f"or a smaller --max-batched-tokens")
+    return MemoryPlan(chip.memory_bytes, usable, weights, act, kv_tok, block_size, blocks)
+
+
+class BlockManager:
+    """Free blocks, per-request allocation and the prefix cache of one replica."""
+
+    def __init__(self, blocks: int, block_size: int, prefix_caching: bool = False, watermark: float = 0.01):
+        self.total, self.bs, self.free = blocks, block_size, blocks
+        self.watermark = int(blocks * watermark)
+        self.prefix_caching = prefix_caching
+        self.prefixes: OrderedDict[int, list[int]] = OrderedDict()   # prefix id -> [blocks, users], LRU order
+        self.evictable = 0                                           # blocks of cached prefixes with no user
+        self.hits = self.lookups = 0
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.bs)
+
+    def available(self) -> int:
+        return self.free + self.evictable
+
+    def can_allocate(self, n: int, watermark: bool = True) -> bool:
+        return n <= self.available() - (self.watermark if watermark else 0)
+
+    def allocate(self, n: int) -> None:
+        if n > self.free:
+            self._evict(n - self.free)
+        if n > self.free:
+            raise RuntimeError(f"KV cache: allocating {n} blocks with {self.free} free (a scheduler bug)")
+        self.free -= n
+
+    def release(self, n: int) -> None:
+        self.free += n
+        assert self.free <= self.total, "KV cache: released more blocks than allocated"
+
+    def _evict(self, need: int) -> None:
+        for pid in list(self.prefixes):
+            if need <= 0:
+                break
+            nb, users = self.prefixes[pid]
+            if users == 0:
+                del self.prefixes[pid]
+                self.evictable -= nb
+                self.free += nb
+                need -= nb
+
+    # ---- prefix cache
+    def lookup(self, pid: int, prefix_len: int) -> int:
+        """Blocks of `pid`'s prefix already cached (and now used by one more request)."""
+        if not self.prefix_caching or pid < 0 or prefix_len < self.bs:
+            return 0
+        self.lookups += 1
+        entry = self.prefixes.get(pid)
+        if entry is None:
+            return 0
+        self.hits += 1
+        if entry[1] == 0:
+            self.evictable -= entry[0]
+        entry[1] += 1
+        self.prefixes.move_to_end(pid)
+        return entry[0]
+
+    def insert(self, pid: int, prefix_len: int) -> int:
+        """Register a just-computed prefix; returns the blocks that moved from the request into the cache."""
+        if not self.prefix_caching or pid < 0 or prefix_len < self.bs or pid in self.prefixes:
+            return 0
+        nb = prefix_len // self.bs
+        self.prefixes[pid] = [nb, 1]
+        return nb
+
+    def unref(self, pid: int) -> None:
+        entry = self.prefixes.get(pid)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.evictable += entry[0]
+
+    def used(self) -> int:
+        return self.total - self.free

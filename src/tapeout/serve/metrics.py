@@ -1,0 +1,107 @@
+"""Serving metrics from a simulation's records: latency percentiles, throughput, goodput under SLOs,
+energy per token and cost per million tokens.
+
+    TTFT  = first token - arrival                 (the first token comes out of the prefill)
+    TPOT  = (finish - first token) / (output - 1) (per request, requests with output > 1; MLPerf's
+                                                   time per output token)
+    E2E   = finish - arrival
+    goodput = requests per second meeting TTFT <= slo_ttft and TPOT <= slo_tpot (DistServe's definition)
+    energy  = computing energy (tapeout.energy per step) + idle power x idle chip-seconds
+    cost    = chips x hourly cost x makespan / output tokens (data/serve/cost.toml)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .data import table
+
+
+@dataclass(frozen=True)
+class Pct:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @staticmethod
+    def of(x: np.ndarray) -> "Pct":
+        x = x[~np.isnan(x)]
+        if len(x) == 0:
+            return Pct(math.nan, math.nan, math.nan, math.nan)
+        p = np.percentile(x, [50, 90, 99])
+        return Pct(float(x.mean()), float(p[0]), float(p[1]), float(p[2]))
+
+    def at(self, q: float) -> float:
+        return {50: self.p50, 90: self.p90, 99: self.p99}.get(q, self.mean) if q else self.mean
+
+
+def latencies(rec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ttft = rec.first_token - rec.arrival
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(rec.output > 1, (rec.finish - rec.first_token) / (rec.output - 1), np.nan)
+    return ttft, tpot, rec.finish - rec.arrival
+
+
+def hourly_cost_usd(chip) -> tuple[float | None, str]:
+    """(USD per chip-hour, how it was obtained) from data/serve/cost.toml and the chip file."""
+    t = table("cost")
+    if chip.name in t["rental_usd_per_hour"]:
+        return t["rental_usd_per_hour"][chip.name], "rental price"
+    price = chip.chip.price_usd or t["price_usd"].get(chip.name)
+    if not price:
+        return None, "no price for this chip (add chip.price_usd or data/serve/cost.toml)"
+    c, e = t["capex"], t["energy"]
+    capex = price * c["system_factor"] / (c["amortization_years"] * 8760 * c["utilization"])
+    power = chip.chip.tdp_w / 1000 * e["pue"] * e["usd_per_kwh"]
+    return capex + power, "capex amortization + energy"
+
+
+def _idle_w(chip) -> float:
+    from .. import energy
+
+    return energy.idle_w(chip)
+
+
+def summarize(rec, chip, slo_ttft: float, slo_tpot: float) -> dict:
+    ttft, tpot, e2e = latencies(rec)
+    span = max(rec.makespan_s, 1e-12)
+    out_tok = float(rec.output.sum())
+    ok = (ttft <= slo_ttft) & (np.isnan(tpot) | (tpot <= slo_tpot))
+    idle_j = max(rec.chips * span - rec.busy_chip_s, 0.0) * _idle_w(chip)
+    energy = rec.energy_j + idle_j
+    usd_h, how = hourly_cost_usd(chip)
+    cost = usd_h * rec.chips * span / 3600 / out_tok * 1e6 if usd_h else None
+    return {
+        "requests": int(len(rec.arrival)),
+        "ttft_s": asdict(Pct.of(ttft)), "tpot_s": asdict(Pct.of(tpot)), "e2e_s": asdict(Pct.of(e2e)),
+        "makespan_s": span,
+        "output_tokens": out_tok, "input_tokens": float(rec.prompt.sum()),
+        "throughput_tok_s": out_tok / span,
+        "throughput_tok_s_per_chip": out_tok / span / rec.chips,
+        "total_tok_s": (out_tok + float(rec.prompt.sum())) / span,
+        "request_rate": len(rec.arrival) / span,
+        "slo": {"ttft_s": slo_ttft, "tpot_s": slo_tpot},
+        "slo_attainment": float(ok.mean()),
+        "goodput_req_s": float(ok.sum()) / span,
+        "goodput_tok_s": float(rec.output[ok].sum()) / span,
+        "chips": rec.chips,
+        "utilization": rec.busy_chip_s / (rec.chips * span),
+        "energy_j": energy, "energy_j_per_token": energy / out_tok,
+        "power_w_per_chip": energy / span / rec.chips,
+        "cost_usd_per_hour_per_chip": usd_h, "cost_basis": how,
+        "cost_usd_per_mtok": cost,
+        "preemptions": int(rec.preempted),
+        "prefix_hit_rate": rec.prefix_hits / rec.prefix_lookups if rec.prefix_lookups else None,
+    }
+
+
+def occupancy(rec) -> float:
+    """Time-average of the requests in the system (arrived, unfinished), from the engines' step log:
+    each step weighs the count at its start by its duration; an idle engine holds no requests."""
+    if not rec.steps:
+        return 0.0
+    s = np.array([(st[2], st[3], st[7]) for st in rec.steps])
+    return float((s[:, 2] * (s[:, 1] - s[:, 0])).sum() / max(rec.makespan_s, 1e-12))

@@ -1,0 +1,199 @@
+"""The discrete-event loop: a heap of (time, event) over replicas of engines.
+
+Events: a request arrives (routed to the least-loaded engine of its pool), an engine's step ends
+(the engine books the tokens and picks its next step), a KV cache arrives at a decode instance
+(prefill/decode disaggregation). Time advances only through the StepTimer's step times, the
+pipeline stages of a replica, and KV transfers over links or the network.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..parallel import domain_size, transfer_time
+from .engine import Engine, Limits, Seq
+from .kvcache import BlockManager, MemoryPlan
+from .steptime import StepTimer
+
+KIND = {"prefill": 0, "decode": 1, "mixed": 2}
+
+
+@dataclass
+class Pool:
+    """Replicas of one kind (all, or the prefill / the decode side of a disaggregated deployment)."""
+    timer: StepTimer
+    memory: MemoryPlan
+    replicas: int
+    policy: str
+    limits: Limits = Limits()
+    prefix_caching: bool = False
+    watermark: float = 0.01
+
+
+class Replica:
+    """tp x pp x ep chips serving one copy of the model: pp virtual engines share its KV blocks, and
+    each pipeline stage runs one micro-batch at a time (so stages idle when engines have none: bubbles)."""
+
+    def __init__(self, sim, index: int, pool: Pool):
+        self.index, self.pool = index, pool
+        par = pool.timer.par
+        self.blocks = BlockManager(pool.memory.blocks, pool.memory.block_size, pool.prefix_caching, pool.watermark)
+        self.engines = [Engine(sim, self, pool.policy, pool.limits) for _ in range(par.pp)]
+        self.stage_free = [0.0] * par.pp
+        self.busy_s = 0.0            # seconds each chip computed (sum of its stage times)
+
+    def occupy(self, t: float, stage_s: float, send_s: float) -> float:
+        """Run one step through the pipeline from time t; returns when its last stage ends."""
+        start = t
+        for j in range(len(self.stage_free)):
+            start = max(start, self.stage_free[j])
+            end = start + stage_s
+            self.stage_free[j] = end
+            start = end + send_s
+        self.busy_s += stage_s
+        return end
+
+
+@dataclass
+class Records:
+    """Per-request times and the step log of one simulation."""
+    arrival: np.ndarray
+    prompt: np.ndarray
+    output: np.ndarray
+    first_token: np.ndarray
+    finish: np.ndarray
+    preemptions: np.ndarray
+    steps: list = field(default_factory=list)   # (pool, replica, start, end, kind, prefill tokens, decodes, engine load)
+    energy_j: float = 0.0                        # while computing (static + dynamic, all chips)
+    busy_chip_s: float = 0.0                     # sum over chips of computing seconds
+    chips: int = 0
+    makespan_s: float = 0.0
+    preempted: int = 0
+    prefix_hits: int = 0
+    prefix_lookups: int = 0
+    timer_calls: int = 0
+    tokens_generated: int = 0
+
+
+class Sim:
+    def __init__(self, requests, pools: dict[str, Pool], record_steps: bool = True):
+        self.requests = requests
+        self.pools = pools
+        self.replicas = {name: [Replica(self, i, p) for i in range(p.replicas)] for name, p in pools.items()}
+        self.entry = "prefill" if "prefill" in pools else "all"
+        n = len(requests)
+        self.rec = Records(np.array([r.arrival_s for r in requests]), np.array([r.prompt for r in requests]),
+                           np.array([r.output for r in requests]), np.full(n, math.nan), np.full(n, math.nan),
+                           np.zeros(n, np.int64))
+        self.heap: list = []
+        self._n = 0
+        self.done = self.arrived = self.preemptions = self.tokens = 0
+        self.record_steps = record_steps
+        self.progress = None
+        self._now = 0.0
+        chips = sum(p.timer.par.chips * p.replicas for p in pools.values())
+        self.rec.chips = chips
+        self.cross_network = any(chips > domain_size(p.timer.chip) for p in pools.values())
+
+    def push(self, t: float, fn, *args) -> None:
+        self._n += 1
+        heapq.heappush(self.heap, (t, self._n, fn, args))
+
+    def run(self, progress=None) -> Records:
+        self.progress = progress
+        for r in self.requests:
+            self.push(r.arrival_s, self.arrive, r)
+        t = 0.0
+        while self.heap:
+            t, _, fn, args = heapq.heappop(self.heap)
+            self._now = t
+            fn(t, *args)
+        if self.done != len(self.requests):
+            raise RuntimeError(f"simulation ended with {len(self.requests) - self.done} unfinished requests (a scheduler bug)")
+        rec = self.rec
+        rec.makespan_s = float(np.nanmax(rec.finish) - rec.arrival.min()) if len(self.requests) else 0.0
+        rec.preempted = self.preemptions
+        rec.tokens_generated = self.tokens
+        for name, reps in self.replicas.items():
+            for r in reps:   # every block is back: free, or holding an idle cached prefix
+                if r.blocks.free + r.blocks.evictable != r.blocks.total:
+                    raise RuntimeError(f"KV blocks leaked on {name} replica {r.index}: {r.blocks.free} free + "
+                                       f"{r.blocks.evictable} cached of {r.blocks.total} (a scheduler bug)")
+            rec.prefix_hits += sum(r.blocks.hits for r in reps)
+            rec.prefix_lookups += sum(r.blocks.lookups for r in reps)
+            rec.busy_chip_s += sum(r.busy_s for r in reps) * self.pools[name].timer.par.chips
+        rec.timer_calls = sum(p.timer.calls for p in self.pools.values())
+        return rec
+
+    # ---- routing
+    def _engine(self, pool: str) -> Engine:
+        return min((e for r in self.replicas[pool] for e in r.engines), key=Engine.load)
+
+    def arrive(self, t: float, req) -> None:
+        self.arrived += 1
+        e = self._engine(self.entry)
+        e.add(Seq(req))
+        e.kick(t)
+
+    # ---- steps
+    def run_step(self, engine: Engine, t: float, plan) -> None:
+        pool = engine.replica.pool
+        prefill, n_dec, ctx = engine.step_shape(plan)
+        sec, joule = pool.timer.step(prefill, n_dec, ctx)
+        send = pool.timer.stage_send_s(prefill[1] + n_dec)
+        end = engine.replica.occupy(t, sec, send)
+        self.rec.energy_j += joule * pool.timer.par.chips
+        if self.record_steps:
+            kind = "mixed" if prefill[0] and n_dec else ("prefill" if prefill[0] else "decode")
+            self.rec.steps.append((pool.policy, engine.replica.index, end - sec, end, KIND[kind], prefill[1], n_dec,
+                                   engine.load()))
+        self.push(end, engine.finish_step, plan)
+
+    # ---- request milestones (called by engines)
+    def first_token(self, seq: Seq, t: float) -> None:
+        self.rec.first_token[seq.req.id] = t
+
+    def finished(self, seq: Seq, t: float) -> None:
+        i = seq.req.id
+        self.rec.finish[i] = t
+        self.rec.preemptions[i] = seq.preemptions
+        if math.isnan(self.rec.first_token[i]):
+            self.rec.first_token[i] = t
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.requests))
+
+    def requeue(self, engine: Engine, seq: Seq) -> None:
+        """A preempted sequence waits (first in line) to recompute its KV cache: on its own engine, or
+        on a prefill instance when it was preempted on a decode instance."""
+        self.preemptions += 1
+        if engine.policy == "decode":
+            dst = self._engine("prefill")
+            dst.add(seq, front=True)
+            self.push(self._now, lambda t: dst.kick(t))
+        else:
+            engine.add(seq, front=True)
+
+    def prefilled(self, engine: Engine, seq: Seq, t: float) -> None:
+        """Disaggregation: send the prompt's KV cache from the prefill to a decode instance."""
+        pool = engine.replica.pool
+        if seq.generated >= seq.req.output:
+            engine._free(seq)
+            self.finished(seq, t)
+            return
+        nbytes = pool.memory.kv_bytes_per_token * seq.prefill_len   # each chip sends its share, all in parallel
+        dt = transfer_time(pool.timer.chip, nbytes, across_network=self.cross_network)
+        engine.inflight += 1
+        self.push(t + dt, self.kv_arrived, engine, seq)
+
+    def kv_arrived(self, t: float, src: Engine, seq: Seq) -> None:
+        src.inflight -= 1
+        src._free(seq)
+        src.kick(t)
+        seq.kv_ready_s = t
+        dst = self._engine("decode")
+        dst.add(seq)
+        dst.kick(t)

@@ -1,0 +1,171 @@
+"""Requests for the serving simulator: arrivals (Poisson, bursty gamma, offline, trace file) and lengths.
+
+    >>> reqs = generate(100, rate=5.0, workload="chat", seed=1)
+    >>> len(reqs), reqs[0].arrival_s >= 0
+    (100, True)
+
+Length workloads are log-normal distributions from data/serve/workloads.toml (chat, rag,
+mlperf-llama2) or `fixed:PROMPT:OUTPUT`. Arrivals: `poisson` (exponential gaps), `gamma`
+(gaps with coefficient of variation `cv`: > 1 is bursty, < 1 smoother), `offline` (all at t = 0,
+as MLPerf's Offline scenario issues every query at once).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TapeoutError
+from .data import table
+
+ARRIVALS = ("poisson", "gamma", "offline")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    arrival_s: float
+    prompt: int              # prompt tokens
+    output: int              # tokens to generate (>= 1; the first comes out of the prefill)
+    prefix_id: int = -1      # requests with the same prefix_id share their first prefix_len tokens
+    prefix_len: int = 0
+
+
+def workload_names() -> list[str]:
+    return sorted(table("workloads"))
+
+
+def _clipped_lognormal(rng, n: int, mean: float, cv: float, lo: float, hi: float) -> np.ndarray:
+    """Log-normal samples clipped to [lo, hi], scaled so that the clipped mean is `mean`."""
+    s2 = math.log(1.0 + cv * cv)
+    x = rng.lognormal(-s2 / 2, math.sqrt(s2), n)      # mean 1
+    a, b = 1e-3, 1e3
+    for _ in range(60):                               # bisection on the scale k: mean(clip(k x)) = mean
+        k = math.sqrt(a * b)
+        if np.clip(k * x, lo, hi).mean() < mean:
+            a = k
+        else:
+            b = k
+    return np.maximum(np.rint(np.clip(k * x, lo, hi)), 1).astype(np.int64)
+
+
+def lengths(workload: str, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, output) token counts of n requests."""
+    if workload.startswith("fixed:"):
+        try:
+            p, o = (int(v) for v in workload.split(":")[1:3])
+        except ValueError:
+            raise TapeoutError(f"workload {workload!r}: write fixed:PROMPT:OUTPUT, e.g. fixed:1024:128") from None
+        if p < 1 or o < 1:
+            raise TapeoutError(f"workload {workload!r}: prompt and output must be >= 1")
+        return np.full(n, p, np.int64), np.full(n, o, np.int64)
+    t = table("workloads")
+    if workload not in t:
+        raise TapeoutError(f"workload {workload!r}: use one of {', '.join(sorted(t))} or fixed:PROMPT:OUTPUT")
+    w = t[workload]
+    return tuple(_clipped_lognormal(rng, n, w[f"{k}_mean"], w[f"{k}_cv"], w[f"{k}_min"], w[f"{k}_max"])
+                 for k in ("prompt", "output"))
+
+
+def arrival_times(n: int, rate: float | None, rng, process: str = "poisson", cv: float = 1.0) -> np.ndarray:
+    if process not in ARRIVALS:
+        raise TapeoutError(f"arrival process {process!r}: use one of {', '.join(ARRIVALS)}")
+    if process == "offline":
+        return np.zeros(n)
+    if not rate or rate <= 0:
+        raise TapeoutError(f"--rate must be > 0 for {process} arrivals (or use offline)")
+    if process == "poisson" or cv == 1.0:
+        gaps = rng.exponential(1.0 / rate, n)
+    else:
+        if cv <= 0:
+            raise TapeoutError(f"--cv {cv}: must be > 0")
+        k = 1.0 / (cv * cv)
+        gaps = rng.gamma(k, 1.0 / (rate * k), n)
+    return np.cumsum(gaps) - gaps[0]
+
+
+def generate(n: int | None = None, *, rate: float | None = None, duration_s: float | None = None,
+             workload: str = "chat", arrival: str = "poisson", cv: float = 1.0, seed: int = 0,
+             prefix_groups: int = 0, prefix_len: int = 0) -> list[Request]:
+    """`n` requests (or rate x duration_s of them), seeded. With `prefix_groups` > 0 every request
+    starts with one of that many shared prefixes of `prefix_len` tokens (e.g. system prompts)."""
+    if n is None:
+        if rate is None or duration_s is None:
+            raise TapeoutError("give the number of requests, or a rate and a duration")
+        n = max(1, round(rate * duration_s))
+    if n < 1:
+        raise TapeoutError(f"number of requests {n}: must be >= 1")
+    rng = np.random.default_rng(seed)
+    prompt, output = lengths(workload, n, rng)
+    t = arrival_times(n, rate, rng, arrival, cv)
+    groups = rng.integers(0, prefix_groups, n) if prefix_groups > 0 and prefix_len > 0 else None
+    out = []
+    for i in range(n):
+        p, pid, plen = int(prompt[i]), -1, 0
+        if groups is not None:
+            pid, plen = int(groups[i]), prefix_len
+            p += prefix_len
+        out.append(Request(i, float(t[i]), p, int(output[i]), pid, plen))
+    return out
+
+
+_COLS = {"arrival_s": ("arrival_s", "arrival", "timestamp", "time"),
+         "prompt": ("prompt", "prompt_tokens", "input_tokens", "input_len", "input"),
+         "output": ("output", "output_tokens", "output_len", "max_tokens")}
+
+
+def _field(row: dict, key: str, where: str):
+    for name in _COLS[key]:
+        if name in row and row[name] not in (None, ""):
+            return row[name]
+    raise TapeoutError(f"{where}: missing column {key!r} (accepted: {', '.join(_COLS[key])})")
+
+
+def _rows(path: Path):
+    text = path.read_text()
+    if path.suffix in (".jsonl", ".json"):
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    yield f"{path}:{i}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TapeoutError(f"{path}:{i}: not valid JSON: {e}") from None
+    else:
+        for i, row in enumerate(csv.DictReader(text.splitlines()), 2):
+            yield f"{path}:{i}", row
+
+
+def load_trace(path: str | Path) -> list[Request]:
+    """Requests from a CSV (header row) or JSONL file with arrival time (s), prompt and output tokens;
+    optional prefix_id / prefix_len columns. Sorted by arrival time."""
+    p = Path(path)
+    if not p.is_file():
+        raise TapeoutError(f"{p}: no such trace file")
+    reqs = []
+    for where, row in _rows(p):
+        try:
+            t, n_in, n_out = (float(_field(row, "arrival_s", where)), int(float(_field(row, "prompt", where))),
+                              int(float(_field(row, "output", where))))
+            pid, plen = int(float(row.get("prefix_id", -1) or -1)), int(float(row.get("prefix_len", 0) or 0))
+        except ValueError as e:
+            raise TapeoutError(f"{where}: not a number: {e}") from None
+        if t < 0 or n_in < 1 or n_out < 1 or plen < 0 or plen > n_in:
+            raise TapeoutError(f"{where}: need arrival >= 0, prompt >= 1, output >= 1, 0 <= prefix_len <= prompt")
+        reqs.append((t, n_in, n_out, pid, plen))
+    if not reqs:
+        raise TapeoutError(f"{p}: no requests in the trace")
+    reqs.sort(key=lambda r: r[0])
+    return [Request(i, *r) for i, r in enumerate(reqs)]
+
+
+def save_trace(reqs: list[Request], path: str | Path) -> None:
+    """Write requests as CSV (the format load_trace reads)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arrival_s", "prompt", "output", "prefix_id", "prefix_len"])
+        for r in reqs:
+            w.writerow([f"{r.arrival_s:.6f}", r.prompt, r.output, r.prefix_id, r.prefix_len])
