@@ -173,3 +173,11 @@ def test_h100_leave_one_out_fit_predicts_held_out_entries():
             continue
         e, alpha, _ = cal.fit(rows[:i] + rows[i + 1:], idle)
         assert abs(cal.predict(e, alpha, rows[i], idle) / x.watts - 1) < 0.15, x.name
+
+
+def test_same_die_at_a_lower_max_clock_spends_less_per_mac():
+    pcie, sxm = action_energies(load_chip("h100-pcie")), action_energies(H100)
+    expect = (load_chip("h100-pcie").max_clock_hz / H100.max_clock_hz) ** (sxm.alpha - 1)
+    assert pcie.mac_pj["bf16"] == pytest.approx(sxm.mac_pj["bf16"] * expect)
+    # another family on the same node is node-scaled only
+    assert action_energies(load_chip("l40s")).mac_pj["bf16"] == pytest.approx(sxm.mac_pj["bf16"])

@@ -167,10 +167,11 @@ def fixed_energies(chip) -> ActionEnergies:
     kind, nf = chip.chip.kind, node_factor(chip.chip.process_node_nm)
     ops, kinds, mem = t["ops_45nm"], t["kinds"], t["memory"]
     idle = chip.chip.idle_w if chip.chip.idle_w is not None else kinds["idle_fraction"][kind] * chip.chip.tdp_w
+    nfc = nf * kinds["clock_overhead"][kind]
     return ActionEnergies(
-        mac_pj={}, vector_pj_per_flop=ops["vector_pj_per_flop"] * nf * kinds["vector_overhead"][kind],
-        sram_pj_per_byte=bare_sram_pj_per_byte(chip.cores.sram.bytes) * nf,
-        shared_buffer_pj_per_byte=bare_sram_pj_per_byte(chip.shared_buffer.bytes) * nf if chip.shared_buffer.bytes else 0.0,
+        mac_pj={}, vector_pj_per_flop=ops["vector_pj_per_flop"] * nfc * kinds["vector_overhead"][kind],
+        sram_pj_per_byte=bare_sram_pj_per_byte(chip.cores.sram.bytes) * nfc,
+        shared_buffer_pj_per_byte=bare_sram_pj_per_byte(chip.shared_buffer.bytes) * nfc if chip.shared_buffer.bytes else 0.0,
         memory_path_pj_per_byte=0.0,
         dram_pj_per_byte=mem["dram_pj_per_bit"].get(chip.dram.type, 0.0) * 8.0,
         link_pj_per_byte=mem["link_pj_per_bit"] * 8.0,
@@ -184,16 +185,21 @@ def _build(chip) -> ActionEnergies:
     fit = _fit(chip.chip.family) if chip.chip.family in FIT_FILES else _fit(REFERENCE_GPU_FIT)
     fit_chip = fit["chip"]
     scale = nf / node_factor(fit_chip.chip.process_node_nm)
+    same_die = chip.chip.family in FIT_FILES
+    if same_die:   # same silicon and V-f curve: a lower max clock sits at a lower voltage
+        scale *= (chip.max_clock_hz / fit_chip.max_clock_hz) ** (fit["alpha"] - 1.0)
     path_gpu = fit["memory_path_pj_per_byte"] * scale
     if kind == "gpu":
         macs, path, alpha = _gpu_macs(chip, fit, scale), path_gpu, fit["alpha"]
-        basis = (f"fitted on {fit_chip.name}" if chip.chip.family in FIT_FILES else
+        basis = (f"fitted on {fit_chip.name}" + (f", at its {chip.max_clock_hz / 1e9:.3g} GHz max clock" if chip is not fit_chip else "")
+                 if same_die else
                  f"{fit_chip.name} fit scaled by node ({chip.chip.process_node_nm:g} vs {fit_chip.chip.process_node_nm:g} nm)")
     else:
         bare = _tables()["ops_45nm"]["mac_pj"]
-        macs = {d: bare[d] * nf * kinds["mac_overhead"][kind] for d, m in chip.cores.matrix.macs_per_cycle.items() if m > 0}
+        k = nf * kinds["mac_overhead"][kind] * kinds["clock_overhead"][kind]
+        macs = {d: bare[d] * k for d, m in chip.cores.matrix.macs_per_cycle.items() if m > 0}
         path, alpha = path_gpu * kinds["memory_path_vs_gpu"][kind], kinds["alpha"][kind]
-        basis = f"bottom-up: 45 nm energies x node factor {nf:.3f} x {kind} overheads"
+        basis = f"bottom-up: 45 nm energies x node factor {nf:.3f} x {kind} overheads (kinds.toml)"
     return replace(fixed_energies(chip), mac_pj=macs, memory_path_pj_per_byte=path if chip.dram.type != "none" else 0.0,
                    alpha=alpha, basis=basis)
 
