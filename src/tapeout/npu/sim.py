@@ -278,9 +278,10 @@ class Result:
     barriers: list = ()            # cycle at which each barrier released (kernel boundaries)
 
 
-def simulate(prog: Program, inputs=(), count_only: bool = False) -> Result:
-    """Run `prog`; `inputs` are numpy arrays in the order of prog.inputs."""
-    t = Timing.from_chip(prog.chip)
+def simulate(prog: Program, inputs=(), count_only: bool = False, timing: Timing | None = None) -> Result:
+    """Run `prog`; `inputs` are numpy arrays in the order of prog.inputs. `timing` overrides the
+    costs derived from the chip (e.g. Timing.from_chip(chip) with overlap=False)."""
+    t = timing or Timing.from_chip(prog.chip)
     mem = None if count_only else _load(prog, t.geom, inputs)
     ncores = len(prog.streams)
     free = [[0, 0, 0] for _ in range(ncores)]          # cycle each queue is next free
