@@ -106,15 +106,15 @@ class SharedBuffer:
 @dataclass(frozen=True)
 class Dram:
     type: str = _f(choices=DRAM_TYPES)
-    bytes: float = _f(0, 1e13, zero_ok=True)
-    bandwidth_bytes_per_s: float = _f(0, 1e15, zero_ok=True)
+    bytes: float = _f(2**20, 1e13, zero_ok=True, doc="capacity (0 when type is 'none')")
+    bandwidth_bytes_per_s: float = _f(1e9, 1e15, zero_ok=True, doc="0 when type is 'none'")
     stacks: int = _f(0, 64, zero_ok=True, default=0, doc="HBM stacks or DRAM channels")
 
 
 @dataclass(frozen=True)
 class ChipToChip:
     count: int = _f(0, 1024, zero_ok=True)
-    bandwidth_bytes_per_s: float = _f(0, 1e14, zero_ok=True, doc="all links together, per direction")
+    bandwidth_bytes_per_s: float = _f(1e8, 1e14, zero_ok=True, doc="all links together, per direction")
     latency_s: float = _f(0, 1e-3, zero_ok=True, default=2e-6)
     topology: str = _f(choices=TOPOLOGIES, default="switch")
 
@@ -351,7 +351,9 @@ class _Loader:
             raise self.err(f"{key}.confidence", f"must be one of {', '.join(CONFIDENCES)}, got {s['confidence']!r}"
                            + _did_you_mean(s["confidence"], CONFIDENCES))
         if s["confidence"] in ("derived", "assumed") and not s.get("note", "").strip():
-            raise self.err(key, f"a {s['confidence']} value needs a 'note' saying " + ("how" if s["confidence"] == "derived" else "why"))
+            how = "a derived value needs a 'note' saying how" if s["confidence"] == "derived" else \
+                "an assumed value needs a 'note' saying why"
+            raise self.err(key, how)
         return Source(s["ref"], s["confidence"], s.get("note", ""))
 
     def scalar(self, t: Any, v: Any, key: str, meta: dict):
@@ -413,8 +415,9 @@ def _check_sources(chip: Chip, path: str) -> None:
         if key not in keys:
             raise ChipFileError(path, _one_line(f"sources.{key}"), "names no key of the file" + _did_you_mean(key, keys))
         if src.ref not in chip.references and not src.ref.startswith(("http", "docs/")):
-            raise ChipFileError(path, _one_line(f"sources.{key}.ref"), _one_line(
-                f"names reference {src.ref!r}, which the references table lacks" + _did_you_mean(src.ref, chip.references)))
+            hint = _did_you_mean(src.ref, chip.references) or f" (it has {', '.join(list(chip.references)[:8]) or 'none'})"
+            raise ChipFileError(path, _one_line(f"sources.{key}.ref"),
+                                _one_line(f"names reference {src.ref!r}, which the references table lacks{hint}"))
 
 
 def _check_consistency(chip: Chip, path: str) -> None:

@@ -238,7 +238,8 @@ def chips_diff(a: str = typer.Argument(..., help="first chip (preset or path)"),
         return
     t = Table(title=f"{ca.name} vs {cb.name}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col in ("key", ca.name, cb.name, "b / a"):
-        t.add_column(col, justify="left" if col == "key" else "right")
+        t.add_column(col, justify="left" if col == "key" else "right", no_wrap=col in ("key", "b / a"),
+                     overflow="fold", max_width=None if col == "key" else 22)
     for k, va, vb in rows:
         num = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
         t.add_row(k, _fmt(k, va), _fmt(k, vb), f"{vb / va:.2f}x" if num and va else "")
@@ -263,7 +264,7 @@ def chips_check(paths: Optional[list[str]] = typer.Argument(
             console.print(str(e), markup=False, highlight=False, soft_wrap=True)
             continue
         half = _balance_dtype(c)
-        console.print(f"{p}: ok ({c.name}: {si(c.peak_flops(half), 'FLOP/s' if half[0] == 'f' else 'OP/s')} {half}, "
+        console.print(f"{p}: ok ({c.name}: {si(c.peak_flops(half), 'OP/s' if half.startswith('int') else 'FLOP/s')} {half}, "
                       f"{_binary(c.memory_bytes)} {c.dram.type if c.dram.type != 'none' else 'SRAM'}, "
                       f"{len(c.sources)} sources)", markup=False, highlight=False, soft_wrap=True)
     if bad:
