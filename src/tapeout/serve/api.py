@@ -128,18 +128,29 @@ def meets(result: ServeResult, percentile: int = 99) -> bool:
 
 def max_rate(model, chip="h100-sxm", *, requests: int = 2000, percentile: int = 99, iterations: int = 8,
              progress=None, **kw) -> tuple[float, ServeResult]:
-    """Highest Poisson request rate whose p-th percentile TTFT and TPOT meet the SLO (bisection,
-    same seed at every rate). Starts from the offline throughput as the upper bound."""
+    """Highest Poisson request rate whose p-th percentile TTFT and TPOT meet the SLO, with the same
+    seeded requests at every rate: from the offline request rate, double until the SLO fails, then
+    bisect `iterations` times. Returns (rate, the result at that rate)."""
     kw.pop("rate", None)
     kw.pop("offline", None)
-    off = serve(model, chip, requests=requests, offline=True, record_steps=False, **kw)
-    lo, hi, best, r = 0.0, off.metrics["request_rate"] * 1.1, None, off
-    for i in range(iterations):
+    run = lambda rate: serve(model, chip, requests=requests, rate=rate, record_steps=False, **kw)
+    lo, best, step = 0.0, None, 0
+    hi = serve(model, chip, requests=requests, offline=True, record_steps=False, **kw).metrics["request_rate"]
+    for _ in range(12):                     # find a failing rate
+        r = run(hi)
+        step += 1
+        if progress:
+            progress(step, None, hi, meets(r, percentile))
+        if not meets(r, percentile):
+            break
+        lo, best, hi = hi, r, hi * 2
+    for _ in range(iterations):
         mid = (lo + hi) / 2
-        r = serve(model, chip, requests=requests, rate=mid, record_steps=False, **kw)
+        r = run(mid)
+        step += 1
         ok = meets(r, percentile)
         if progress:
-            progress(i + 1, iterations, mid, ok)
+            progress(step, None, mid, ok)
         if ok:
             lo, best = mid, r
         else:

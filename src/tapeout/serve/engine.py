@@ -125,6 +125,8 @@ class Engine:
                 self.blocks.allocate(need)
                 return
             victim = next(reversed(self.running.values()))
+            if len(self.running) == 1 and not self.prefilling:
+                self._never_fits(victim)
             self._preempt(victim)
 
     def _preempt(self, seq: Seq) -> None:
@@ -150,6 +152,8 @@ class Engine:
         if plan.decode and self.policy != "static":
             self._grow_blocks()
             plan.decode = bool(self.running)
+            if not plan.decode and not plan.prefill:    # everything was preempted: schedule again
+                return self.kick(t)
         if not plan.decode and not plan.prefill:
             return
         self.busy = True

@@ -7,7 +7,9 @@ energy per token and cost per million tokens.
     E2E   = finish - arrival
     goodput = requests per second meeting TTFT <= slo_ttft and TPOT <= slo_tpot (DistServe's definition)
     energy  = computing energy (tapeout.energy per step) + idle power x idle chip-seconds
-    cost    = chips x hourly cost x makespan / output tokens (data/serve/cost.toml)
+    cost    = chips x hourly cost x makespan / output tokens; hourly cost: a rental price
+              (data/serve/cost.toml), else the chip's price or, for in-house chips, its manufacturing
+              cost (tapeout.cost) amortized, plus electricity
 """
 from __future__ import annotations
 
@@ -50,13 +52,18 @@ def hourly_cost_usd(chip) -> tuple[float | None, str]:
     t = table("cost")
     if chip.name in t["rental_usd_per_hour"]:
         return t["rental_usd_per_hour"][chip.name], "rental price"
-    price = chip.chip.price_usd or t["price_usd"].get(chip.name)
-    if not price:
-        return None, "no price for this chip (add chip.price_usd or data/serve/cost.toml)"
+    price, how = chip.chip.price_usd or t["price_usd"].get(chip.name), "price"
+    if not price:   # an in-house chip: what it costs to make (tapeout.cost) is what it costs its owner
+        try:
+            from ..cost import cost_usd
+
+            price, how = cost_usd(chip).total_usd, "manufacturing cost (tapeout.cost)"
+        except Exception as e:  # noqa: BLE001 - a chip the cost model cannot price (no area, over the reticle)
+            return None, f"no price for this chip and the cost model cannot build it: {e}"
     c, e = t["capex"], t["energy"]
     capex = price * c["system_factor"] / (c["amortization_years"] * 8760 * c["utilization"])
     power = chip.chip.tdp_w / 1000 * e["pue"] * e["usd_per_kwh"]
-    return capex + power, "capex amortization + energy"
+    return capex + power, f"{how} amortized + energy"
 
 
 def _idle_w(chip) -> float:

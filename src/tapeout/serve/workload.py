@@ -43,7 +43,7 @@ def _clipped_lognormal(rng, n: int, mean: float, cv: float, lo: float, hi: float
     """Log-normal samples clipped to [lo, hi], scaled so that the clipped mean is `mean`."""
     s2 = math.log(1.0 + cv * cv)
     x = rng.lognormal(-s2 / 2, math.sqrt(s2), n)      # mean 1
-    a, b = 1e-3, 1e3
+    a, b = mean * 1e-3, mean * 1e3
     for _ in range(60):                               # bisection on the scale k: mean(clip(k x)) = mean
         k = math.sqrt(a * b)
         if np.clip(k * x, lo, hi).mean() < mean:

@@ -1,0 +1,73 @@
+"""Request generation: length distributions, arrival processes, trace files."""
+import numpy as np
+import pytest
+
+from tapeout.errors import TapeoutError
+from tapeout.serve.data import table
+from tapeout.serve.workload import arrival_times, generate, lengths, load_trace, save_trace
+
+
+@pytest.mark.parametrize("name", ["chat", "rag", "mlperf-llama2"])
+def test_lengths_match_the_data_table(name):
+    w = table("workloads")[name]
+    p, o = lengths(name, 20000, np.random.default_rng(0))
+    assert p.min() >= w["prompt_min"] and p.max() <= w["prompt_max"]
+    assert o.min() >= w["output_min"] and o.max() <= w["output_max"]
+    assert p.mean() == pytest.approx(w["prompt_mean"], rel=0.02)
+    assert o.mean() == pytest.approx(w["output_mean"], rel=0.02)
+
+
+def test_fixed_lengths_and_errors():
+    p, o = lengths("fixed:100:7", 5, np.random.default_rng(0))
+    assert list(p) == [100] * 5 and list(o) == [7] * 5
+    with pytest.raises(TapeoutError, match="fixed:PROMPT:OUTPUT"):
+        lengths("fixed:x", 1, np.random.default_rng(0))
+    with pytest.raises(TapeoutError, match="use one of"):
+        lengths("nope", 1, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("process,cv", [("poisson", 1.0), ("gamma", 3.0), ("gamma", 0.5)])
+def test_arrival_rate_and_burstiness(process, cv):
+    t = arrival_times(40000, 10.0, np.random.default_rng(1), process, cv)
+    gaps = np.diff(t)
+    assert t[0] == 0 and np.all(gaps >= 0)
+    assert 1 / gaps.mean() == pytest.approx(10.0, rel=0.05)
+    assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.08)
+
+
+def test_offline_and_seeding():
+    a = generate(50, workload="chat", arrival="offline", seed=3)
+    assert all(r.arrival_s == 0 for r in a)
+    assert generate(50, rate=2, seed=3) == generate(50, rate=2, seed=3)
+    assert generate(50, rate=2, seed=3) != generate(50, rate=2, seed=4)
+    with pytest.raises(TapeoutError, match="rate"):
+        generate(5, workload="chat", arrival="poisson")
+
+
+def test_shared_prefixes():
+    reqs = generate(200, rate=5, prefix_groups=3, prefix_len=64, seed=0)
+    assert {r.prefix_id for r in reqs} == {0, 1, 2}
+    assert all(r.prefix_len == 64 and r.prompt > 64 for r in reqs)
+
+
+def test_trace_round_trip_csv_and_jsonl(tmp_path):
+    reqs = generate(30, rate=3, prefix_groups=2, prefix_len=32, seed=2)
+    save_trace(reqs, tmp_path / "t.csv")
+    assert load_trace(tmp_path / "t.csv") == [r.__class__(r.id, round(r.arrival_s, 6), r.prompt, r.output,
+                                                           r.prefix_id, r.prefix_len) for r in reqs]
+    (tmp_path / "t.jsonl").write_text('{"arrival": 1.5, "prompt_tokens": 10, "output_tokens": 3}\n'
+                                       '{"arrival": 0.5, "input_len": 20, "output_len": 4}\n')
+    got = load_trace(tmp_path / "t.jsonl")
+    assert [(r.arrival_s, r.prompt, r.output) for r in got] == [(0.5, 20, 4), (1.5, 10, 3)]
+
+
+def test_bad_traces(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text("arrival_s,prompt\n0,10\n")
+    with pytest.raises(TapeoutError, match="bad.csv:2: missing column 'output'"):
+        load_trace(f)
+    f.write_text("arrival_s,prompt,output\n0,ten,3\n")
+    with pytest.raises(TapeoutError, match="not a number"):
+        load_trace(f)
+    with pytest.raises(TapeoutError, match="no such trace"):
+        load_trace(tmp_path / "missing.csv")
