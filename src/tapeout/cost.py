@@ -84,9 +84,14 @@ def harvested_yield(die_mm2: float, core_share: float, cores_on_die: int, spare_
     return yield_nb(die_mm2 * (1.0 - core_share), d0) * ok
 
 
+def reticle_mm2() -> float:
+    """The largest die a scanner can expose (26 x 33 mm)."""
+    return _tables()["package"]["reticle_mm2"]
+
+
 def check_reticle(chip, per_die_mm2: float) -> None:
     """Raise ReticleError when a die of `chip` would exceed the reticle."""
-    limit = _tables()["package"]["reticle_mm2"]
+    limit = reticle_mm2()
     if per_die_mm2 > limit:
         need = math.ceil(per_die_mm2 * chip.chip.dies / limit)
         raise ReticleError(f"{chip.path or chip.name}: chip.dies: each of the {chip.chip.dies} die(s) would be "

@@ -97,11 +97,11 @@ def area_cmd(chip: str = typer.Argument(..., help="preset name or path to a chip
     """Silicon area by component (mm2), against the chip file's stated die area and the reticle."""
     from ..area import area_mm2
     from ..chip import load_chip
-    from ..cost import _tables as cost_tables
+    from ..cost import reticle_mm2
 
     c = load_chip(chip)
     a = area_mm2(c, spare_core_fraction=spare_cores)
-    reticle = cost_tables()["package"]["reticle_mm2"]
+    reticle = reticle_mm2()
     if json_out:
         print_json({"chip": c.name, "area": a, "per_die_mm2": a.per_die_mm2, "stated_die_area_mm2": c.chip.die_area_mm2,
                     "reticle_mm2": reticle})
