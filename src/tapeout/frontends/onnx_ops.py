@@ -264,7 +264,9 @@ SHAPES = {
 def _matmul(cx, a, b):
     """MatMul; with a constant 2-D right operand it is a linear layer on b.T (weights [N, K])."""
     if isinstance(b, np.ndarray) and b.ndim == 2 and len(_shape(a)) >= 1:
-        return cx.b.linear(cx.atom(a), cx.atom(np.ascontiguousarray(b.T)))
+        wt = np.ascontiguousarray(b.T)
+        cx.names[id(wt)] = f"{cx.names.get(id(b), 'w')}_t"
+        return cx.b.linear(cx.atom(a), cx.atom(wt))
     return cx.b.matmul(cx.atom(a), cx.atom(b))
 
 

@@ -1,7 +1,8 @@
 """IR dtypes: short names (as printed in `Program.pretty()`) -> numpy / ml_dtypes dtypes.
 
 Low-precision types are the ml_dtypes ones, which match PyTorch bit for bit:
-f8e4m3 is the "fn" variant (no infinities, max 448, overflow -> NaN), f8e5m2 is IEEE-like.
+f8e4m3 is the "fn" variant (no infinities, max 448; the IR's cast saturates to +-448 like
+PyTorch), f8e5m2 is IEEE-like.
 """
 from __future__ import annotations
 

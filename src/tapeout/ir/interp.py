@@ -10,7 +10,8 @@ a numpy function. Rules that hold for every op (see docs/ir.md for each op):
   accumulation wraps two's complement) and round once to `dtype` (bias added before rounding).
 - Integer add/sub/mul/cumsum/reduce_sum wrap; integer div truncates toward zero.
 - cast float->int truncates toward zero and saturates (NaN -> 0); int->int wraps;
-  float->float rounds to nearest even (f8e4m3 overflow -> NaN, as in ml_dtypes/PyTorch).
+  float->float rounds to nearest even; f8e4m3 (no inf) saturates out-of-range values and
+  +-inf to +-448 as PyTorch does; f8e5m2 overflows to inf.
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def cast(x: np.ndarray, dtype: str) -> np.ndarray:
         return x.astype(np.int64).astype(dt)  # wraps
     if src in ("i4", "u4", "bool"):
         x = x.astype(np.int64)
+    if dtype == "f8e4m3":  # no inf in e4m3fn: saturate (PyTorch's rule; ml_dtypes would give NaN)
+        m = float_max(dtype)
+        x = np.clip(x.astype(compute_dtype(src) if src in FLOATS else np.float64), -m, m)
     return x.astype(dt)
 
 

@@ -204,6 +204,7 @@ def _slice(op, avals, starts, stops, steps=None):
         _fail(op, "step 0")
     norm = [slice(*slice(a, b, t).indices(d)) for a, b, t, d in zip(starts, stops, steps, shape)]
     out = tuple(len(range(s.start, s.stop, s.step)) for s in norm)
+    norm = [s if n else slice(0, 0, 1) for s, n in zip(norm, out)]  # canonical empty slice
     # stop may be -1 after normalizing a negative step that runs to the front: keep None there
     stops_n = tuple(None if s.stop < 0 else s.stop for s in norm)
     return [(out, dt)], {"starts": tuple(s.start for s in norm), "stops": stops_n,
