@@ -1,0 +1,52 @@
+"""`tapeout serve` on the command line: JSON/CSV/trace output, sweeps with a plot, one-line errors."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tapeout.cli import app
+
+runner = CliRunner()
+BASE = ["serve", "-m", "llama-3.1-8b", "-c", "h100-sxm"]
+
+
+def test_json_csv_and_perfetto_trace(tmp_path):
+    out = runner.invoke(app, BASE + ["--rate", "5", "--requests", "120", "--json", "--csv", str(tmp_path / "r.csv"),
+                                     "--trace", str(tmp_path / "t.json")])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout[out.stdout.index("{"):])
+    assert data["metrics"]["requests"] == 120 and data["settings"]["rate"] == 5
+    row = next(csv.DictReader(open(tmp_path / "r.csv")))
+    assert float(row["ttft_p99_s"]) == pytest.approx(data["metrics"]["ttft_s"]["p99"])
+    trace = json.loads((tmp_path / "t.json").read_text())
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["name"] for e in slices} <= {"prefill", "decode", "mixed"} and len(slices) == trace["otherData"]["steps"]
+    ends = sorted((e["ts"], e["ts"] + e["dur"]) for e in slices)
+    assert all(a[1] <= b[0] + 1e-3 for a, b in zip(ends, ends[1:]))   # one replica: steps never overlap
+
+
+def test_offline_summary_table():
+    out = runner.invoke(app, BASE + ["--offline", "--requests", "60", "--scheduler", "chunked"])
+    assert out.exit_code == 0, out.output
+    for word in ("TTFT", "TPOT", "goodput", "J/token", "per million output tokens", "KV cache"):
+        assert word in out.output
+
+
+def test_sweep_writes_the_plot(tmp_path):
+    png = tmp_path / "sweep.png"
+    out = runner.invoke(app, BASE + ["--sweep", "rate", "--rates", "2,8", "--requests", "80", "-o", str(png)])
+    assert out.exit_code == 0, out.output
+    assert png.stat().st_size > 10_000
+
+
+def test_user_errors_are_one_line():
+    for args, msg in ((BASE, "give --rate"), (BASE + ["--rate", "1", "--scheduler", "x"], "--scheduler"),
+                      (BASE + ["--rate", "1", "--disaggregate", "3"], "--disaggregate"),
+                      (BASE + ["--sweep", "rate", "--rates", "a"], "--rates")):
+        p = subprocess.run([sys.executable, "-c", f"from tapeout.cli import main; main({args!r})"],
+                           capture_output=True, text=True)
+        assert p.returncode == 2, p.stderr
+        assert msg in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 2
