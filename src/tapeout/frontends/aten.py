@@ -103,6 +103,16 @@ def _div(cx, node, a, b, rounding_mode=None):
     return cx.b.where(cx.b.lt(q, cx.atom(0.0, dt)), cx.b.ceil(q), cx.b.floor(q))
 
 
+def _mod(floor: bool):
+    """remainder (sign of the divisor, Python %) or fmod (sign of the dividend)."""
+    def fn(cx, node, a, b):
+        dt = _dt(node)
+        x, y = cx.atom(a, dt), cx.atom(b, dt)
+        q = _div(cx, node, x, y, "floor" if floor else "trunc")
+        return cx.b.sub(x, cx.b.mul(q, y))
+    return fn
+
+
 def _logical(op):
     def fn(cx, node, a, b=None):
         if _dt(node) != "bool":
@@ -140,6 +150,7 @@ ELEMENTWISE = {
     "aten.round.default": _ew("round"),
     "aten.add": _addsub("add"), "aten.sub": _addsub("sub"), "aten.rsub": _rsub,
     "aten.mul": _ew("mul"), "aten.div": _div, "aten.pow": _pow,
+    "aten.remainder": _mod(True), "aten.fmod": _mod(False),
     "aten.maximum": _ew("maximum"), "aten.minimum": _ew("minimum"),
     **{f"aten.{t}": _ew(op, compute=True) for t, op in
        (("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge"))},

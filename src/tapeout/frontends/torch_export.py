@@ -103,6 +103,8 @@ class Ctx:
                 v = v.item()
             else:
                 v = self.lift(v.to(torch_dtype(dtype)) if dtype and ir_dtype(v.dtype) != dtype else v)
+        if isinstance(v, Literal):
+            v = v.value
         if isinstance(v, Var):
             return v if dtype is None or v.dtype == dtype else self.b.cast(v, dtype=dtype)
         if isinstance(v, (bool, int, float)):
