@@ -1,8 +1,10 @@
 """Per-kernel cost: how long one kernel takes on a chip, from the chip file and family parameters.
 
-Every cost is a triple (cycles, memory_s, overhead_s): `cycles` of the cores (scale with the
-clock), `memory_s` of DRAM streaming (does not), `overhead_s` fixed (launch, pipeline fill,
-reductions). At clock f the kernel takes ``overhead_s + max(cycles / f, memory_s)``.
+Every cost is a tuple (cycles, memory_s, fixed_s, launches): `cycles` of the cores (scale with
+the clock), `memory_s` of DRAM streaming (does not), `fixed_s` latencies (each wave of tiles pays
+one pipeline fill: its first DRAM loads and last stores), and the number of kernel `launches`
+(a split-K or split-KV reduction is a second kernel). At clock f the kernel takes
+``launches x launch_gap + fixed_s + max(cycles / f, memory_s)``.
 
 GEMMs are mapped onto the cores as output tiles (tile shapes, split-K for skinny shapes, waves
 across the cores with the tail wave), each tile's MACs on the core's matrix units; operands come
@@ -32,10 +34,9 @@ def _mma_dtype(chip: Chip, dtype: str) -> str:
     return max(chip.cores.matrix.macs_per_cycle, key=chip.cores.matrix.macs_per_cycle.get)
 
 
-def _stream_bw(chip: Chip, p: PerfParams, active_cores: float) -> float:
-    """DRAM bandwidth reachable by kernels that occupy `active_cores` cores."""
-    bw = chip.dram.bandwidth_bytes_per_s or chip.shared_buffer.bandwidth_bytes_per_s
-    return min(bw * p.dram_efficiency, active_cores * p.core_dram_bytes_per_cycle * chip.max_clock_hz)
+def _dram_bw(chip: Chip, efficiency: float) -> float:
+    """Achievable DRAM bandwidth (the shared buffer's where the chip has no DRAM)."""
+    return (chip.dram.bandwidth_bytes_per_s or chip.shared_buffer.bandwidth_bytes_per_s) * efficiency
 
 
 _CACHES: dict[int, dict] = {}
@@ -51,7 +52,7 @@ def chip_cache(chip: Chip) -> dict:
 
 
 def gemm_cost(chip: Chip, p: PerfParams, M: float, N: int, K: int, groups: float, dtype: str,
-              in_b: float, w_b: float, out_b: float) -> tuple[float, float, float]:
+              in_b: float, w_b: float, out_b: float) -> tuple[float, float, float, int]:
     """Best tiling of C[M,N] = A[M,K] @ B[K,N] (x groups) over the candidate tiles and split-K factors."""
     cache = chip_cache(chip)
     key = ("gemm", p, M, N, K, groups, dtype, in_b, w_b, out_b)
@@ -66,8 +67,11 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
     macs = chip.macs_per_cycle(d) * p.mma_efficiency
     cores, f0 = chip.cores.count, chip.max_clock_hz
     l2 = p.l2_bytes_per_cycle_per_core
+    l2_bytes = chip.shared_buffer.bytes
+    bw = _dram_bw(chip, p.tiled_dram_efficiency)
+    core_bw = p.core_dram_bytes_per_cycle * f0
     g = max(1, math.ceil(groups))
-    best = (INF, 0.0, 0.0, INF)
+    best = (INF, 0.0, 0.0, 1, INF)
     for tm, tn in p.gemm_tiles:
         mt, nt = math.ceil(M / tm), math.ceil(N / tn)
         s = 1
@@ -75,19 +79,22 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
             tiles = mt * nt * s * g
             waves = math.ceil(tiles / cores)
             ks = math.ceil(K / s / p.tile_k) * p.tile_k
-            cyc = waves * max(tm * tn * ks / macs, (tm + tn) * ks * in_b / l2)
-            active = min(cores, tiles)
-            dram = groups * (M * K * in_b + N * K * w_b + M * N * out_b) + (2 * s * M * N * 4 * groups if s > 1 else 0)
-            mem = dram / _stream_bw(chip, p, active)
-            ovh = p.split_reduce_s if s > 1 else 0.0
-            total = max(cyc / f0, mem) + ovh
-            if total < best[3]:
-                best = (cyc, mem, ovh, total)
+            cyc = waves * max(tm * tn * ks / macs, (min(tm, M) + tn) * ks * in_b / l2)
+            dram = groups * (M * K * in_b + N * K * w_b + M * N * out_b)
+            partials = 2 * s * M * N * 4 * groups if s > 1 else 0.0  # fp32 partial sums, reduced in the kernel
+            if partials > l2_bytes / 2:  # they stay in the shared buffer unless it is too small
+                dram += partials
+            # the whole chip's DRAM bandwidth, and each core pulling its tiles' weights at most core_bw
+            mem = max(dram / bw, waves * tn * ks * w_b / core_bw)
+            fixed = waves * p.tile_latency_s + (p.split_latency_s if s > 1 else 0.0)
+            total = max(cyc / f0, mem) + fixed
+            if total < best[4]:
+                best = (cyc, mem, fixed, 1, total)
             s *= 2
-    return best[0], best[1], best[2] + p.kernel_latency_s
+    return best[:4]
 
 
-def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
+def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
     B, Sq, Skv, hq, hkv, dqk, dv, causal = k.shape
     d = _mma_dtype(chip, "bf16" if k.dtype in ("fp32",) else k.dtype)
     macs = chip.macs_per_cycle(d) * p.attention_mma_efficiency
@@ -101,8 +108,11 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
         splits = max(1, min(math.ceil(Skv / 256), math.ceil(cores / units)))
         active = min(cores, units * splits)
         cyc = units * rows * Skv * (dqk + dv) / macs / active + B * hq * Skv / sfu / active
-        mem = mem_bytes / _stream_bw(chip, p, active)
-        return cyc, mem, p.kernel_latency_s + (p.split_reduce_s if splits > 1 else 0.0)
+        chain = math.ceil(Skv / splits / p.attention_kv_block) * p.attention_block_latency_s
+        waves = math.ceil(units * splits / cores)
+        per_cta = mem_bytes / (units * splits)
+        mem = max(mem_bytes / _dram_bw(chip, p.dram_efficiency), waves * per_cta / (p.core_dram_bytes_per_cycle * chip.max_clock_hz), chain)
+        return cyc, mem, waves * p.tile_latency_s, 2 if splits > 1 else 1  # + a combine kernel
     bq = p.gemm_tiles[0][0]
     nq = math.ceil(Sq / bq)
     cached = Skv - Sq
@@ -116,31 +126,43 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
         longest = bq * Skv
     blocks = B * hq * nq
     cyc = max(pairs_total / cores, longest) * per_pair if blocks >= cores else longest * per_pair
-    mem = mem_bytes / _stream_bw(chip, p, min(cores, blocks))
-    return cyc, mem, p.kernel_latency_s
+    # the longest query block walks all its KV blocks in order: a chain of dependent iterations
+    chain = math.ceil(Skv / p.attention_kv_block) * p.attention_block_latency_s
+    mem = max(mem_bytes / _dram_bw(chip, p.tiled_dram_efficiency), chain)
+    return cyc, mem, math.ceil(blocks / cores) * p.tile_latency_s, 1
 
 
-def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
-    """Elementwise, norm, softmax, embedding, KV writes: DRAM streaming, occupancy-limited when small."""
-    rows, cols = (k.shape + (1, 1))[:2] if k.shape else (1, 1)
+def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
+    """Elementwise, norm, softmax, embedding, KV writes: DRAM streaming.
+
+    Norm and softmax kernels give each row to one block of threads, which keeps `row_block_bytes`
+    in flight per DRAM latency: a few very long rows cannot use the whole memory system."""
+    rows, cols = (tuple(k.shape) + (1, 1))[:2] if k.shape else (1, 1)
     nbytes = k.bytes_read + k.bytes_written
-    if k.kind == "norm":
-        nbytes = k.bytes_read * p.norm_read_passes + k.bytes_written
-    elif k.kind == "softmax":
-        nbytes = k.bytes_read * p.softmax_read_passes + k.bytes_written
-    eff = 1.0 if k.kind in ("embed",) else p.elementwise_efficiency
-    # each core streams at most row_block_bytes before the work must spread to another core
-    active = min(chip.cores.count, max(1.0, nbytes / p.row_block_bytes), max(1.0, rows) if k.kind in ("norm", "softmax") else INF)
-    mem = nbytes / (_stream_bw(chip, p, active) * eff)
+    eff = p.dram_efficiency
+    row_limit = 0.0
+    extra = 0.0
+    if k.kind in ("norm", "softmax"):
+        norm = k.kind == "norm"
+        passes = p.norm_read_passes if norm else p.softmax_read_passes
+        extra = k.bytes_read * (passes - 1)  # re-reads: from the shared buffer if the tensor fits there
+        if k.bytes_read > chip.shared_buffer.bytes:
+            nbytes, extra = nbytes + extra, 0.0
+        row_bytes = (k.bytes_read * passes + k.bytes_written) / max(rows, 1)
+        waves = math.ceil(rows / (chip.cores.count * p.blocks_per_core))
+        inflight = p.row_block_bytes if norm else p.softmax_row_block_bytes
+        row_limit = waves * row_bytes / inflight * p.dram_latency_s
+    mem = max(nbytes / _dram_bw(chip, eff)
+              + extra / chip.shared_buffer.bandwidth_bytes_per_s, row_limit)
     cyc = k.flops / max(chip.cores.vector.flops_per_cycle * chip.cores.count, 1.0)
-    return cyc, mem, p.kernel_latency_s
+    return cyc, mem, p.dram_latency_s, 1
 
 
-def comm_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
+def comm_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
     nbytes, n, kind = k.shape
     from ..parallel import collective_time  # the serving/parallelism layer owns link models
 
-    return 0.0, collective_time(chip, kind, nbytes, int(n)), 0.0
+    return 0.0, collective_time(chip, kind, nbytes, int(n)), 0.0, 1
 
 
 COSTS = {
@@ -149,7 +171,7 @@ COSTS = {
 }
 
 
-def kernel_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float]:
+def kernel_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
     if k.kind == "gemm":
         M, N, K, groups = k.shape
         in_b = (k.bytes_read - k.weight_bytes) / max(groups * M * K, 1e-9)

@@ -20,15 +20,20 @@ class PerfParams:
     family: str
     mma_efficiency: float          # steady-state fraction of the matrix units' peak inside a GEMM tile
     attention_mma_efficiency: float  # the same inside a flash-attention tile (softmax interleaved)
-    dram_efficiency: float         # achievable fraction of peak DRAM bandwidth when streaming
+    dram_efficiency: float         # achievable fraction of peak DRAM bandwidth of streaming (elementwise) kernels
+    tiled_dram_efficiency: float   # the same for tiled kernels (GEMM, attention) streaming their operands
     core_dram_bytes_per_cycle: float  # DRAM bytes per core-cycle one core can keep streaming (Little's law)
     l2_bytes_per_cycle_per_core: float  # shared-buffer (L2) operand bandwidth per core per cycle
     launch_s: float                # gap between two kernels launched one by one from the host
     queued_launch_s: float         # the same inside a CUDA graph / an NPU's command queue
-    kernel_latency_s: float        # fill and drain of one kernel's pipeline (first DRAM loads, last stores)
-    split_reduce_s: float          # extra fixed cost of a split-K / split-KV reduction
-    elementwise_efficiency: float  # fraction of dram_efficiency reached by strided/broadcast elementwise kernels
-    row_block_bytes: float         # bytes of a row one core streams before another core can help (norm/softmax)
+    tile_latency_s: float          # fill and drain of one wave of GEMM/attention tiles (first loads, last stores)
+    dram_latency_s: float          # one DRAM round trip: the fixed cost of a streaming kernel
+    split_latency_s: float         # the serialized reduction of a split-K / split-KV kernel's partial results
+    row_block_bytes: float         # bytes one row-block (norm/softmax) keeps in flight per DRAM latency
+    softmax_row_block_bytes: float  # the same for softmax kernels
+    blocks_per_core: int           # thread blocks resident on one core at a time
+    attention_kv_block: int        # keys per flash-attention block iteration
+    attention_block_latency_s: float  # one KV-block iteration when its loads are not hidden
     norm_read_passes: float        # times a norm kernel reads its input
     softmax_read_passes: float     # times a softmax kernel reads its input
     gemm_tiles: tuple              # candidate output tiles (rows, cols) of a GEMM kernel

@@ -82,24 +82,24 @@ def llm_kernels(e: dict) -> list[Kernel]:
     return build_step(spec, Batch.of(phase, int(e["batch"]), length), Dtypes(), impl)
 
 
-def predict_entry(section: str, e: dict, chip: Chip) -> float:
-    """Predicted milliseconds for one calibration entry."""
+def predict_entry(section: str, e: dict, chip: Chip, params=None) -> float:
+    """Predicted milliseconds for one calibration entry (`params`: override the family's PerfParams)."""
     if section == "llm":
-        return run_kernels(chip, llm_kernels(e), queued=True).seconds * 1e3
+        return run_kernels(chip, llm_kernels(e), queued=True, params=params).seconds * 1e3
     k = {"gemm": gemm_kernel, "attention": attention_kernel, "memory": memory_kernel}[section](e)
     queued = section == "memory" and e.get("op") == "tiny_kernel_in_graph_per_kernel"
     flush = [] if queued else [_flush()]
-    return run_kernels(chip, [k], queued=queued, power_kernels=flush).seconds * 1e3
+    return run_kernels(chip, [k], queued=queued, power_kernels=flush, params=params).seconds * 1e3
 
 
-def predict_entries(data: dict, chip: "Chip | str") -> dict:
+def predict_entries(data: dict, chip: "Chip | str", params=None) -> dict:
     """A copy of `data` with "predicted_ms" (or null and "reason") on every entry."""
     chip = load_chip(chip)
     out = copy.deepcopy(data)
     for section in SECTIONS:
         for e in out.get(section, []) or []:
             try:
-                e["predicted_ms"] = predict_entry(section, e, chip)
+                e["predicted_ms"] = predict_entry(section, e, chip, params)
             except (TapeoutError, KeyError, ValueError, TypeError) as err:
                 e["predicted_ms"] = None
                 e["reason"] = f"{type(err).__name__}: {err}"

@@ -62,9 +62,9 @@ def activity_of(kernels: list[Kernel]) -> dict:
 def _sustained_clock(chip: Chip, p: PerfParams, kernels, costs, launch: float) -> float:
     f0 = chip.max_clock_hz
     total = compute = 0.0
-    for k, (cyc, mem, ovh) in zip(kernels, costs):
+    for k, (cyc, mem, fixed, n) in zip(kernels, costs):
         t = cyc / f0
-        total += k.count * (launch + ovh + max(t, mem))
+        total += k.count * (launch + (n - 1) * p.queued_launch_s + fixed + max(t, mem))
         if t > mem:
             compute += k.count * t
     try:
@@ -88,11 +88,12 @@ def run_kernels(chip: Chip, kernels: list[Kernel], *, queued: bool = True, param
     costs = [kernel_cost(chip, p, k) for k in all_k]
     f = clock_hz or _sustained_clock(chip, p, all_k, costs, launch)
     out, total = [], 0.0
-    for k, (cyc, mem, ovh) in zip(kernels, costs):
+    for k, (cyc, mem, fixed, n) in zip(kernels, costs):
         t = cyc / f
         work = max(t, mem)
-        sec = k.count * (launch + ovh + work)
-        bound = "overhead" if launch + ovh > work else ("compute" if t >= mem else "memory")
+        ovh = launch + (n - 1) * p.queued_launch_s + fixed  # a reduction kernel follows at once
+        sec = k.count * (ovh + work)
+        bound = "overhead" if ovh > work else ("compute" if t >= mem else "memory")
         out.append(KernelTime(k, sec, bound))
         total += sec
     return StepTime(total, f, tuple(out))
