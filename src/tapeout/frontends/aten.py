@@ -504,18 +504,17 @@ def _rms_norm(cx, node, x, shape, w=None, eps=None):
 
 
 def _unrepeated_kv(cx, fx_node, h_q):
-    """The k/v before HF's repeat_kv (unsqueeze(2) -> expand -> clone -> view), so attention
+    """The k/v before HF's repeat_kv (unsqueeze(2) -> expand -> [clone] -> view), so attention
     gets the grouped heads (GQA) instead of copies; None if the pattern is not there."""
-    chain = ("view", "clone", "expand", "unsqueeze")
-    n = fx_node
-    for step in chain:
+    def step(n, *names):
         t = str(getattr(n, "target", ""))
-        if not t.startswith(f"aten.{step}") and not (step == "view" and t.startswith("aten._unsafe_view")):
-            return None
-        if step == "unsqueeze" and n.args[1] != 2:
-            return None
-        n = n.args[0]
-    base = cx.env_of(n)
+        return n.args[0] if any(t.startswith(f"aten.{m}.") for m in names) else None
+    n = step(fx_node, "view", "_unsafe_view", "reshape")
+    n = n if n is None or not str(n.target).startswith("aten.clone") else n.args[0]
+    n = None if n is None else step(n, "expand")
+    if n is None or not str(n.target).startswith("aten.unsqueeze") or n.args[1] != 2:
+        return None
+    base = cx.env_of(n.args[0])
     return base if isinstance(base, Var) and base.ndim == 4 and h_q % base.shape[1] == 0 else None
 
 
