@@ -19,7 +19,8 @@ from .isa import DTYPES, Gather, Matmul, Reduce, Vec, Dequant4
 
 F32 = "fp32"
 NBUF = 3                    # operand tiles in flight per GEMM (triple buffering)
-W_TILE_BYTES = 256 * 1024   # weight tile size that keeps several DMAs in flight per output tile
+W_TILE_BYTES = 256 * 1024
+TILE_OVERHEAD = 1000        # cycles per output tile (epilogue, store, pipeline refill) in the tile choice   # weight tile size that keeps several DMAs in flight per output tile
 NEG = -3.0e38   # "minus infinity" that keeps exp(x - max) finite
 
 
@@ -183,30 +184,43 @@ class GemmJob:
 
 
 def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0):
-    g = cc.geom
-    tc = g.tile_cols(in_dtype)
     M, K = jobs[0].a.shape
     N = jobs[0].out.shape[1]
-    ntiles_min = cc.ncores if len(jobs) < cc.ncores else 1
-    tn = min(_up(N, tc), max(tc, 512 if M > 1 else 2048))
-    tm = min(M, 256)
-    while math.ceil(M / tm) * math.ceil(N / tn) * len(jobs) < ntiles_min and tn > tc:
-        tn = max(tc, _up(tn // 2, tc))
-    while math.ceil(M / tm) * math.ceil(N / tn) * len(jobs) < ntiles_min and tm > 16:
-        tm = max(16, tm // 2)
-    es = DTYPES[in_dtype].itemsize
-    fixed = 2 * tm * tn * (DTYPES[acc_dtype].itemsize + 4 + 4) + 4 * (tm + tn) * 4 * 2
-    per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
-    tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows,
-                         max(g.rows, (W_TILE_BYTES // (tn * es)) // g.rows * g.rows)))   # >= a few k-chunks to pipeline
-    if group:
-        tk = max(group, tk // group * group)
-    if fixed + tk * per_k > cc.sram_bytes:
-        raise UnsupportedOpError(f"{cc.op_name}: GEMM tiles do not fit SRAM")
+    tm, tn, tk = _choose_tiles(cc, M, N, K, len(jobs), in_dtype, acc_dtype, group)
     tiles = [(j, m0, n0) for j in range(len(jobs)) for n0 in range(0, N, tn) for m0 in range(0, M, tm)]
     for core, (t0, t1) in enumerate(split_even(len(tiles), cc.ncores)):
         _gemm_core(cc, cc.streams[core], jobs, tiles[t0:t1], tm, tn, tk, in_dtype, acc_dtype, group)
     cc.barrier()
+
+
+def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group):
+    """Output tile (tm x tn) and K chunk (tk) that fit SRAM and minimise the busiest core's time:
+    ceil(tiles / cores) x max(array cycles, DMA cycles) of one tile, plus a per-tile overhead."""
+    g = cc.geom
+    tc, es, ea = g.tile_cols(in_dtype), DTYPES[in_dtype].itemsize, DTYPES[acc_dtype].itemsize
+    clk, n = cc.chip.cores.clock_hz, cc.ncores
+    w_bpc = (cc.chip.dram.bandwidth_bytes_per_s or cc.chip.shared_buffer.bandwidth_bytes_per_s) / n / clk
+    a_bpc = cc.chip.shared_buffer.bandwidth_bytes_per_s / n / clk
+    best = None
+    for tm in sorted({min(M, t) for t in (16, 32, 64, 128, 256, 512)}):
+        for tn in sorted({min(_up(N, tc), k * tc) for k in range(1, 17)}):
+            fixed = 2 * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2
+            per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
+            tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows,
+                                 max(g.rows, (W_TILE_BYTES // (tn * es)) // g.rows * g.rows)))
+            if group:
+                tk = max(group, tk // group * group)
+            if fixed + tk * per_k > cc.sram_bytes:
+                continue
+            per_core = math.ceil(njobs * math.ceil(M / tm) * math.ceil(N / tn) / n)
+            mxu = math.ceil(K / g.rows) * math.ceil(tn / tc) * max(tm, g.rows)
+            dma = K * tn * es / w_bpc + tm * K * es / a_bpc
+            cost = (per_core * (max(mxu, dma) + TILE_OVERHEAD), -tm * tn)
+            if best is None or cost < best[0]:
+                best = (cost, tm, tn, tk)
+    if best is None:
+        raise UnsupportedOpError(f"{cc.op_name}: GEMM tiles do not fit the {cc.sram_bytes}-byte SRAM")
+    return best[1:]
 
 
 def _up(x, m):
