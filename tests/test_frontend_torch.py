@@ -143,25 +143,26 @@ def test_constants_fold_and_params_keep_names():
     assert "iota" not in prog.op_counts() and "triu" not in str(prog.pretty())
 
 
+class GPT2Block(nn.Module):
+    def __init__(self, d=64, h=4):
+        super().__init__()
+        self.h = h
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, T, C))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
 def test_gpt2_style_block():
-    class Block(nn.Module):
-        def __init__(self, d=64, h=4):
-            super().__init__()
-            self.h = h
-            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-        def forward(self, x):
-            B, T, C = x.shape
-            q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.proj(a.transpose(1, 2).reshape(B, T, C))
-            return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
     torch.manual_seed(0)
-    prog = assert_same(Block(), torch.randn(2, 16, 64), rtol=1e-4, atol=2e-6)
+    prog = assert_same(GPT2Block(), torch.randn(2, 16, 64), rtol=1e-4, atol=2e-6)
     assert prog.op_counts()["attention"] == 1 and prog.op_counts()["linear"] == 4
 
 

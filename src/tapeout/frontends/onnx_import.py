@@ -25,6 +25,8 @@ ONNX_DTYPES = {1: "f32", 2: "u8", 3: "i8", 5: "i16", 6: "i32", 7: "i64", 9: "boo
                11: "f64", 16: "bf16", 17: "f8e4m3", 19: "f8e5m2", 21: "u4", 22: "i4"}
 MIN_OPSET = 13
 _STATIC = {"Shape", "Size"}  # known at import time even on runtime tensors (static shapes)
+# never folded: a quantized constant weight must reach the compiler as int data + scales
+_NO_FOLD = {"DequantizeLinear"}
 
 
 def ir_dtype(elem_type: int, where: str) -> str:
@@ -134,7 +136,8 @@ def from_onnx(path, input_shapes: dict | None = None, name: str | None = None):
         elif node.op_type in ONNX:
             fn = ONNX[node.op_type]
             cx = OnnxCtx(b, where, lifted, names, len(node.output))
-            outs = _fold(node, ins, attrs, fn, cx) if known and ins else fn(cx, ins, attrs)
+            fold = known and ins and node.op_type not in _NO_FOLD
+            outs = _fold(node, ins, attrs, fn, cx) if fold else fn(cx, ins, attrs)
         elif node.op_type in NUMPY_ONLY:
             raise UnsupportedOpError(f"{where}: only supported on constant inputs")
         else:

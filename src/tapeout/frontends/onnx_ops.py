@@ -379,7 +379,7 @@ def _rms_norm(cx, ins, at):
 def _qscale(cx, s, x_shape, at):
     """ONNX per-axis (1-D) / blocked scales -> the IR's blocked layout (same rank as data)."""
     s = cx.atom(s)
-    if s.ndim == 0 or s.ndim == len(x_shape):
+    if len(s.shape) in (0, len(x_shape)):
         return s
     ax = at.get("axis", 1) % len(x_shape)
     return cx.b.reshape(s, shape=tuple(d if i == ax else 1 for i, d in enumerate(x_shape)))
