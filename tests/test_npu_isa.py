@@ -72,3 +72,9 @@ def test_geometry_from_chip():
     small = dataclasses.replace(g, rows=8, cols=4, macs={"bf16": 32})
     assert isa.matmul_cycles(small, 16, 16, 8, "bf16", overlap=False) == 4 * (2 * 8 + 4 + 16 - 2)
     assert isa.matmul_cycles(small, 16, 16, 8, "bf16") == 8 + 8 + 4 - 2 + 4 * 16
+
+
+def test_docs_embed_the_generated_isa_reference():
+    from pathlib import Path
+    doc = Path(__file__).parent.parent / "docs" / "npu.md"
+    assert isa.reference_markdown() in doc.read_text()

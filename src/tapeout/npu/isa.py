@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import textwrap
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -449,3 +450,19 @@ def matmul_occupancy(geom: Geometry, M: int, K: int, N: int, in_dtype: str) -> i
 def matmul_latency(geom: Geometry) -> int:
     """First weight load + skew fill/drain: cycles from the last fold's issue to its result."""
     return geom.rows + geom.rows + geom.cols - 2
+
+
+def reference_markdown() -> str:
+    """The ISA reference (docs/npu.md embeds it; a test keeps the two identical)."""
+    out = [f"Every instruction is one {WORD_BYTES}-byte little-endian word: a u8 opcode, then its fields in "
+           "order (u8/u32/i32/u64/f32; enums as u8 indices into the tables below). Assembly: "
+           "`mnemonic field=value ...` (fields at their default may be omitted).", ""]
+    for op, cls in OPCODES.items():
+        doc = (cls.__doc__ or "").strip("\n")
+        first, _, rest = doc.partition("\n")
+        out += [f"### `{cls.__name__.lower()}` (opcode {op}, queue {QUEUE_OF[cls] or 'all'})", "", first.strip(), "",
+                "```", *textwrap.dedent(rest).strip("\n").splitlines(), "```", "",
+                "Fields: " + ", ".join(f"`{n}`:{k}" for n, k in fields_of(cls)), ""]
+    out += ["Enums: space " + ", ".join(SPACES) + "; dtype " + ", ".join(DTYPE_NAMES) + "; vector func "
+            + ", ".join(VFUNC_NAMES) + "; reduce func " + ", ".join(RFUNCS) + "."]
+    return "\n".join(out) + "\n"
