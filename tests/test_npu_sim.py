@@ -89,7 +89,7 @@ VEC_CASES = [
     ("max", lambda a, b, c, s: np.maximum(a, b)), ("exp", lambda a, b, c, s: np.exp(a)),
     ("rsqrt", lambda a, b, c, s: 1 / np.sqrt(a)), ("silu", lambda a, b, c, s: a / (1 + np.exp(-a))),
     ("where", lambda a, b, c, s: np.where(a != 0, b, c)), ("fma", lambda a, b, c, s: a * b + c),
-    ("adds", lambda a, b, c, s: a + s), ("subexp", lambda a, b, c, s: np.exp(a - b)),
+    ("adds", lambda a, b, c, s: a + s), ("subexp", lambda a, b, c, s: np.exp(s * (a - b))),
     ("gelu", lambda a, b, c, s: 0.5 * a * (1 + np.vectorize(math.erf)(a / math.sqrt(2)))),
     ("tril", lambda a, b, c, s: np.where(np.arange(a.shape[1])[None] <= np.arange(a.shape[0])[:, None] + s, a, -3e38)),
 ]

@@ -698,7 +698,7 @@ def _softmax(cc, i, e):
     rv, o, ov = _last_axis(cc, e, x, (e.params["axis"],))
     tmp = o if o is not None else cc.alloc(rv.shape, ov.dtype)
     if e.op == "softmax":
-        steps = [("red", "max", "m", "x", 1.0), ("vec", "subexp", "p", ["x", "m"], 0.0),
+        steps = [("red", "max", "m", "x", 1.0), ("vec", "subexp", "p", ["x", "m"], 1.0),
                  ("red", "sum", "s", "p", 1.0), ("vec", "div", "y", ["p", "s"], 0.0)]
     else:
         steps = [("red", "max", "m", "x", 1.0), ("vec", "sub", "t", ["x", "m"], 0.0), ("vec", "exp", "p", ["t"], 0.0),

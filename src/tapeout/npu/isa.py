@@ -208,7 +208,7 @@ class Vec:
     computes in fp32; `cast` rounds to nearest even and, for integer and fp8 results, saturates
     (int8 to [-128, 127], fp8 e4m3 to +-448). funcs: see VFUNCS (`adds`, `muls`, ... use imm);
     the less obvious ones: fill = imm (reads nothing); select = x if y != 0 else imm; tril = x if c <= r + imm else -3e38
-    (causal masking, r and c are the tile's row and column); subexp = exp(x - y); fma = x*y + z;
+    (causal masking, r and c are the tile's row and column); subexp = exp(imm * (x - y)); fma = x*y + z;
     where = y if x != 0 else z; comparisons give 1.0 or 0.0.
     Time: ceil(rows*cols / lanes) on the ALU, or / special_functions_per_cycle for sfu funcs.
     """

@@ -369,7 +369,10 @@ class _AttnCore:
             s.emit(lambda **w: Matmul(acc_addr=self.sb.addr, a_addr=self.qb.addr, w_addr=kb.addr, M=r, K=D, N=c,
                                       lda=D, ldw=c, ldc=c, in_dtype=self.dt, acc_dtype=F32, **w),
                    reads=[self.qb, kb], writes=[self.sb])
-            V("muls", r, c, self.sb, F32, c, self.sb, F32, c, 1, imm=scale, rd=[self.sb], wr=[self.sb])
+            es = scale                                 # exp(scale * (s - max)): scale > 0 keeps the max
+            if mask is not None and mask.dtype != "int8":  # an additive mask applies to scaled scores
+                V("muls", r, c, self.sb, F32, c, self.sb, F32, c, 1, imm=scale, rd=[self.sb], wr=[self.sb])
+                es = 1.0
             if diag is not None and c0 + c - 1 > diag:
                 V("tril", r, c, self.sb, F32, c, self.sb, F32, c, 1, imm=float(diag - c0), rd=[self.sb], wr=[self.sb])
             if mask is not None:
@@ -381,9 +384,8 @@ class _AttnCore:
             s.emit(lambda **w: Reduce(func="max", rows=r, cols=c, d_addr=self.mn.addr, d_dtype=F32, d_rs=1,
                                       a_addr=self.sb.addr, a_dtype=F32, a_rs=c, **w), reads=[self.sb], writes=[self.mn])
             V("max", r, 1, self.mn, F32, 1, self.mn, F32, 1, 0, self.m, F32, 1, 0, rd=[self.mn, self.m], wr=[self.mn])
-            V("sub", r, 1, self.cr, F32, 1, self.m, F32, 1, 0, self.mn, F32, 1, 0, rd=[self.m, self.mn], wr=[self.cr])
-            V("exp", r, 1, self.cr, F32, 1, self.cr, F32, 1, 0, rd=[self.cr], wr=[self.cr])
-            V("subexp", r, c, self.pb, self.dt, c, self.sb, F32, c, 1, self.mn, F32, 1, 0, rd=[self.sb, self.mn], wr=[self.pb])
+            V("subexp", r, 1, self.cr, F32, 1, self.m, F32, 1, 0, self.mn, F32, 1, 0, imm=es, rd=[self.m, self.mn], wr=[self.cr])
+            V("subexp", r, c, self.pb, self.dt, c, self.sb, F32, c, 1, self.mn, F32, 1, 0, imm=es, rd=[self.sb, self.mn], wr=[self.pb])
             s.emit(lambda **w: Reduce(func="sum", rows=r, cols=c, d_addr=self.rs.addr, d_dtype=F32, d_rs=1,
                                       a_addr=self.pb.addr, a_dtype=self.dt, a_rs=c, **w), reads=[self.pb], writes=[self.rs])
             s.emit(lambda **w: Vec(func="fma", rows=r, cols=1, d_addr=self.l.addr, d_dtype=F32, d_rs=1, d_cs=0,

@@ -110,7 +110,7 @@ _F = {
     "gt": lambda a, b, c, s: (a > b).astype(np.float32), "ge": lambda a, b, c, s: (a >= b).astype(np.float32),
     "eq": lambda a, b, c, s: (a == b).astype(np.float32), "ne": lambda a, b, c, s: (a != b).astype(np.float32),
     "where": lambda a, b, c, s: np.where(a != 0, b, c), "select": lambda a, b, c, s: np.where(b != 0, a, s),
-    "subexp": lambda a, b, c, s: np.exp(a - b),
+    "subexp": lambda a, b, c, s: np.exp(s * (a - b)),
     "tril": lambda a, b, c, s: np.where(np.arange(a.shape[1])[None, :] <= np.arange(a.shape[0])[:, None] + s, a,
                                         np.float32(-3.0e38)), "fma": lambda a, b, c, s: a * b + c,
 }
