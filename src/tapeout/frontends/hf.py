@@ -56,20 +56,18 @@ def build_hf_model(config, seed: int = 0, dtype: str = "f32", attn_implementatio
     return model.to(getattr(torch, _IR_TO_TORCH[dtype]))
 
 
-class _LogitsOnly:
-    """Wraps a causal LM so export returns just the logits tensor."""
+def logits_only(model):
+    """Wrap a causal LM so that export sees `input_ids -> logits` (no cache, no dict output)."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
 
-        class LogitsOnly(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids):
-                return self.m(input_ids=input_ids, use_cache=False).logits
-        return LogitsOnly(model)
+        def forward(self, input_ids):
+            return self.m(input_ids=input_ids, use_cache=False).logits
+    return LogitsOnly(model)
 
 
 def example_ids(config, batch: int = 1, seq: int = 8, seed: int = 0):
@@ -86,4 +84,4 @@ def from_hf_config(config, example_inputs=None, seed: int = 0, dtype: str = "f32
     ids = example_ids(config, seq=seq, seed=seed) if example_inputs is None else example_inputs
     ids = ids[0] if isinstance(ids, tuple) else ids
     name = read_config(config).get("model_type", "hf")
-    return from_torch(_LogitsOnly(model), (ids,), name=name)
+    return from_torch(logits_only(model), (ids,), name=name)

@@ -9,6 +9,7 @@ position ids, RoPE tables) is evaluated by torch right away and becomes a const 
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,14 +180,17 @@ def _call(cx: Ctx, node, env):
 def _export(module, args, kwargs):
     import torch
     A = torch.ops.aten
-    try:
-        ep = torch.export.export(module, args, kwargs=kwargs or None)
-    except Exception as e:  # torch raises many types; the user needs to know export failed
-        raise TapeoutError(f"torch.export failed for {type(module).__name__}: {str(e).splitlines()[0]}") from e
-    table = torch.export.default_decompositions()
-    for op in (A.linear.default, A.scaled_dot_product_attention.default):
-        table.pop(op, None)
-    return ep.run_decompositions(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecation noise
+        try:
+            ep = torch.export.export(module, args, kwargs=kwargs or None)
+        except Exception as e:  # torch raises many types; the user needs to know export failed
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise TapeoutError(f"torch.export failed for {type(module).__name__}: {first}") from e
+        table = torch.export.default_decompositions()
+        for op in (A.linear.default, A.scaled_dot_product_attention.default):
+            table.pop(op, None)
+        return ep.run_decompositions(table)
 
 
 def _placeholders(cx: Ctx, ep, env) -> None:
