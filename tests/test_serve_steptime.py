@@ -23,7 +23,7 @@ def test_decode_steps_match_batch_time(model, chip, tp):
         ctx = rng.integers(30, 3000, n)
         got, joules = t.step((0, 0, 0), n, int(ctx.sum()))
         ref = batch_time(model, chip, Batch(decode=tuple(int(c) for c in ctx)), weights="fp8", tp=tp)
-        assert got == pytest.approx(ref, rel=0.015)
+        assert got == pytest.approx(ref, rel=0.025)
         assert joules > 0
 
 

@@ -6,6 +6,8 @@ energy per token and cost per million tokens.
                                                    time per output token)
     E2E   = finish - arrival
     goodput = requests per second meeting TTFT <= slo_ttft and TPOT <= slo_tpot (DistServe's definition)
+    steady  = output tokens/s of the requests finishing between the 10th and 90th percentile of finish
+              times (a long run's steady state, without ramp-up and drain)
     energy  = computing energy (tapeout.energy per step) + idle power x idle chip-seconds
     cost    = chips x hourly cost x makespan / output tokens; hourly cost: a rental price
               (data/serve/cost.toml), else the chip's price or, for in-house chips, its manufacturing
@@ -88,6 +90,8 @@ def summarize(rec, chip, slo_ttft: float, slo_tpot: float) -> dict:
         "output_tokens": out_tok, "input_tokens": float(rec.prompt.sum()),
         "throughput_tok_s": out_tok / span,
         "throughput_tok_s_per_chip": out_tok / span / rec.chips,
+        "steady_tok_s": steady_throughput(rec),
+        "completion_ratio": completion_ratio(rec),
         "total_tok_s": (out_tok + float(rec.prompt.sum())) / span,
         "request_rate": len(rec.arrival) / span,
         "slo": {"ttft_s": slo_ttft, "tpot_s": slo_tpot},
@@ -103,6 +107,34 @@ def summarize(rec, chip, slo_ttft: float, slo_tpot: float) -> dict:
         "preemptions": int(rec.preempted),
         "prefix_hit_rate": rec.prefix_hits / rec.prefix_lookups if rec.prefix_lookups else None,
     }
+
+
+def steady_throughput(rec, lo: float = 0.1, hi: float = 0.9) -> float:
+    """Output tokens/s of the requests finishing between the lo and hi quantiles of finish times: the
+    steady state of a long run, without the ramp-up and the drain of a finite one (MLPerf's offline
+    runs last >= 10 minutes, so its reported rate is this steady state)."""
+    t = np.sort(rec.finish)
+    n = len(t)
+    if n < 10:
+        return float(rec.output.sum() / max(rec.makespan_s, 1e-12))
+    a, b = t[int(lo * (n - 1))], t[int(hi * (n - 1))]
+    inside = (rec.finish > a) & (rec.finish <= b)
+    return float(rec.output[inside].sum() / max(b - a, 1e-12))
+
+
+def completion_ratio(rec, lo: float = 0.1, hi: float = 0.9) -> float:
+    """Output tokens completed / output tokens offered over the middle of the arrival window, the
+    completion window shifted by the median latency: ~1 when the deployment keeps up, ~capacity/load
+    when its queue grows. (Mostly the same requests on both sides, so length noise cancels.)"""
+    t = np.sort(rec.arrival)
+    n = len(t)
+    if n < 10 or t[-1] == t[0]:
+        return 1.0
+    a, b = t[int(lo * (n - 1))], t[int(hi * (n - 1))]
+    d = float(np.median(rec.finish - rec.arrival))
+    offered = rec.output[(rec.arrival >= a) & (rec.arrival <= b)].sum()
+    done = rec.output[(rec.finish >= a + d) & (rec.finish <= b + d)].sum()
+    return float(done / max(offered, 1))
 
 
 def occupancy(rec) -> float:

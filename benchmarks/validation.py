@@ -1,0 +1,213 @@
+"""Serving predictions against published results (docs/validation.md): MLPerf Inference v4.1
+Llama-2-70B (8x H100 / 8x H200, Offline and Server) and Huawei CloudMatrix384 DeepSeek-R1.
+
+    .venv/bin/python benchmarks/validation.py              # every row (~2-4 min on 2 cores)
+    .venv/bin/python benchmarks/validation.py --quick      # fewer requests per run (~40 s)
+    .venv/bin/python benchmarks/validation.py --rows h100-offline,cm-decode --explain
+
+Published figures and the setups behind them: src/tapeout/data/serve/validation.toml.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def _v():
+    from tapeout.serve.data import table
+
+    return table("validation")
+
+
+def _kv_utilization(model, chip, tp, frac, max_seqs):
+    """TensorRT-LLM sizes the KV cache as `frac` of the memory left after weights and activations;
+    the equivalent fraction of all memory for plan_memory."""
+    from tapeout import load_chip
+    from tapeout.llm.kernels import Dtypes
+    from tapeout.llm.spec import load_model
+    from tapeout.serve.kvcache import plan_memory
+    from tapeout.serve.steptime import Parallel
+
+    c = load_chip(chip)
+    m = plan_memory(load_model(model), c, Dtypes("fp8", "fp8", "fp8"), Parallel(tp=tp), utilization=1.0, max_seqs=max_seqs)
+    fixed = m.weights_bytes + m.activation_bytes
+    return (fixed + frac * (c.memory_bytes - fixed)) / c.memory_bytes
+
+
+def mlperf_kw(gpu: str, scenario: str) -> dict:
+    v = _v()["mlperf"]
+    cfg = v[gpu]
+    chip = {"h100": "h100-sxm", "h200": "h200-sxm"}[gpu]
+    seqs = int(cfg[f"max_seqs_{scenario}"])
+    return dict(model="llama-2-70b", chip=chip, chips=8, tp=int(cfg["tp"]), weights="fp8", kv="fp8", impl="fused",
+                workload="mlperf-llama2", scheduler="chunked", max_seqs=seqs, seed=0,
+                memory_utilization=_kv_utilization("llama-2-70b", chip, int(cfg["tp"]), v["kv_memory_fraction"], seqs),
+                slo_ttft=v["slo"]["ttft_s"], slo_tpot=v["slo"]["tpot_s"])
+
+
+def mlperf_offline(gpu: str, quick: bool, requests=None) -> dict:
+    """MLPerf Offline issues one query of every sample, looped to last >= 10 minutes, and reports
+    tokens / total time: here the 24,576-sample set four times over (one time with --quick)."""
+    from tapeout.serve.api import serve
+
+    kw = mlperf_kw(gpu, "offline")
+    n = int(_v()["mlperf"]["samples"]) * (1 if quick else 4)
+    r = serve(kw.pop("model"), kw.pop("chip"), requests=requests or n, offline=True, record_steps=False, **kw)
+    m = r.metrics
+    return {"predicted": m["throughput_tok_s"], "steady_tok_s": m["steady_tok_s"], "requests": m["requests"],
+            "simulated_s": m["makespan_s"],
+            "tpot_p50_ms": m["tpot_s"]["p50"] * 1e3, "preemptions": m["preemptions"],
+            "kv_tokens_per_replica": r.memory["all"]["kv_tokens"]}
+
+
+def mlperf_server(gpu: str, quick: bool) -> dict:
+    from tapeout.serve.api import max_rate
+
+    kw = mlperf_kw(gpu, "server")
+    rate, r = max_rate(kw.pop("model"), kw.pop("chip"), requests=8000 if quick else 30000, percentile=99,
+                       iterations=4 if quick else 6, **kw)
+    m = r.metrics
+    return {"predicted": m["steady_tok_s"], "max_rate_req_s": rate, "ttft_p99_ms": m["ttft_s"]["p99"] * 1e3,
+            "ttft_mean_ms": m["ttft_s"]["mean"] * 1e3, "tpot_p99_ms": m["tpot_s"]["p99"] * 1e3,
+            "tpot_mean_ms": m["tpot_s"]["mean"] * 1e3, "e2e_mean_s": m["e2e_s"]["mean"]}
+
+
+def prompt_sensitivity(gpu: str) -> dict:
+    """Offline prediction (one pass over 24,576 samples) with the unpublished mean input length of the
+    MLPerf set at 250/400/600 tokens."""
+    from tapeout.serve.data import table
+    from tapeout.serve.workload import Request, _clipped_lognormal
+
+    w = table("workloads")["mlperf-llama2"]
+    out = {}
+    for mean in (250, 400, 600):
+        rng = np.random.default_rng(0)
+        n = int(_v()["mlperf"]["samples"])
+        p = _clipped_lognormal(rng, n, mean, w["prompt_cv"], w["prompt_min"], w["prompt_max"])
+        o = _clipped_lognormal(rng, n, w["output_mean"], w["output_cv"], w["output_min"], w["output_max"])
+        reqs = [Request(i, 0.0, int(p[i]), int(o[i])) for i in range(n)]
+        out[mean] = mlperf_offline(gpu, True, requests=reqs)["predicted"]
+    return out
+
+
+def cm_prefill(quick: bool) -> dict:
+    """A prefill pool saturated with 4K-token prompts (output 1: prefill only), tokens/s per NPU."""
+    from tapeout.serve.api import serve
+
+    v = _v()["cloudmatrix"]
+    n_npu, prompt = int(v["prefill_npus"]), int(v["prompt_tokens"])
+    r = serve("deepseek-r1", "ascend-910c", chips=n_npu, ep=n_npu, weights="int8", kv="int8", requests=400 if quick else 1600,
+              offline=True, workload=f"fixed:{prompt}:1", scheduler="continuous", max_batched_tokens=prompt * n_npu,
+              record_steps=False)
+    m = r.metrics
+    return {"predicted": m["input_tokens"] / m["makespan_s"] / n_npu, "ttft_p50_s": m["ttft_s"]["p50"]}
+
+
+def cm_decode() -> dict:
+    """Decode step at the paper's operating point (96 sequences per NPU, 4K context, EP over 160 NPUs),
+    and the largest batch per NPU whose step stays under the TPOT bound."""
+    from tapeout.serve.steptime import Parallel, StepTimer
+
+    v = _v()["cloudmatrix"]
+    npus, ctx, tpot = int(v["decode_npus"]), int(v["prompt_tokens"]), v["decode_tpot_s"]
+    t = StepTimer("deepseek-r1", "ascend-910c", Parallel(ep=npus), weights="int8", kv="int8")
+    b = int(v["decode_batch_per_npu"])
+    sec, _ = t.step((0, 0, 0), b * npus, b * npus * ctx)
+    lo, hi = 1, 4096
+    while hi - lo > 1:          # largest per-NPU batch with step time < TPOT bound
+        mid = (lo + hi) // 2
+        ok = t.step((0, 0, 0), mid * npus, mid * npus * ctx)[0] < tpot
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    best_s = t.step((0, 0, 0), lo * npus, lo * npus * ctx)[0]
+    return {"predicted": b / sec, "tpot_ms_at_paper_batch": sec * 1e3, "max_batch_under_tpot": lo,
+            "tokens_per_s_at_max_batch": lo / best_s}
+
+
+def explain() -> dict:
+    """Where the time goes in the steps that dominate each row (per-kernel breakdown from run_batch)."""
+    from tapeout.llm.kernels import Batch
+    from tapeout.perf.api import run_batch
+
+    cases = {
+        "h100 tp2 decode 840x600": ("llama-2-70b", "h100-sxm", Batch(decode=(600,) * 840), dict(tp=2, weights="fp8", kv="fp8")),
+        "h100 tp2 prefill 8192": ("llama-2-70b", "h100-sxm", Batch(prefill=((400, 0),) * 20), dict(tp=2, weights="fp8", kv="fp8")),
+        "h200 tp1 decode 800x600": ("llama-2-70b", "h200-sxm", Batch(decode=(600,) * 800), dict(weights="fp8", kv="fp8")),
+        "h200 tp1 prefill 8192": ("llama-2-70b", "h200-sxm", Batch(prefill=((400, 0),) * 20), dict(weights="fp8", kv="fp8")),
+        "910c decode 96x4096 ep160": ("deepseek-r1", "ascend-910c", Batch(decode=(4096,) * 96), dict(ep=160, weights="int8", kv="int8")),
+        "910c prefill 4096 ep16": ("deepseek-r1", "ascend-910c", Batch(prefill=((4096, 0),)), dict(ep=16, weights="int8", kv="int8")),
+    }
+    from tapeout import load_chip
+    from tapeout.llm.kernels import build_step
+    from tapeout.llm.spec import load_model
+    from tapeout.perf.api import _dtypes
+    from tapeout.perf.step import run_kernels
+
+    out = {}
+    for name, (model, chip, batch, kw) in cases.items():
+        st = run_batch(model, chip, batch, **kw)
+        c = load_chip(chip)
+        ks = build_step(load_model(model), batch, _dtypes(kw.get("weights", "bf16"), kw.get("kv"), None, c), "fused",
+                        kw.get("tp", 1), kw.get("ep", 1))
+        at_max = run_kernels(c, ks, clock_hz=c.max_clock_hz).seconds     # the same step without the power cap
+        out[name] = {"ms": st.seconds * 1e3, "clock_ghz": st.clock_hz / 1e9, "ms_at_max_clock": at_max * 1e3,
+                     "by_kind_ms": {k: round(v * 1e3, 2) for k, v in st.by_kind().items()},
+                     "by_bound_ms": {k: round(v * 1e3, 2) for k, v in st.by_bound().items()}}
+    return out
+
+
+ROWS = {
+    "h100-offline": ("MLPerf v4.1 Llama-2-70B Offline, 8x H100-SXM (TP2 x4, FP8)", lambda q: mlperf_offline("h100", q),
+                     ("mlperf", "h100-offline", "tokens_per_s"), "tok/s"),
+    "h100-server": ("MLPerf v4.1 Llama-2-70B Server, 8x H100-SXM (TP2 x4, FP8)", lambda q: mlperf_server("h100", q),
+                    ("mlperf", "h100-server", "tokens_per_s"), "tok/s"),
+    "h200-offline": ("MLPerf v4.1 Llama-2-70B Offline, 8x H200-SXM (TP1 x8, FP8)", lambda q: mlperf_offline("h200", q),
+                     ("mlperf", "h200-offline", "tokens_per_s"), "tok/s"),
+    "h200-server": ("MLPerf v4.1 Llama-2-70B Server, 8x H200-SXM (TP1 x8, FP8)", lambda q: mlperf_server("h200", q),
+                    ("mlperf", "h200-server", "tokens_per_s"), "tok/s"),
+    "cm-prefill": ("CloudMatrix384 DeepSeek-R1 prefill per 910C (INT8, EP16)", cm_prefill,
+                   ("cloudmatrix", "prefill_tokens_per_s_per_npu"), "tok/s/NPU"),
+    "cm-decode": ("CloudMatrix384 DeepSeek-R1 decode per 910C (INT8, EP160, TPOT < 50 ms)", lambda q: cm_decode(),
+                  ("cloudmatrix", "decode_tokens_per_s_per_npu"), "tok/s/NPU"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    ap.add_argument("--quick", action="store_true", help="fewer requests per simulation")
+    ap.add_argument("--explain", action="store_true", help="per-kernel breakdown of the dominant steps")
+    ap.add_argument("--sensitivity", action="store_true", help="offline H100/H200 at MLPerf mean input 250/400/600")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    v = _v()
+    results = {}
+    print(f"| row | published | predicted | predicted / published | details |\n|---|---:|---:|---:|---|")
+    for key in args.rows.split(","):
+        title, fn, path, unit = ROWS[key]
+        t0 = time.perf_counter()
+        res = fn(args.quick)
+        pub = v
+        for p in path:
+            pub = pub[p]
+        res.update(published=pub, ratio=res["predicted"] / pub, seconds=time.perf_counter() - t0)
+        results[key] = res
+        detail = ", ".join(f"{k} {x:.4g}" if isinstance(x, float) else f"{k} {x}" for k, x in res.items()
+                           if k not in ("predicted", "published", "ratio", "seconds"))
+        print(f"| {title} | {pub:,.0f} {unit} | {res['predicted']:,.0f} {unit} | {res['ratio']:.2f} | {detail} |", flush=True)
+    if args.sensitivity:
+        results["sensitivity"] = {g: prompt_sensitivity(g) for g in ("h100", "h200")}
+        print("\nOffline tok/s vs the assumed MLPerf mean input length:", results["sensitivity"])
+    if args.explain:
+        results["explain"] = explain()
+        for k, e in results["explain"].items():
+            print(f"\n{k}: {e['ms']:.1f} ms at {e['clock_ghz']:.2f} GHz ({e['ms_at_max_clock']:.1f} ms at the max clock); "
+                  f"by kind {e['by_kind_ms']}; by bound {e['by_bound_ms']}")
+    if args.json:
+        print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
