@@ -178,6 +178,29 @@ def test_torch_exported_cnn_and_transformer_block(tmp_path):
     assert {"layer_norm", "softmax", "linear"} <= set(prog.op_counts())
 
 
+def test_hf_llama_through_the_dynamo_onnx_exporter(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")  # the dynamo exporter needs it (the `onnx` extra installs it)
+    pytest.importorskip("transformers")
+    import warnings
+
+    from tapeout.frontends.hf import build_hf_model, example_ids, logits_only
+
+    cfg = {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    m, ids = logits_only(build_hf_model(cfg)), example_ids(cfg, seq=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (ids,), str(tmp_path / "llama.onnx"), dynamo=True, verbose=False)
+    prog = load(tmp_path / "llama.onnx")
+    check(prog)
+    with torch.no_grad():
+        ref = m(ids).numpy()
+    out = evaluate(prog, ids.numpy())[0]
+    assert np.abs(out - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    assert prog.op_counts()["linear"] == 15 and prog.op_counts()["softmax"] == 2
+
+
 def test_dynamic_input_dims_need_shapes(tmp_path):
     m = model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, ["batch", 4])], [("y", F32, ["batch", 4])])
     onnx.save(m, str(tmp_path / "dyn.onnx"))

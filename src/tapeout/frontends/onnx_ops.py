@@ -101,7 +101,16 @@ ELEMENTWISE = {
     "HardSigmoid": lambda cx, ins, at: _hardsigmoid(cx, cx.atom(ins[0]), at.get("alpha", 0.2), at.get("beta", 0.5)),
     "HardSwish": lambda cx, ins, at: cx.b.mul(cx.atom(ins[0]), _hardsigmoid(cx, cx.atom(ins[0]), 1 / 6, 0.5)),
     "Identity": lambda cx, ins, at: ins[0], "Dropout": lambda cx, ins, at: ins[0],
+    "IsNaN": lambda cx, ins, at: cx.b.ne(cx.atom(ins[0]), cx.atom(ins[0])),
+    "IsInf": lambda cx, ins, at: _isinf(cx, cx.atom(ins[0]), at),
 }
+
+
+def _isinf(cx, x, at):
+    pos = cx.b.eq(x, cx.atom(np.array(np.inf, DTYPES[x.dtype])))
+    neg = cx.b.eq(x, cx.atom(np.array(-np.inf, DTYPES[x.dtype])))
+    use_pos, use_neg = at.get("detect_positive", 1), at.get("detect_negative", 1)
+    return cx.b.logical_or(pos, neg) if use_pos and use_neg else pos if use_pos else neg
 
 
 # ---- reductions ------------------------------------------------------------------------------
