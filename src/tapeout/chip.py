@@ -480,9 +480,14 @@ def parse_chip(text: str | bytes, path: str = "<string>") -> Chip:
     return chip
 
 
+@lru_cache(maxsize=None)
+def _preset_names() -> tuple[str, ...]:
+    return tuple(sorted(p.name[:-5] for p in resources.files("tapeout.chips").iterdir() if p.name.endswith(".toml")))
+
+
 def preset_names() -> list[str]:
     """Names of the chip presets shipped with tapeout."""
-    return sorted(p.name[:-5] for p in resources.files("tapeout.chips").iterdir() if p.name.endswith(".toml"))
+    return list(_preset_names())
 
 
 @lru_cache(maxsize=None)
@@ -507,7 +512,7 @@ def load_chip(spec: "str | Path | Chip") -> Chip:
     if isinstance(spec, Chip):
         return spec
     s = str(spec)
-    if s in preset_names():
+    if s in _preset_names():
         return _load_preset(s)
     p = Path(s)
     if p.suffix == ".toml" or p.exists() or "/" in s or "\\" in s:

@@ -154,8 +154,14 @@ def spec_from_config(cfg: dict, name: str, src: str = "<config>") -> ModelSpec:
     return spec
 
 
+@lru_cache(maxsize=None)
+def _shipped_names() -> tuple[str, ...]:
+    return tuple(sorted(p.name[:-5] for p in resources.files("tapeout.models").iterdir() if p.name.endswith(".json")))
+
+
 def model_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("tapeout.models").iterdir() if p.name.endswith(".json"))
+    """Names of the model configs shipped with tapeout."""
+    return list(_shipped_names())
 
 
 @lru_cache(maxsize=None)
@@ -169,7 +175,7 @@ def load_model(spec: "str | Path | ModelSpec") -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec
     s = str(spec)
-    if s in model_names():
+    if s in _shipped_names():
         return _load_shipped(s)
     p = Path(s)
     if p.is_dir():

@@ -62,8 +62,37 @@ def gemm_cost(chip: Chip, p: PerfParams, M: float, N: int, K: int, groups: float
     return hit
 
 
+def _systolic_cycles(chip: Chip, M: float, N: int, K: int, groups: float) -> float | None:
+    """Cycles of a GEMM on 2-D systolic arrays of known shape and dataflow (None otherwise).
+
+    Weight-stationary: each rows x cols weight tile (a fold) stays in the array while the M rows
+    of activations stream through: max(M, rows) cycles per fold (the next fold's weights load
+    behind the current stream), plus one fill and drain of rows + cols per core. Output-stationary:
+    each rows x cols block of outputs accumulates over K: max(K, rows) per fold. Input-stationary
+    is weight-stationary with M and N swapped."""
+    mx = chip.cores.matrix
+    R, C, flow = mx.array_rows, mx.array_cols, mx.dataflow
+    if not R or not C or flow not in ("ws", "os", "is"):
+        return None
+    if flow == "is":
+        M, N = N, M
+    if flow == "os":
+        folds, per_fold = math.ceil(M / R) * math.ceil(N / C), max(K, R)
+    else:
+        folds, per_fold = math.ceil(K / R) * math.ceil(N / C), max(M, R)
+    arrays = chip.cores.count * mx.units
+    return math.ceil(folds * max(1.0, groups) / arrays) * per_fold + R + C
+
+
 def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
     d = _mma_dtype(chip, dtype)
+    sys_cyc = _systolic_cycles(chip, M, N, K, groups)
+    if sys_cyc is not None:  # the array's dataflow sets the cycles; operands stream from DRAM once
+        # an 8-bit (or narrower) MAC packs into a bf16 slot: the array does macs(d)/macs(bf16) per PE
+        pack = chip.macs_per_cycle(d) / max(chip.macs_per_cycle("bf16") or chip.macs_per_cycle(d), 1)
+        cyc = sys_cyc / max(pack, 1.0) / p.mma_efficiency
+        dram = groups * (M * K * in_b + N * K * w_b + M * N * out_b)
+        return cyc, dram / _dram_bw(chip, p.tiled_dram_efficiency), p.tile_latency_s, 1
     macs = chip.macs_per_cycle(d) * p.mma_efficiency
     cores, f0 = chip.cores.count, chip.max_clock_hz
     l2 = p.l2_bytes_per_cycle_per_core
@@ -72,10 +101,14 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
     core_bw = p.core_dram_bytes_per_cycle * f0
     g = max(1, math.ceil(groups))
     best = (INF, 0.0, 0.0, 1, INF)
+    m_min = min(t[0] for t in p.gemm_tiles)
     for tm, tn in p.gemm_tiles:
+        if tm > m_min and tm >= 2 * M:  # a shorter tile covers M with less padding
+            continue
         mt, nt = math.ceil(M / tm), math.ceil(N / tn)
         s = 1
-        while s <= p.max_split_k and (s == 1 or K / s >= 2 * p.tile_k):
+        # split K only while it adds parallelism the cores can use
+        while s <= p.max_split_k and (s == 1 or (K / s >= 2 * p.tile_k and mt * nt * g * s <= 2 * cores)):
             tiles = mt * nt * s * g
             waves = math.ceil(tiles / cores)
             ks = math.ceil(K / s / p.tile_k) * p.tile_k
@@ -107,26 +140,30 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
         units = B * hkv
         splits = max(1, min(math.ceil(Skv / 256), math.ceil(cores / units)))
         active = min(cores, units * splits)
-        cyc = units * rows * Skv * (dqk + dv) / macs / active + B * hq * Skv / sfu / active
-        chain = math.ceil(Skv / splits / p.attention_kv_block) * p.attention_block_latency_s
+        cyc = (units * rows * Skv * (dqk + dv) / macs + B * hq * Skv * (1 / sfu + p.attention_vector_ops / chip.cores.vector.lanes)) / active
+        chain = math.ceil(Skv / splits / p.attention_kv_block) * p.decode_block_latency_s  # KV blocks come from DRAM
         waves = math.ceil(units * splits / cores)
         per_cta = mem_bytes / (units * splits)
         mem = max(mem_bytes / _dram_bw(chip, p.dram_efficiency), waves * per_cta / (p.core_dram_bytes_per_cycle * chip.max_clock_hz), chain)
         return cyc, mem, waves * p.tile_latency_s, 2 if splits > 1 else 1  # + a combine kernel
-    bq = p.gemm_tiles[0][0]
+    bq = p.attention_q_block
     nq = math.ceil(Sq / bq)
     cached = Skv - Sq
-    per_pair = (dqk + dv) / macs + 1.0 / sfu
+    # MMA for QK^T and PV, one exp per score on the special-function units, and the online-softmax
+    # bookkeeping (running max, sum, rescale, mask) on the vector lanes
+    per_pair = (dqk + dv) / macs + 1.0 / sfu + p.attention_vector_ops / chip.cores.vector.lanes
     # query block i sees cached + (i+1)*bq keys under the causal mask
     if causal:
         pairs_total = B * hq * (nq * bq * cached + bq * bq * nq * (nq + 1) / 2)
-        longest = bq * Skv
     else:
         pairs_total = B * hq * nq * bq * Skv
-        longest = bq * Skv
+    longest = bq * Skv
     blocks = B * hq * nq
-    cyc = max(pairs_total / cores, longest) * per_pair if blocks >= cores else longest * per_pair
-    # the longest query block walks all its KV blocks in order: a chain of dependent iterations
+    # list scheduling of query blocks over the cores: the total work spread evenly, plus a tail of
+    # about half the longest block (blocks finish unevenly); fewer blocks than cores: the longest
+    cyc = (pairs_total / cores + 0.5 * longest) * per_pair if blocks > cores else longest * per_pair
+    # the longest block walks its KV blocks in order (from the shared buffer, where every query block
+    # of a head reuses them): a latency floor when the loads are not hidden
     chain = math.ceil(Skv / p.attention_kv_block) * p.attention_block_latency_s
     mem = max(mem_bytes / _dram_bw(chip, p.tiled_dram_efficiency), chain)
     return cyc, mem, math.ceil(blocks / cores) * p.tile_latency_s, 1

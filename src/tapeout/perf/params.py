@@ -32,8 +32,11 @@ class PerfParams:
     row_block_bytes: float         # bytes one row-block (norm/softmax) keeps in flight per DRAM latency
     softmax_row_block_bytes: float  # the same for softmax kernels
     blocks_per_core: int           # thread blocks resident on one core at a time
+    attention_q_block: int         # query rows per flash-attention block
+    attention_vector_ops: float    # vector-lane operations per attention score besides the exp (online softmax)
     attention_kv_block: int        # keys per flash-attention block iteration
-    attention_block_latency_s: float  # one KV-block iteration when its loads are not hidden
+    attention_block_latency_s: float  # one prefill KV-block iteration when its loads (from L2) are not hidden
+    decode_block_latency_s: float  # one decode KV-block iteration when its loads (from DRAM) are not hidden
     norm_read_passes: float        # times a norm kernel reads its input
     softmax_read_passes: float     # times a softmax kernel reads its input
     gemm_tiles: tuple              # candidate output tiles (rows, cols) of a GEMM kernel
