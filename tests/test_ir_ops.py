@@ -208,7 +208,9 @@ def test_reductions(shape, data, op, keep, dtype):
         return
     x = rand(tuple(shape), dtype, 12)
     ref = RED[op](to_torch(x), dim=tuple(axes), keepdim=keep)
-    assert_ulp(run_op(op, x, axes=tuple(axes), keepdims=keep), ref, 8 if dtype == "f32" else 1)
+    # f32 sums cancel: summation order (ours pairwise, torch vectorized) shows near zero
+    assert_ulp(run_op(op, x, axes=tuple(axes), keepdims=keep), ref, 8 if dtype == "f32" else 1,
+               atol=1e-5 if dtype == "f32" else 0)
 
 
 def test_integer_sum_wraps_and_arg_reductions():
