@@ -148,6 +148,143 @@ def cost_cmd(chip: str = typer.Argument(..., help="preset name or path to a chip
         console.print(f"reported price ${r.reported_price_usd:,.0f} (a price, not a cost: {r.reported_price_usd / r.total_usd:.1f}x the modelled cost)")
 
 
+# ----------------------------------------------------------------------------- sweep
+
+def _progress(label: str):
+    """A rich progress bar and the callback(done, total) that advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    state = {"task": None, "t0": None, "start": None}
+
+    def update(done: int, total: int) -> None:
+        import time
+
+        if state["task"] is None:
+            state["task"] = bar.add_task(label, total=total, completed=done, rate="")
+            state["t0"], state["start"] = time.perf_counter(), done
+        dt = time.perf_counter() - state["t0"]
+        rate = f"{(done - state['start']) / dt * 60:,.0f} points/min" if dt > 0.5 else ""
+        bar.update(state["task"], completed=done, total=total, rate=rate)
+    return bar, update
+
+
+def _fmt(metric: str, v) -> str:
+    if not isinstance(v, (int, float)):
+        return str(v)
+    if metric.endswith("cost_usd"):
+        return f"${v:,.0f}"
+    if metric.endswith(("_mm2", "tdp_w", "power_w", "tok_s_per_chip", "tok_s_per_kusd")):
+        return f"{v:,.0f}"
+    if metric.endswith("_bytes"):
+        return f"{v / 2**20:,.0f} MiB"
+    return f"{v:,.4g}" if abs(v) < 1e5 else si(v)
+
+
+SHORT = {"tok_s_per_chip": "tok/s/chip", "tok_per_j": "tok/J", "tok_s_per_kusd": "tok/s/$1k", "usd_per_mtok": "$/Mtok",
+         "cost_usd": "cost", "die_mm2": "die mm2", "area_mm2": "mm2", "clock_hz": "clock", "dram_stacks": "stacks",
+         "link_bytes_per_s": "link B/s", "core_sram_bytes": "SRAM/core", "shared_buffer_bytes": "buffer",
+         "process_node_nm": "nm", "vector_lanes": "lanes", "link_topology": "topology", "power_w": "W"}
+
+
+def _short(name: str) -> str:
+    w, _, m = name.rpartition(".")
+    return (w.split("-")[0] + ":" if w else "") + SHORT.get(m, m)
+
+
+def _records_table(title: str, recs: list, knobs: list[str], metrics: list[str]) -> Table:
+    """One row per record: the knobs that differ between the rows, then the metrics."""
+    from rich import box
+
+    knobs = [k for k in knobs if len({str(r["params"].get(k)) for r in recs}) > 1]
+    t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1))
+    for i, c in enumerate(("#", *(_short(k) for k in knobs), *(_short(m) for m in metrics))):
+        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    for i, r in enumerate(recs, 1):
+        t.add_row(str(i), *(_fmt(k, r["params"].get(k)) for k in knobs), *(_fmt(m, r["metrics"].get(m)) for m in metrics))
+    return t
+
+
+def _print_wide(t) -> None:
+    """Print a wide table whole: a terminal wraps it at its width; a pipe or file gets 132 columns."""
+    if console.is_terminal:
+        console.print(t)
+    else:
+        from rich.console import Console
+
+        Console(highlight=False, width=max(console.width, 132), file=console.file).print(t)
+
+
+def print_sweep(res, top: int = 15) -> None:
+    """The sweep's summary: counts, infeasibility reasons, the front and the ranked table."""
+    from ..dse.pareto import ranked
+    from ..dse.sweep import reasons
+
+    space = res.space
+    knobs = [k for k, vals in space.knobs if len(vals) > 1]
+    metrics = list(dict.fromkeys([m for m, _ in space.objectives] + ["cost_usd", "die_mm2"]))
+    console.print(f"{space.name}: {len(res.records):,} of {space.size:,} points "
+                  f"({res.new:,} evaluated now, {res.reused:,} from {res.out_dir / 'results.jsonl'}), "
+                  f"{len(res.feasible):,} feasible, {len(res.front)} on the Pareto front"
+                  + (f"; {res.points_per_minute:,.0f} points/min" if res.new else ""))
+    why = reasons(res.records)
+    if why:
+        t = _table("infeasible points", ("reason (numbers as N)", "points"))
+        for k, n in list(why.items())[:8]:
+            t.add_row(k, f"{n:,}")
+        console.print(t)
+    objs = ", ".join(("max " if s > 0 else "min ") + m for m, s in space.objectives)
+    _print_wide(_records_table(f"Pareto front ({objs}): {len(res.front)} designs, first {top}",
+                               res.front[:top], knobs, metrics))
+    sign = -1 if space.rank_by in space.minimize else 1
+    _print_wide(_records_table(f"ranked by {space.rank_by}, first {top}", ranked(res.records, space.rank_by, sign)[:top],
+                               knobs, metrics))
+
+
+@command("sweep")
+def sweep_cmd(space: str = typer.Argument(..., help="SPACE.toml, or a study name (inference-7nm)"),
+              out: Optional[str] = typer.Option(None, "--out", help="output folder (default out/sweep-NAME)"),
+              workers: Optional[int] = typer.Option(None, "--workers", help="local processes (default: the CPUs)"),
+              ray: Optional[str] = typer.Option(None, "--ray", help="run on a Ray cluster: ADDRESS, or 'local'"),
+              evaluator: Optional[str] = typer.Option(None, "--evaluator", help="analytic (fast) or simulated (the serving simulator)"),
+              sample: Optional[int] = typer.Option(None, "--sample", help="evaluate N points drawn from the space"),
+              seed: int = typer.Option(0, "--seed", help="seed of --sample"),
+              full: bool = typer.Option(False, "--full", help="use the space file's [full.knobs]"),
+              top: int = typer.Option(15, "--top", help="rows of the front and ranked tables"),
+              plots: bool = typer.Option(True, "--plots/--no-plots", help="write pareto.png (needs matplotlib)"),
+              json_out: bool = typer.Option(False, "--json", help="machine-readable summary")):
+    """Explore a design space: evaluate every point (appending to results.jsonl as each finishes, so a
+    rerun resumes), then print and write the Pareto front, a ranked table and plots."""
+    from ..dse.space import load_space
+    from ..dse.sweep import run_sweep, write_tables
+
+    sp = load_space(space, "full" if full else None)
+    if evaluator:
+        sp = sp.with_evaluator(evaluator)
+    bar, update = _progress(f"sweep {sp.name}")
+    with bar:
+        res = run_sweep(sp, out, workers=workers, ray=ray, sample=sample, seed=seed, progress=None if json_out else update)
+    files = write_tables(res, top=None)
+    if plots and res.feasible:
+        from ..dse.plots import pareto_plot
+
+        files["plot"] = pareto_plot(res.records, res.front, sp.objectives, res.out_dir / "pareto.png",
+                                    color_by=_color_knob(sp), title=f"{sp.name}: {len(res.feasible):,} feasible designs")
+    if json_out:
+        print_json({"space": sp.name, "points": len(res.records), "evaluated": res.new, "reused": res.reused,
+                    "points_per_minute": res.points_per_minute, "feasible": len(res.feasible),
+                    "front": res.front, "files": {k: str(v) for k, v in files.items()}})
+        return
+    print_sweep(res, top)
+    console.print("wrote " + ", ".join(str(v) for v in files.values()))
+
+
+def _color_knob(sp) -> Optional[str]:
+    varied = [k for k, vals in sp.knobs if len(vals) > 1]
+    return "cores" if "cores" in varied else (varied[0] if varied else None)
+
+
 def register(app: typer.Typer) -> None:
     for name, fn in COMMANDS.items():
         app.command(name)(fn)

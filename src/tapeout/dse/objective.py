@@ -1,0 +1,245 @@
+"""Objectives of a design point: tokens/s per chip at a latency SLO, per joule and per dollar.
+
+Two evaluators, one result shape (`Served`):
+
+`analytic` (the fast one, ~1 ms per step time): steady-state continuous batching of requests of the
+workload's mean prompt P and output O on one replica of tp x ep chips. Each of the ep attention
+groups holds n sequences decoding at the mean context P + O/2, and prefills the n/O requests that
+replace the finished ones in batches of k = max_batched_tokens // P prompts:
+
+    TPOT(n) = t_decode(n) + n t_prefill(k) / (k O)     decode steps, stretched by the prefills between them
+    TTFT(n) = t_prefill(k) + t_decode(n)               a new prompt waits for the running step, then its batch
+    tok/s per chip = n ep / TPOT(n) / (tp ep)
+
+n is the largest batch with TPOT <= slo_tpot, TTFT <= slo_ttft, n ep <= max_seqs and the KV cache of
+n ep sequences of P + O tokens within the memory the serving simulator's plan leaves
+(`tapeout.serve.kvcache.plan_memory`). Step times come from `tapeout.perf.api.run_batch` on a grid of
+n, searched by bisection and interpolated linearly between grid points; energy per step from the
+step's counted activity (`tapeout.energy`), so tok/J = tok/s per chip / average chip power.
+
+`simulated`: the serving simulator (`tapeout.serve.api.max_rate`): the highest Poisson request rate
+whose p99 TTFT and TPOT meet the SLO, with its throughput and energy per token. Slower (seconds per
+point) and the reference: the analytic objective ranks designs, the simulator gives headline numbers.
+
+For each workload the best of its candidate layouts (tp, ep) and the first weight dtype the chip's
+matrix units support (W8A8), else the first listed (weight-only quantization) are used.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..errors import DoesNotFitError, TapeoutError
+from .design import Infeasible
+
+# decode batch sizes (sequences per attention group) at which step times are measured
+GRID = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str
+    traffic: str = "chat"                 # data/serve/workloads.toml name or fixed:PROMPT:OUTPUT
+    layouts: tuple[tuple[int, int], ...] = ((1, 1),)   # candidate (tp, ep) of one replica
+    weights: tuple[str, ...] = ("bf16",)
+    slo_ttft_s: float = 2.0
+    slo_tpot_s: float = 0.1
+    max_seqs: int = 256                   # per replica (the serving engine's limit)
+    max_batched_tokens: int = 8192
+    requests: int = 300                   # simulated evaluator: requests per run
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.model
+
+    def lengths(self) -> tuple[float, float]:
+        """Mean (prompt, output) tokens of the traffic."""
+        if self.traffic.startswith("fixed:"):
+            p, o = self.traffic.split(":")[1:3]
+            return float(p), float(o)
+        from ..serve.data import table
+
+        t = table("workloads")
+        if self.traffic not in t:
+            raise TapeoutError(f"traffic {self.traffic!r}: use one of {', '.join(sorted(t))} or fixed:PROMPT:OUTPUT")
+        return float(t[self.traffic]["prompt_mean"]), float(t[self.traffic]["output_mean"])
+
+    def dtype_for(self, chip) -> str:
+        for w in self.weights:
+            if w in ("bf16", "fp16") or chip.supports(w):
+                return w
+        return self.weights[0]
+
+
+@dataclass(frozen=True)
+class Served:
+    tok_s_per_chip: float
+    tok_per_j: float              # = tokens/s per watt of average chip power
+    power_w: float                # average per chip
+    batch: float                  # concurrent sequences per replica
+    ttft_s: float
+    tpot_s: float
+    tp: int
+    ep: int
+    weights: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"tok_s_per_chip": self.tok_s_per_chip, "tok_per_j": self.tok_per_j, "power_w": self.power_w,
+                "batch": self.batch, "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "tp": self.tp, "ep": self.ep,
+                "weights": self.weights, **self.extra}
+
+
+def step_energy_j(chip, st) -> float:
+    """Joules one chip spends on a step (its counted activity at the step's clock)."""
+    from .. import energy
+    from ..perf.step import activity_of
+
+    kernels = [kt.kernel for kt in st.kernels]
+    a = activity_of(kernels)
+    link = sum(k.bytes_read * k.count for k in kernels if k.kind == "comm")
+    act = energy.Activity(macs=a["macs"], vector_flops=a["vector_flops"], dram_bytes=a["dram_bytes"],
+                          shared_buffer_bytes=a["dram_bytes"], link_bytes=link)
+    return energy.energy_j(chip, act, max(st.seconds, 1e-12), min(st.clock_hz, chip.max_clock_hz))
+
+
+class _Layout:
+    """Step times of one (model, chip, tp, ep, weights), memoized over the decode grid."""
+
+    def __init__(self, spec, chip, wl: Workload, tp: int, ep: int, weights: str):
+        from ..perf.api import _dtypes
+        from ..serve.kvcache import plan_memory
+        from ..serve.steptime import Parallel
+
+        self.spec, self.chip, self.wl, self.tp, self.ep, self.weights = spec, chip, wl, tp, ep, weights
+        self.P, self.O = wl.lengths()
+        self.dt = _dtypes(weights, None, None, chip)
+        par = Parallel(tp, 1, ep)
+        par.check(spec)
+        try:
+            mem = plan_memory(spec, chip, self.dt, par, max_batched_tokens=wl.max_batched_tokens, max_seqs=wl.max_seqs)
+        except DoesNotFitError as e:
+            raise Infeasible(f"{wl.name}: {e}") from None
+        per_seq = mem.kv_tokens / (self.P + self.O)
+        self.n_max = min(per_seq, wl.max_seqs) / ep            # sequences per attention group
+        self._dec: dict[int, tuple[float, float]] = {}
+        k = max(1, int(wl.max_batched_tokens // self.P))
+        self.k_pre = max(1, math.ceil(k / ep))
+        st = self._run(prefill=((max(1, round(self.P)), 0),) * self.k_pre)
+        self.t_pre, self.e_pre = st.seconds, step_energy_j(chip, st)
+
+    def _run(self, prefill=(), decode=()):
+        from ..llm.kernels import Batch
+        from ..perf.api import run_batch
+
+        return run_batch(self.spec, self.chip, Batch(prefill=prefill, decode=decode), weights=self.weights,
+                         tp=self.tp, ep=self.ep)
+
+    def decode(self, n: int) -> tuple[float, float]:
+        hit = self._dec.get(n)
+        if hit is None:
+            st = self._run(decode=(max(1, round(self.P + self.O / 2)),) * n)
+            hit = self._dec[n] = (st.seconds, step_energy_j(self.chip, st))
+        return hit
+
+    def at(self, n: float) -> tuple[float, float, float, float]:
+        """(TPOT, TTFT, seconds per decode step, joules per chip per decode step) at n sequences per group,
+        linear between the grid points around n."""
+        lo = max([g for g in GRID if g <= n] or [1])
+        hi = min([g for g in GRID if g >= n] or [GRID[-1]])
+        (t0, e0), (t1, e1) = self.decode(lo), self.decode(hi)
+        w = 0.0 if hi == lo else (n - lo) / (hi - lo)
+        t, e = t0 + w * (t1 - t0), e0 + w * (e1 - e0)
+        return t + n * self.t_pre / (self.k_pre * self.O), self.t_pre + t, t, e
+
+    def ok(self, n: float) -> bool:
+        tpot, ttft, _, _ = self.at(n)
+        return tpot <= self.wl.slo_tpot_s and ttft <= self.wl.slo_ttft_s
+
+    def best_batch(self) -> float:
+        """Largest n (sequences per group, real-valued) meeting the SLO and memory, or Infeasible."""
+        cap = min(self.n_max, GRID[-1])
+        if cap < 1:
+            raise Infeasible(f"{self.wl.name}: KV cache holds {self.n_max * self.ep:.2f} sequences of "
+                             f"{self.P + self.O:.0f} tokens (tp={self.tp} ep={self.ep})")
+        if not self.ok(1):
+            tpot, ttft, _, _ = self.at(1)
+            raise Infeasible(f"{self.wl.name}: SLO missed at batch 1 (TPOT {tpot * 1e3:.0f} ms, TTFT {ttft:.2f} s; "
+                             f"tp={self.tp} ep={self.ep})")
+        if self.ok(cap):
+            return cap
+        pts = [g for g in GRID if g < cap] + [cap]
+        lo, hi = 0, len(pts) - 1                  # pts[lo] ok, pts[hi] not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.ok(pts[mid]) else (lo, mid)
+        a, b = pts[lo], pts[hi]                   # bisect the interpolated segment
+        for _ in range(20):
+            m = (a + b) / 2
+            a, b = (m, b) if self.ok(m) else (a, m)
+        return a
+
+    def served(self) -> Served:
+        n = self.best_batch()
+        tpot, ttft, t_d, e_d = self.at(n)
+        chips = self.tp * self.ep
+        tok_s_chip = n * self.ep / tpot / chips
+        # per chip over one "generation": O decode steps and n/k prefill batches
+        joules = self.O * e_d + n / self.k_pre * self.e_pre
+        seconds = self.O * t_d + n / self.k_pre * self.t_pre
+        power = joules / seconds
+        return Served(tok_s_chip, tok_s_chip / power, power, n * self.ep, ttft, tpot, self.tp, self.ep,
+                      self.weights)
+
+
+def analytic(chip, wl: Workload) -> Served:
+    """The best layout of `wl` on `chip` by the analytic steady-state model, or Infeasible(reasons)."""
+    from ..llm.spec import load_model
+
+    spec = load_model(wl.model)
+    weights = wl.dtype_for(chip)
+    best, reasons = None, []
+    for tp, ep in wl.layouts:
+        try:
+            s = _Layout(spec, chip, wl, tp, ep, weights).served()
+        except Infeasible as e:
+            reasons.append(str(e))
+            continue
+        if best is None or s.tok_s_per_chip > best.tok_s_per_chip:
+            best = s
+    if best is None:
+        raise Infeasible("; ".join(reasons))
+    return best
+
+
+def simulated(chip, wl: Workload, seed: int = 0) -> Served:
+    """The best layout of `wl` on `chip` in the serving simulator (max rate meeting the p99 SLO)."""
+    from ..serve.api import max_rate
+
+    weights = wl.dtype_for(chip)
+    best, reasons = None, []
+    for tp, ep in wl.layouts:
+        try:
+            rate, r = max_rate(wl.model, chip, tp=tp, ep=ep, requests=wl.requests, iterations=6, workload=wl.traffic,
+                               weights=weights, slo_ttft=wl.slo_ttft_s, slo_tpot=wl.slo_tpot_s, seed=seed,
+                               max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens)
+        except DoesNotFitError as e:
+            reasons.append(f"{wl.name}: {e}")
+            continue
+        m = r.metrics
+        if rate <= 0:
+            reasons.append(f"{wl.name}: no request rate meets the SLO (tp={tp} ep={ep})")
+            continue
+        s = Served(m["throughput_tok_s_per_chip"], 1.0 / m["energy_j_per_token"], m["power_w_per_chip"],
+                   math.nan, m["ttft_s"]["p99"], m["tpot_s"]["p99"], tp, ep, weights,
+                   {"request_rate": rate, "cost_usd_per_mtok": m["cost_usd_per_mtok"], "cost_basis": m["cost_basis"],
+                    "ttft_p50_s": m["ttft_s"]["p50"], "tpot_p50_s": m["tpot_s"]["p50"]})
+        if best is None or s.tok_s_per_chip > best.tok_s_per_chip:
+            best = s
+    if best is None:
+        raise Infeasible("; ".join(reasons))
+    return best
+
+
+EVALUATORS = {"analytic": analytic, "simulated": simulated}
