@@ -48,6 +48,8 @@ FREE = {
     "softmax_read_passes": (1.0, 5.0),
     "softmax_row_block_bytes": (1024.0, 131072.0),
     "attention_block_latency_s": (0.1e-6, 4e-6),
+    "decode_block_latency_s": (0.1e-6, 6e-6),
+    "attention_vector_ops": (0.0, 6.0),
 }
 
 
@@ -85,8 +87,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "src/tapeout/data/calibration/h100-sxm.json"))
     ap.add_argument("--dry-run", action="store_true", help="print the fit, do not write the file")
     ap.add_argument("--loss", default="soft_l1", help="scipy least_squares loss: linear, soft_l1, cauchy")
-    ap.add_argument("--generations", type=int, default=30, help="differential-evolution generations")
+    ap.add_argument("--generations", type=int, default=60, help="differential-evolution generations")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--popsize", type=int, default=10, help="differential-evolution population per parameter")
     ap.add_argument("--diff-step", type=float, default=0.05, help="relative finite-difference step")
     ap.add_argument("--max-nfev", type=int, default=60, help="least-squares iterations")
     ap.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE", help="hold a parameter fixed")
@@ -110,11 +113,14 @@ def main() -> None:
     def objective(x):
         r = [np.abs(v) for v in residuals_by_section(x, base, chip, data)]
         return sum(np.mean(v) for v in r) + sum(np.sum(np.maximum(v - 0.2, 0.0)) for v in r)
-    de = differential_evolution(objective, list(zip(lo, hi)), x0=x0, seed=a.seed, maxiter=a.generations,
-                                popsize=6, tol=1e-8, polish=False, init="sobol")
-    fit = least_squares(residuals, de.x, bounds=(lo, hi), args=(base, chip, data), loss=a.loss, f_scale=0.1,
-                        x_scale=np.maximum(np.abs(de.x), 1e-9), diff_step=a.diff_step, max_nfev=a.max_nfev)
-    polish = type("Best", (), {"x": min((x0, de.x, fit.x), key=objective)})
+    start = x0
+    if a.generations > 0:
+        de = differential_evolution(objective, list(zip(lo, hi)), x0=x0, seed=a.seed, maxiter=a.generations,
+                                    popsize=a.popsize, tol=1e-8, polish=False, init="sobol")
+        start = min((x0, de.x), key=objective)
+    fit = least_squares(residuals, start, bounds=(lo, hi), args=(base, chip, data), loss=a.loss, f_scale=0.1,
+                        x_scale=np.maximum(np.abs(start), 1e-9), diff_step=a.diff_step, max_nfev=a.max_nfev)
+    polish = type("Best", (), {"x": min((start, fit.x), key=objective)})
     values = dict(zip(FREE, np.clip(polish.x, lo, hi)))
     p = dataclasses.replace(base, **values)
     K._CACHES.clear()

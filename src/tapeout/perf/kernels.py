@@ -15,6 +15,7 @@ ramp of small tensors coming from the number of cores they can occupy.
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 
@@ -119,12 +120,25 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
                 dram += partials
             # the whole chip's DRAM bandwidth, and each core pulling its tiles' weights at most core_bw
             mem = max(dram / bw, waves * tn * ks * w_b / core_bw)
-            fixed = waves * p.tile_latency_s + (p.split_latency_s if s > 1 else 0.0)
+            # each wave fills its pipeline (first loads) and drains (last stores): one DRAM round trip,
+            # plus the rest of the prologue while the K loop is still short of its full depth
+            fill = p.dram_latency_s + (p.tile_latency_s - p.dram_latency_s) * min(1.0, ks / (p.tile_k * p.pipeline_stages))
+            fixed = waves * fill + (p.split_latency_s if s > 1 else 0.0)
             total = max(cyc / f0, mem) + fixed
             if total < best[4]:
                 best = (cyc, mem, fixed, 1, total)
             s *= 2
     return best[:4]
+
+
+@functools.lru_cache(maxsize=4096)
+def kv_splits(units: int, kv_blocks: int, cores: int, max_splits: int = 128) -> int:
+    """Split-KV factor of flash-decoding: the fewest splits whose waves over the cores come within
+    85 % of the best wave efficiency (each split needs at least one KV block)."""
+    cands = range(1, max(1, min(max_splits, kv_blocks)) + 1)
+    eff = {s: units * s / cores / math.ceil(units * s / cores) for s in cands}
+    best = max(eff.values())
+    return next(s for s in cands if eff[s] >= 0.85 * best)
 
 
 def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
@@ -137,8 +151,8 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
     if Sq == 1:  # decode: stream the KV cache, split over KV blocks to occupy the cores
         group = hq / hkv
         rows = max(16.0, group)
-        units = B * hkv
-        splits = max(1, min(math.ceil(Skv / 256), math.ceil(cores / units)))
+        units = B * hkv  # query heads sharing a KV head ride together (GQA packing)
+        splits = kv_splits(units, math.ceil(Skv / p.attention_kv_block), cores)
         active = min(cores, units * splits)
         cyc = (units * rows * Skv * (dqk + dv) / macs + B * hq * Skv * (1 / sfu + p.attention_vector_ops / chip.cores.vector.lanes)) / active
         chain = math.ceil(Skv / splits / p.attention_kv_block) * p.decode_block_latency_s  # KV blocks come from DRAM

@@ -40,6 +40,7 @@ class PerfParams:
     norm_read_passes: float        # times a norm kernel reads its input
     softmax_read_passes: float     # times a softmax kernel reads its input
     gemm_tiles: tuple              # candidate output tiles (rows, cols) of a GEMM kernel
+    pipeline_stages: int           # K-slices a GEMM tile's pipeline keeps in flight
     tile_k: int                    # K-slice per pipeline stage
     max_split_k: int
     min_clock_fraction: float      # lowest clock the power limit can push the chip to, x max clock
