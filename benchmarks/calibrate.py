@@ -75,8 +75,9 @@ def write_params(path: Path, family: str, values: dict, provenance: dict) -> Non
         if key in values:
             lines[i] = f"{key} = {values[key]:.6g}"
     text = "\n".join(lines)
-    head, _, _ = text.partition("\n[sources]")
-    src = "\n".join(f'{k} = "{v}"' for k, v in provenance.items())
+    head, _, old = text.partition("\n[sources]")
+    kept = [ln for ln in old.strip().splitlines() if ln.split("=")[0].strip() not in provenance]
+    src = "\n".join([f'{k} = "{v}"' for k, v in provenance.items()] + kept)
     path.write_text(f"{head}\n[sources]\n{src}\n")
 
 

@@ -139,7 +139,9 @@ class _Builder:
     def norm(self, name, rows, cols, count, residual=False):
         a = self.dt.a
         rd, wr = (2 if residual else 1) * rows * cols * a + cols * 2, (2 if residual else 1) * rows * cols * a
-        self.add("norm", name, 4.0 * rows * cols, rd, wr, (rows, cols), count)
+        # a tuned engine's norm kernel (fused with the residual add) keeps a whole row in registers
+        kind = "fused_norm" if self.impl == "fused" else "norm"
+        self.add(kind, name, 4.0 * rows * cols, rd, wr, (rows, cols), count)
 
     def comm(self, name, nbytes, n, count, kind="allreduce"):
         if n > 1:

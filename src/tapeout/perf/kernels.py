@@ -193,15 +193,15 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
     eff = p.dram_efficiency
     row_limit = 0.0
     extra = 0.0
-    if k.kind in ("norm", "softmax"):
-        norm = k.kind == "norm"
-        passes = p.norm_read_passes if norm else p.softmax_read_passes
+    if k.kind in ("norm", "softmax", "fused_norm"):
+        norm = k.kind != "softmax"
+        passes = {"norm": p.norm_read_passes, "softmax": p.softmax_read_passes}.get(k.kind, 1.0)
         extra = k.bytes_read * (passes - 1)  # re-reads: from the shared buffer if the tensor fits there
         if k.bytes_read > chip.shared_buffer.bytes:
             nbytes, extra = nbytes + extra, 0.0
         row_bytes = (k.bytes_read * passes + k.bytes_written) / max(rows, 1)
         waves = math.ceil(rows / (chip.cores.count * p.blocks_per_core))
-        inflight = p.row_block_bytes if norm else p.softmax_row_block_bytes
+        inflight = {"norm": p.row_block_bytes, "softmax": p.softmax_row_block_bytes}.get(k.kind, p.fused_row_block_bytes)
         row_limit = waves * row_bytes / inflight * p.dram_latency_s
     mem = max(nbytes / _dram_bw(chip, eff)
               + extra / chip.shared_buffer.bandwidth_bytes_per_s, row_limit)

@@ -31,6 +31,7 @@ class PerfParams:
     split_latency_s: float         # the serialized reduction of a split-K / split-KV kernel's partial results
     row_block_bytes: float         # bytes one row-block (norm/softmax) keeps in flight per DRAM latency
     softmax_row_block_bytes: float  # the same for softmax kernels
+    fused_row_block_bytes: float   # the same for a tuned engine's fused add+norm kernel (one read pass)
     blocks_per_core: int           # thread blocks resident on one core at a time
     attention_q_block: int         # query rows per flash-attention block
     attention_vector_ops: float    # vector-lane operations per attention score besides the exp (online softmax)
