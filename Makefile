@@ -27,6 +27,8 @@ setup-dev: $(VENV)/.dev
 
 demo: $(VENV)/.core
 	$(BIN)/tapeout chips
+	$(BIN)/tapeout compare --model qwen2.5-72b --chips h20,h100-sxm,ascend-910c,t-head-ppu,tapeout-n7 \
+		--tp 4 --weights fp8 --batch 16 --prompt 2048 --output 256
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -n 2

@@ -110,26 +110,28 @@ def test_gpu_dies_hold_more_than_npu_dies_at_the_same_compute():
 
 
 # ---------------------------------------------------------------- cost
-def _count_dies(side_mm: float, diameter_mm: float = 294.0) -> int:
-    """Brute force: whole side x side squares on a grid (offset to the best of a few) inside the circle."""
-    r, best = diameter_mm / 2.0, 0
-    for off in (0.0, 0.25, 0.5, 0.75):
-        n = 0
-        k = int(r / side_mm) + 2
-        for i in range(-k, k):
-            for j in range(-k, k):
-                x0, y0 = (i + off) * side_mm, (j + off) * side_mm
-                corners = [(x0, y0), (x0 + side_mm, y0), (x0, y0 + side_mm), (x0 + side_mm, y0 + side_mm)]
-                n += all(x * x + y * y <= r * r for x, y in corners)
-        best = max(best, n)
-    return best
+def _count_dies(side_mm: float, diameter_mm: float = 294.0) -> float:
+    """Brute force: whole side x side squares on a grid inside the circle, averaged over grid
+    placements (the formula estimates a typical placement; the best one gains a few large dies)."""
+    r, counts = diameter_mm / 2.0, []
+    for ox in (0.0, 0.25, 0.5, 0.75):
+        for oy in (0.0, 0.375, 0.625):
+            n = 0
+            k = int(r / side_mm) + 2
+            for i in range(-k, k):
+                for j in range(-k, k):
+                    x0, y0 = (i + ox) * side_mm, (j + oy) * side_mm
+                    corners = [(x0, y0), (x0 + side_mm, y0), (x0, y0 + side_mm), (x0 + side_mm, y0 + side_mm)]
+                    n += all(x * x + y * y <= r * r for x, y in corners)
+            counts.append(n)
+    return sum(counts) / len(counts)
 
 
 @settings(max_examples=12, deadline=None)
 @given(st.floats(50, 850))
 def test_dies_per_wafer_matches_a_brute_force_count(area):
     side = math.sqrt(area) + 0.1
-    assert dies_per_wafer(area) == pytest.approx(_count_dies(side), rel=0.12)
+    assert dies_per_wafer(area) == pytest.approx(_count_dies(side), rel=0.1)
 
 
 @settings(max_examples=50, deadline=None)
