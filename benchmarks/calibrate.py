@@ -36,6 +36,7 @@ FREE = {
     "attention_mma_efficiency": (0.3, 1.0),
     "dram_efficiency": (0.7, 0.98),
     "tiled_dram_efficiency": (0.6, 0.98),
+    "kv_dram_efficiency": (0.6, 0.98),
     "core_dram_bytes_per_cycle": (4.0, 128.0),
     "l2_bytes_per_cycle_per_core": (16.0, 256.0),
     "launch_s": (1e-6, 8e-6),
@@ -48,7 +49,7 @@ FREE = {
     "softmax_read_passes": (1.0, 5.0),
     "softmax_row_block_bytes": (1024.0, 131072.0),
     "attention_block_latency_s": (0.1e-6, 4e-6),
-    "decode_block_latency_s": (0.1e-6, 6e-6),
+    "decode_core_bytes_per_cycle": (2.0, 128.0),
     "attention_vector_ops": (0.0, 6.0),
 }
 

@@ -23,7 +23,7 @@ def test_decode_steps_match_batch_time(model, chip, tp):
         ctx = rng.integers(30, 3000, n)
         got, joules = t.step((0, 0, 0), n, int(ctx.sum()))
         ref = batch_time(model, chip, Batch(decode=tuple(int(c) for c in ctx)), weights="fp8", tp=tp)
-        assert got == pytest.approx(ref, rel=0.025)
+        assert got == pytest.approx(ref, rel=0.04)  # bucketed memoization vs exact (split-KV counts are discrete)
         assert joules > 0
 
 
@@ -38,7 +38,8 @@ def test_mixed_steps_match_batch_time():
         pairs = sum(attention_pairs(int(a), int(b)) for a, b in zip(new, cached))
         got, _ = t.step((k, int(new.sum()), pairs), len(ctx), int(ctx.sum()))
         batch = Batch(prefill=tuple((int(a), int(b)) for a, b in zip(new, cached)), decode=tuple(int(c) for c in ctx))
-        assert got == pytest.approx(batch_time(model, chip, batch, weights="fp8", tp=8), rel=0.06)
+        # the timer rebuilds prefill chunks from (count, tokens, attention pairs): an approximation
+        assert got == pytest.approx(batch_time(model, chip, batch, weights="fp8", tp=8), rel=0.08)
 
 
 def test_memoization():

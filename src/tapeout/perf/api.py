@@ -32,11 +32,13 @@ def _dtypes(weights: str, kv: str | None, activations: str | None, chip: Chip) -
 
 
 def run_batch(model, chip, batch: Batch, *, weights: str = "bf16", kv: str | None = None,
-              activations: str | None = None, impl: str = "fused", tp: int = 1, ep: int = 1) -> StepTime:
-    """Per-kernel timing of one step of `batch` (the full result behind batch_time/step_time)."""
+              activations: str | None = None, impl: str = "fused", tp: int = 1, ep: int = 1,
+              clock_hz: float | None = None) -> StepTime:
+    """Per-kernel timing of one step of `batch` (the full result behind batch_time/step_time).
+    `clock_hz` pins the clock (a what-if); by default the power-limited clock is solved."""
     c, spec = load_chip(chip), load_model(model)
     ks = build_step(spec, batch, _dtypes(weights, kv, activations, c), impl, tp, ep)
-    return run_kernels(c, ks, queued=True)
+    return run_kernels(c, ks, queued=True, clock_hz=clock_hz)
 
 
 def batch_time(model, chip, batch: Batch, **kw) -> float:

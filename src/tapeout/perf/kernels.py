@@ -152,14 +152,17 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
         group = hq / hkv
         rows = max(16.0, group)
         units = B * hkv  # query heads sharing a KV head ride together (GQA packing)
-        splits = kv_splits(units, math.ceil(Skv / p.attention_kv_block), cores)
+        blocks = math.ceil(Skv / (2 * p.attention_kv_block))  # decode walks the cache in double-width blocks
+        splits = kv_splits(units, blocks, 2 * cores)  # two decoding blocks resident per core
+        splits = math.ceil(blocks / math.ceil(blocks / splits))  # whole KV blocks per split
         active = min(cores, units * splits)
         cyc = (units * rows * Skv * (dqk + dv) / macs + B * hq * Skv * (1 / sfu + p.attention_vector_ops / chip.cores.vector.lanes)) / active
-        chain = math.ceil(Skv / splits / p.attention_kv_block) * p.decode_block_latency_s  # KV blocks come from DRAM
         waves = math.ceil(units * splits / cores)
         per_cta = mem_bytes / (units * splits)
-        mem = max(mem_bytes / _dram_bw(chip, p.dram_efficiency), waves * per_cta / (p.core_dram_bytes_per_cycle * chip.max_clock_hz), chain)
-        return cyc, mem, waves * p.tile_latency_s, 2 if splits > 1 else 1  # + a combine kernel
+        # each split streams its share of the cache at most at what one decode block keeps in flight
+        mem = max(mem_bytes / _dram_bw(chip, p.kv_dram_efficiency), waves * per_cta / (p.decode_core_bytes_per_cycle * chip.max_clock_hz))
+        # a combine kernel follows a split: its own launch and pipeline fill
+        return cyc, mem, (waves + (splits > 1)) * p.tile_latency_s, 2 if splits > 1 else 1
     bq = p.attention_q_block
     nq = math.ceil(Sq / bq)
     cached = Skv - Sq
@@ -213,7 +216,7 @@ def comm_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float
     nbytes, n, kind = k.shape
     from ..parallel import collective_time  # the serving/parallelism layer owns link models
 
-    return 0.0, collective_time(chip, kind, nbytes, int(n)), 0.0, 1
+    return 0.0, collective_time(chip, kind, nbytes, int(n), algorithm="auto"), 0.0, 1
 
 
 COSTS = {

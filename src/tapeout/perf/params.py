@@ -22,6 +22,7 @@ class PerfParams:
     attention_mma_efficiency: float  # the same inside a flash-attention tile (softmax interleaved)
     dram_efficiency: float         # achievable fraction of peak DRAM bandwidth of streaming (elementwise) kernels
     tiled_dram_efficiency: float   # the same for tiled kernels (GEMM, attention) streaming their operands
+    kv_dram_efficiency: float      # the same for flash-decoding's read-only stream of the KV cache
     core_dram_bytes_per_cycle: float  # DRAM bytes per core-cycle one core can keep streaming (Little's law)
     l2_bytes_per_cycle_per_core: float  # shared-buffer (L2) operand bandwidth per core per cycle
     launch_s: float                # gap between two kernels launched one by one from the host
@@ -37,7 +38,7 @@ class PerfParams:
     attention_vector_ops: float    # vector-lane operations per attention score besides the exp (online softmax)
     attention_kv_block: int        # keys per flash-attention block iteration
     attention_block_latency_s: float  # one prefill KV-block iteration when its loads (from L2) are not hidden
-    decode_block_latency_s: float  # one decode KV-block iteration when its loads (from DRAM) are not hidden
+    decode_core_bytes_per_cycle: float  # KV-cache bytes per cycle one flash-decoding block streams from DRAM
     norm_read_passes: float        # times a norm kernel reads its input
     softmax_read_passes: float     # times a softmax kernel reads its input
     gemm_tiles: tuple              # candidate output tiles (rows, cols) of a GEMM kernel
