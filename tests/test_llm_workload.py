@@ -136,3 +136,20 @@ def test_bad_dtype_and_empty_batch():
         Dtypes(weights="fp6")
     with pytest.raises(TapeoutError, match="empty batch"):
         build_step(load_model("llama-3.1-8b"), Batch())
+
+
+def test_moe_skew_concentrates_load():
+    from tapeout.llm.kernels import _expert_load
+
+    uniform = _expert_load(128, 8, 4, 1, 0.0)
+    skewed = _expert_load(128, 8, 4, 1, 1.2)
+    assert skewed[0] == pytest.approx(uniform[0])  # every token still picks top-k experts
+    assert skewed[1] < uniform[1]  # popular experts are shared: fewer distinct experts touched
+    # under expert parallelism the busiest chip gets more than its share
+    assert _expert_load(256, 8, 64, 8, 1.0)[0] > _expert_load(256, 8, 64, 8, 0.0)[0]
+    assert _expert_load(256, 8, 64, 8, 0.0)[0] == 64 * 8
+    m = load_model("qwen3-30b-a3b")
+    w = lambda s: sum(k.weight_bytes * k.count for k in build_step(m, Batch.of("decode", 4, 100), moe_skew=s))
+    assert w(1.5) < w(0.0)
+    with pytest.raises(TapeoutError, match="moe_skew"):
+        build_step(m, Batch.of("decode", 1, 10), moe_skew=-1)

@@ -8,12 +8,14 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import console, gib, print_json, si
+from .common import console, gib, print_json
 
 _MODEL = typer.Option(..., "--model", "-m", help="shipped model name, config.json path or local HF model folder")
 _WEIGHTS = typer.Option("bf16", "--weights", help="weight dtype: bf16, fp16, fp8, int8, int4 (weight-only)")
 _KV = typer.Option(None, "--kv", help="KV-cache dtype (default: fp8 with fp8 weights, else bf16)")
 _IMPL = typer.Option("fused", "--impl", help="fused (vLLM/TensorRT-LLM-like) or pytorch-cudagraph")
+_SKEW = typer.Option(0.0, "--moe-skew", help="MoE routing skew: Zipf exponent of expert popularity (0 = uniform)")
+_EP = typer.Option(1, "--ep", help="expert-parallel chips (MoE)")
 
 
 def predict(file: Path = typer.Argument(..., help="JSON in ../shared/calibration's format ('ms' optional)"),
@@ -49,19 +51,20 @@ def predict(file: Path = typer.Argument(..., help="JSON in ../shared/calibration
         console.print(f"wrote {out}")
 
 
-def _estimate_kw(batch, prompt, output, weights, kv, impl, tp):
-    return dict(batch=batch, prompt=prompt, output=output, weights=weights, kv=kv, impl=impl, tp=tp)
+def _estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep=1, moe_skew=0.0):
+    return dict(batch=batch, prompt=prompt, output=output, weights=weights, kv=kv, impl=impl, tp=tp, ep=ep,
+                moe_skew=moe_skew)
 
 
 def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip", "-c"),
              batch: int = typer.Option(1, "--batch", "-b"), prompt: int = typer.Option(1024, "--prompt", "-p"),
              output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
              impl: str = _IMPL, tp: int = typer.Option(1, "--tp", help="tensor-parallel chips"),
-             json_out: bool = typer.Option(False, "--json")):
+             ep: int = _EP, moe_skew: float = _SKEW, json_out: bool = typer.Option(False, "--json")):
     """TTFT, TPOT, latency, tokens/s, memory and what bounds each phase, for one model on one chip."""
     from ..perf.api import estimate as est
 
-    r = est(model, chip, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp))
+    r = est(model, chip, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew))
     if json_out:
         print_json(r.to_dict())
         return
@@ -98,7 +101,8 @@ def _print_estimates(rs) -> None:
 def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout-n7", "--chips", help="comma-separated"),
             batch: int = typer.Option(1, "--batch", "-b"), prompt: int = typer.Option(1024, "--prompt", "-p"),
             output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
-            impl: str = _IMPL, tp: int = typer.Option(1, "--tp"), json_out: bool = typer.Option(False, "--json")):
+            impl: str = _IMPL, tp: int = typer.Option(1, "--tp"), ep: int = _EP, moe_skew: float = _SKEW,
+            json_out: bool = typer.Option(False, "--json")):
     """The same estimate side by side on several chips."""
     from ..errors import DoesNotFitError
     from ..perf.api import estimate as est
@@ -106,7 +110,7 @@ def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout
     rs, skipped = [], []
     for c in [c.strip() for c in chips.split(",") if c.strip()]:
         try:
-            rs.append(est(model, c, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp)))
+            rs.append(est(model, c, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew)))
         except DoesNotFitError as e:
             skipped.append(str(e))
     if json_out:

@@ -117,6 +117,7 @@ class _Builder:
     tp: int = 1
     ep: int = 1
     out: list[Kernel] = field(default_factory=list)
+    moe_skew: float = 0.0
 
     def add(self, kind, name, flops, rd, wr, shape=(), count=1.0, dtype=None, wbytes=0.0):
         if count > 0:
@@ -149,13 +150,17 @@ class _Builder:
 
 
 def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: str = "fused",
-               tp: int = 1, ep: int = 1) -> list[Kernel]:
-    """All kernels of one forward step of `batch` through `spec` on one of `tp` x `ep` chips."""
+               tp: int = 1, ep: int = 1, moe_skew: float = 0.0) -> list[Kernel]:
+    """All kernels of one forward step of `batch` through `spec` on one of `tp` x `ep` chips.
+
+    `moe_skew`: expert popularity follows a Zipf law with this exponent (0 = uniform routing)."""
     if impl not in IMPLEMENTATIONS:
         raise TapeoutError(f"implementation {impl!r}: use one of {', '.join(IMPLEMENTATIONS)}")
     if batch.tokens <= 0:
         raise TapeoutError("empty batch: no tokens to run")
-    b = _Builder(spec, batch, dtypes, impl, tp, ep)
+    if moe_skew < 0:
+        raise TapeoutError(f"moe_skew {moe_skew}: must be >= 0 (0 is uniform routing)")
+    b = _Builder(spec, batch, dtypes, impl, tp, ep, moe_skew=moe_skew)
     T = batch.tokens
     b.add("embed", "embedding", 0, T * spec.hidden * b.dt.a + T * 8, T * spec.hidden * b.dt.a, (T, spec.hidden))
     for count, moe_layer in _layer_groups(spec):
@@ -261,12 +266,10 @@ def _moe(b: _Builder, L: int) -> None:
 
     With expert parallelism each of `ep` chips holds E/ep experts and, as every chip runs a batch of
     the same size, receives T x top_k token-expert pairs on average (all-to-all dispatch/combine)."""
-    s, m, T, h = b.spec, b.spec.moe, b.batch.tokens, b.spec.hidden
+    m, T, h = b.spec.moe, b.batch.tokens, b.spec.hidden
     b.gemm("router", T, m.experts, h, L, w_bytes=2.0, dtype="bf16" if b.dt.mma in ("fp8", "int8") else b.dt.mma)
     b.ew("topk_route", T * m.experts, 1, L, flops_per=4, writes=0)
-    local = m.experts / b.ep
-    pairs = T * m.top_k
-    active = local * (1.0 - (1.0 - m.top_k / m.experts) ** (T * b.ep))  # experts hit by >= 1 token
+    pairs, active = _expert_load(m.experts, m.top_k, T, b.ep, b.moe_skew)
     per_expert = pairs / max(active, 1e-9)
     inter = _shard(m.intermediate, b.tp)
     disp = T * m.top_k * h * b.dt.a * (b.ep - 1) / b.ep
@@ -281,6 +284,27 @@ def _moe(b: _Builder, L: int) -> None:
     b.comm("alltoall_combine", disp, b.ep, L, kind="alltoall")
     if m.shared_experts:
         _mlp(b, L, m.shared_intermediate * m.shared_experts, "shared_expert")
+
+
+def _expert_load(E: int, k: int, T: int, ep: int, skew: float) -> tuple[float, float]:
+    """(token-expert pairs, experts hit by >= 1 token) on the busiest of `ep` chips.
+
+    Expert i is picked by a token with probability q_i = min(1, c (i + 1)^-skew), c such that the
+    q_i sum to k (each token picks k distinct experts; uniform at skew 0); chip j holds experts
+    j, j + ep, ... (round robin by popularity). Every chip runs T tokens."""
+    if skew == 0:
+        return T * k, E / ep * (1.0 - (1.0 - k / E) ** (T * ep))
+    w = [(i + 1) ** -skew for i in range(E)]
+    lo, hi = 0.0, float(E) ** skew * k
+    for _ in range(60):  # water-filling: the most popular experts saturate at probability 1
+        c = (lo + hi) / 2
+        lo, hi = (c, hi) if sum(min(1.0, c * x) for x in w) < k else (lo, c)
+    q = [min(1.0, hi * x) for x in w]
+    loads = [sum(q[j::ep]) for j in range(ep)]
+    j = max(range(ep), key=loads.__getitem__)
+    pairs = T * ep * loads[j]
+    active = sum(1.0 - (1.0 - x) ** (T * ep) for x in q[j::ep])
+    return pairs, active
 
 
 def _mla(b: _Builder, L: int) -> None:

@@ -33,11 +33,11 @@ def _dtypes(weights: str, kv: str | None, activations: str | None, chip: Chip) -
 
 def run_batch(model, chip, batch: Batch, *, weights: str = "bf16", kv: str | None = None,
               activations: str | None = None, impl: str = "fused", tp: int = 1, ep: int = 1,
-              clock_hz: float | None = None) -> StepTime:
+              clock_hz: float | None = None, moe_skew: float = 0.0) -> StepTime:
     """Per-kernel timing of one step of `batch` (the full result behind batch_time/step_time).
     `clock_hz` pins the clock (a what-if); by default the power-limited clock is solved."""
     c, spec = load_chip(chip), load_model(model)
-    ks = build_step(spec, batch, _dtypes(weights, kv, activations, c), impl, tp, ep)
+    ks = build_step(spec, batch, _dtypes(weights, kv, activations, c), impl, tp, ep, moe_skew)
     return run_kernels(c, ks, queued=True, clock_hz=clock_hz)
 
 
@@ -51,7 +51,7 @@ def step_time(model, chip="h100-sxm", phase: str = "decode", batch: int = 1, con
     """Seconds of one prefill (`prompt` tokens each) or decode (`context` cached tokens each) step."""
     length = context if phase == "decode" else (prompt if prompt is not None else context)
     if length is None:
-        raise TapeoutError(f"step_time: give context= for decode or prompt= for prefill")
+        raise TapeoutError("step_time: give context= for decode or prompt= for prefill")
     return batch_time(model, chip, Batch.of(phase, batch, length), **kw)
 
 
@@ -71,9 +71,13 @@ class Memory:
         return self.total_bytes <= self.capacity_bytes
 
 
-def memory_use(spec: ModelSpec, chip: Chip, dt: Dtypes, batch: int, tokens: int, prompt: int, tp: int = 1) -> Memory:
-    """Weights + KV cache (batch x tokens) + the largest prefill activations, per chip of `tp`."""
-    w = spec.n_params * dt.w / tp
+def memory_use(spec: ModelSpec, chip: Chip, dt: Dtypes, batch: int, tokens: int, prompt: int, tp: int = 1,
+               ep: int = 1) -> Memory:
+    """Weights + KV cache (batch x tokens) + the largest prefill activations, per chip of `tp` x `ep`
+    (routed experts are split over the `ep` chips, everything else over `tp`)."""
+    m = spec.moe
+    experts = 0 if m is None else (spec.layers - m.dense_layers) * m.experts * 3 * spec.hidden * m.intermediate
+    w = ((spec.n_params - experts) / tp + experts / (tp * ep)) * dt.w
     kv = batch * tokens * spec.kv_bytes_per_token(dt.kvb) / tp
     inter = spec.moe.intermediate * spec.moe.top_k if spec.moe else spec.intermediate
     act = batch * prompt * (2 * spec.hidden + 3 * inter / tp) * dt.a + batch * spec.vocab * 4
@@ -133,7 +137,7 @@ class Estimate:
 
 def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output: int = 128, *,
              weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str = "fused",
-             tp: int = 1, ep: int = 1, check_memory: bool = True) -> Estimate:
+             tp: int = 1, ep: int = 1, moe_skew: float = 0.0, check_memory: bool = True) -> Estimate:
     """Latency and throughput of `batch` requests of `prompt` tokens generating `output` tokens each.
 
     TTFT is one prefill step of the whole batch; TPOT is the decode step at the mean context
@@ -142,12 +146,13 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
         raise TapeoutError("batch, prompt and output must be >= 1")
     c, spec = load_chip(chip), load_model(model)
     dt = _dtypes(weights, kv, activations, c)
-    mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp)
+    mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp, ep)
     if check_memory:
         check_fit(mem, c, spec)
-    pre = run_kernels(c, build_step(spec, Batch.of("prefill", batch, prompt), dt, impl, tp, ep))
-    dec = run_kernels(c, build_step(spec, Batch.of("decode", batch, prompt + output // 2), dt, impl, tp, ep))
+    pre = run_kernels(c, build_step(spec, Batch.of("prefill", batch, prompt), dt, impl, tp, ep, moe_skew))
+    dec = run_kernels(c, build_step(spec, Batch.of("decode", batch, prompt + output // 2), dt, impl, tp, ep, moe_skew))
     e2e = pre.seconds + (output - 1) * dec.seconds
-    settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": impl, "tp": tp, "ep": ep}
+    settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": impl, "tp": tp, "ep": ep,
+                "moe_skew": moe_skew}
     return Estimate(spec.name, c.name, batch, prompt, output, pre.seconds, dec.seconds, e2e,
                     batch * output / e2e, batch / dec.seconds, mem, pre, dec, settings)

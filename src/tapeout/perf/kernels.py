@@ -197,7 +197,6 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
     row_limit = 0.0
     extra = 0.0
     if k.kind in ("norm", "softmax", "fused_norm"):
-        norm = k.kind != "softmax"
         passes = {"norm": p.norm_read_passes, "softmax": p.softmax_read_passes}.get(k.kind, 1.0)
         extra = k.bytes_read * (passes - 1)  # re-reads: from the shared buffer if the tensor fits there
         if k.bytes_read > chip.shared_buffer.bytes:

@@ -4,24 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..chip import load_chip
-from ..errors import TapeoutError
+from ..plotting import pyplot
 from .api import estimate
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise TapeoutError("plotting needs matplotlib: pip install 'tapeout[plot]'") from None
-    return plt
 
 
 def roofline_plot(model, chip, out: Path, **kw) -> Path:
     """Each kernel of the prefill and decode steps at its arithmetic intensity and achieved FLOP/s."""
-    plt = _pyplot()
+    plt = pyplot()
     c = load_chip(chip)
     r = estimate(model, c, check_memory=False, **kw)
     dtype = r.settings["activations"] if r.settings["activations"] in ("fp8", "int8") else "bf16"

@@ -3,23 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import TapeoutError
+from ..plotting import pyplot
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise TapeoutError("plotting needs matplotlib: pip install 'tapeout[plot]'") from None
-    return plt
 
 
 def sweep_plot(results, out: str | Path, title: str = "") -> Path:
     """p50/p99 TTFT and TPOT against output tokens/s per chip, one point per request rate, SLOs dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     x = [r.metrics["throughput_tok_s_per_chip"] for r in results]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, label in ((axes[0], "ttft_s", "TTFT (s)"), (axes[1], "tpot_s", "TPOT (ms)")):
