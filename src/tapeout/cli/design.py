@@ -285,6 +285,52 @@ def _color_knob(sp) -> Optional[str]:
     return "cores" if "cores" in varied else (varied[0] if varied else None)
 
 
+# ----------------------------------------------------------------------------- study
+
+@command("study")
+def study_cmd(name: str = typer.Argument("inference-7nm", help="a study in tapeout/data/studies (inference-7nm) or a space file with a [study] table"),
+              out: Optional[str] = typer.Option(None, "--out", help="output folder (default out/study-NAME)"),
+              full: bool = typer.Option(False, "--full", help="the larger space ([full.knobs]) and every layout in the simulator"),
+              workers: Optional[int] = typer.Option(None, "--workers", help="local processes (default: the CPUs)"),
+              ray: Optional[str] = typer.Option(None, "--ray", help="run the sweep on a Ray cluster: ADDRESS, or 'local'"),
+              requests: Optional[int] = typer.Option(None, "--requests", help="requests per serving-simulator run (default: the study's)"),
+              plots: bool = typer.Option(True, "--plots/--no-plots", help="plots in the report (needs matplotlib)")):
+    """Run a study: sweep the design space, pick the best designs, serve them and the incumbents in the
+    serving simulator, and write an HTML report and a Markdown summary."""
+    from ..dse.study import run_study
+
+    bars: dict = {}
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=False) as prog:
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = prog.add_task(stage, total=total)
+            prog.update(bars[stage], completed=done, total=total)
+
+        res = run_study(name, out, full=full, workers=workers, ray=ray, requests=requests, progress=update, plots=plots)
+    from ..dse.report import headline
+
+    for wl in res.space.workloads:
+        from rich import box
+
+        t = Table(title=f"{wl.name}: serving simulator (p99 TTFT <= {wl.slo_ttft_s:g} s, TPOT <= {wl.slo_tpot_s * 1e3:g} ms)",
+                  box=box.SIMPLE_HEAD)
+        for i, c in enumerate(("chip", "kind", "tok/s/chip", "tok/J", "tok/s/$1k", "$/Mtok", "deployment")):
+            t.add_column(c, justify="left" if i in (0, 1, 6) else "right", no_wrap=True)
+        for e in res.entries:
+            s = res.simulated.get((e.name, wl.name)) or {}
+            if "tok_s_per_chip" in s:
+                t.add_row(e.name, e.kind, f"{s['tok_s_per_chip']:,.0f}", f"{s['tok_per_j']:.2f}", f"{s['tok_s_per_kusd']:,.0f}",
+                          f"{s['usd_per_mtok']:.3f}", f"{s['tp'] * s['ep']} chips: tp {s['tp']} x ep {s['ep']}, {s['weights']}")
+            else:
+                t.add_row(e.name, e.kind, "-", "-", "-", "-", (s.get("infeasible") or "")[:60])
+        _print_wide(t)
+        for m, x in headline(res, wl).items():
+            console.print(f"  {m}: {x['design']} {x['design_value']:,.3g} vs {x['incumbent']} {x['incumbent_value']:,.3g} ({x['ratio']:.2f}x)")
+    console.print(f"study {res.space.name}: {res.seconds:.0f} s; wrote {res.files['report']} and {res.files['summary']}")
+
+
 def register(app: typer.Typer) -> None:
     for name, fn in COMMANDS.items():
         app.command(name)(fn)

@@ -17,9 +17,12 @@ n ep sequences of P + O tokens within the memory the serving simulator's plan le
 n, searched by bisection and interpolated linearly between grid points; energy per step from the
 step's counted activity (`tapeout.energy`), so tok/J = tok/s per chip / average chip power.
 
-`simulated`: the serving simulator (`tapeout.serve.api.max_rate`): the highest Poisson request rate
-whose p99 TTFT and TPOT meet the SLO, with its throughput and energy per token. Slower (seconds per
-point) and the reference: the analytic objective ranks designs, the simulator gives headline numbers.
+`simulated`: the serving simulator (`tapeout.serve.api.max_rate`, chunked prefill by default, as the
+analytic model assumes): the highest Poisson request rate whose p99 TTFT and TPOT meet the SLO and
+that the deployment sustains, with its throughput and energy per token. Slower (seconds per point)
+and the reference: the analytic objective ranks designs, the simulator gives headline numbers. Its
+runs need enough requests to reach a steady state (~10,000 for chat traffic at ~1,000 concurrent
+sequences; fewer under-report the rate).
 
 For each workload the best of its candidate layouts (tp, ep) and the first weight dtype the chip's
 matrix units support (W8A8), else the first listed (weight-only quantization) are used.
@@ -46,7 +49,8 @@ class Workload:
     slo_tpot_s: float = 0.1
     max_seqs: int = 256                   # per replica (the serving engine's limit)
     max_batched_tokens: int = 8192
-    requests: int = 300                   # simulated evaluator: requests per run
+    requests: int = 2000                  # simulated evaluator: requests per run
+    scheduler: str = "chunked"            # simulated evaluator: the serving engine's scheduler
     label: str = ""
 
     @property
@@ -223,7 +227,7 @@ def simulated(chip, wl: Workload, seed: int = 0) -> Served:
         try:
             rate, r = max_rate(wl.model, chip, tp=tp, ep=ep, requests=wl.requests, iterations=6, workload=wl.traffic,
                                weights=weights, slo_ttft=wl.slo_ttft_s, slo_tpot=wl.slo_tpot_s, seed=seed,
-                               max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens)
+                               max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler)
         except DoesNotFitError as e:
             reasons.append(f"{wl.name}: {e}")
             continue

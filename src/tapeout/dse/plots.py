@@ -51,7 +51,7 @@ def pareto_plot(records: list[dict], front: list[dict], objectives, path: Path, 
     feas = [r for r in records if r.get("feasible")]
     names = [m for m, _ in objectives]
     pairs = [(names[0], other) for other in names[1:]] or [(names[0], names[0])]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4.2), squeeze=False, sharey=True)
     colors = _colors(front, color_by)
     for ax, (a, b) in zip(axes[0], pairs):
         x, y = _xy(feas, b, a)
@@ -65,11 +65,13 @@ def pareto_plot(records: list[dict], front: list[dict], objectives, path: Path, 
                 ax.scatter(mx, my, s=80, marker=MARKERS[i % len(MARKERS)], edgecolors="black", linewidths=0.8,
                            c=[f"C{(i + 1) % 10}"], zorder=5, label=name)
         ax.set_xlabel(label(b))
-        ax.set_ylabel(label(a))
         ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(label(pairs[0][0]))
     if colors["label"] and len(front):
-        fig.colorbar(sc, ax=axes[0].tolist(), label=f"front colour: {colors['label']}", shrink=0.8)
-    axes[0][0].legend(fontsize=7, loc="best")
+        fig.colorbar(sc, ax=axes[0].tolist(), label=f"front colour: {colors['label']}", shrink=0.8, pad=0.02)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.45, 0.0), ncol=min(5, len(labels)),
+               frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -104,14 +106,20 @@ def bars(rows: dict[str, dict[str, float]], metrics: list[str], path: Path, *, t
     for ax, m in zip(axes[0], metrics):
         vals = [rows[n].get(m) or 0.0 for n in names]
         cols = ["#d62728" if n in highlight else "#7f7f7f" for n in names]
-        ax.barh(range(len(names)), vals, color=cols)
+        top = sorted(vals)[-2] * 1.8 if len(vals) > 1 and sorted(vals)[-1] > 4 * sorted(vals)[-2] > 0 else None
+        ax.barh(range(len(names)), [min(v, top) if top else v for v in vals], color=cols)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(LABELS.get(m, m), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-        for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:,.3g}", va="center", fontsize=7)
-        ax.margins(x=0.25)
+        for i, v in enumerate(vals):   # an outlier is drawn to the edge and labelled with its value
+            txt = (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + (" (off scale)" if top and v > top else "")
+            ax.text(min(v, top) if top else v, i, " " + txt, va="center", fontsize=7,
+                    ha="right" if top and v > top else "left", color="white" if top and v > top else "black")
+        if top:
+            ax.set_xlim(0, top)
+        else:
+            ax.margins(x=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -123,19 +131,26 @@ def bars(rows: dict[str, dict[str, float]], metrics: list[str], path: Path, *, t
 def scatter_check(pairs: dict[str, tuple[float, float]], path: Path, *, xlabel: str, ylabel: str, title: str = "") -> Path:
     """Named points (x, y) with the y = x line: e.g. analytic vs simulated throughput."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
     xs = [v[0] for v in pairs.values()]
     ys = [v[1] for v in pairs.values()]
-    ax.scatter(xs, ys, s=24)
+    chips = list(dict.fromkeys(n.split(" / ")[0] for n in pairs))
+    groups = list(dict.fromkeys(n.split(" / ")[-1] for n in pairs))
     for n, (x, y) in pairs.items():
-        ax.annotate(n, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        c, g = n.split(" / ")[0], n.split(" / ")[-1]
+        ax.scatter([x], [y], s=40, c=[f"C{chips.index(c) % 10}"], marker=MARKERS[groups.index(g) % len(MARKERS)],
+                   edgecolors="black", linewidths=0.4)
+    for c in chips:
+        ax.scatter([], [], c=[f"C{chips.index(c) % 10}"], s=30, label=c)
+    for g in groups:
+        ax.scatter([], [], c="white", edgecolors="black", marker=MARKERS[groups.index(g) % len(MARKERS)], s=30, label=g)
     hi = max(xs + ys + [1.0]) * 1.1
     ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="y = x")
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)

@@ -101,8 +101,9 @@ class Space:
 
 # ----------------------------------------------------------------------------- identity
 
-_FINGERPRINT_DIRS = ("perf", "llm", "serve", "dse", "data", "models", "chips")
-_FINGERPRINT_FILES = ("chip.py", "energy.py", "area.py", "cost.py", "parallel.py", "sourced.py")
+_FINGERPRINT_DIRS = ("perf", "llm", "serve", "data", "models", "chips")
+_FINGERPRINT_FILES = ("chip.py", "energy.py", "area.py", "cost.py", "parallel.py", "sourced.py",
+                      "dse/design.py", "dse/objective.py", "dse/evaluate.py")   # not the report, plots or runner
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,310 @@
+"""The study's report: report.html (plots embedded as base64 PNGs), summary.md (PNGs next to it),
+results.json (every number of the report) and the picked designs as chip files."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+from .evaluate import AGGREGATED
+
+METRIC_COLS = (("tok_s_per_chip", "tok/s per chip"), ("tok_per_j", "tok/J"), ("tok_s_per_kusd", "tok/s per $1k"),
+               ("usd_per_mtok", "$/Mtok"), ("usd_per_mtok_price", "$/Mtok at price"), ("power_w", "W per chip"))
+
+
+# ----------------------------------------------------------------------------- numbers
+
+def _num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, str):
+        return v
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def _ok(d: dict | None) -> bool:
+    return bool(d) and "infeasible" not in d
+
+
+def _layout(d: dict) -> str:
+    return f"{d['tp'] * d['ep']} chips: tp {d['tp']}" + (f" x ep {d['ep']}" if d["ep"] > 1 else "")
+
+
+def headline(res, wl) -> dict:
+    """Best design vs best incumbent on one workload (simulated), with ratios per metric."""
+    sim = res.simulated
+    rows = {e.name: sim.get((e.name, wl.name)) for e in res.entries}
+    def best(kind, metric, sign=1):
+        cands = [(sign * rows[e.name][metric], e.name) for e in res.entries
+                 if e.kind == kind and _ok(rows[e.name])]
+        return max(cands)[1] if cands else None
+    out = {}
+    for metric, _ in METRIC_COLS[:3]:
+        d, i = best("design", metric), best("incumbent", metric)
+        if d and i:
+            out[metric] = {"design": d, "design_value": rows[d][metric], "incumbent": i,
+                           "incumbent_value": rows[i][metric], "ratio": rows[d][metric] / rows[i][metric]}
+    return out
+
+
+def _sentences(res) -> list[str]:
+    out = []
+    for wl in res.space.workloads:
+        h = headline(res, wl)
+        if not h:
+            continue
+        parts = []
+        for metric, label in METRIC_COLS[:3]:
+            x = h.get(metric)
+            if x:
+                parts.append(f"{label} {_num(x['design_value'])} ({x['design']}) vs {_num(x['incumbent_value'])} "
+                             f"({x['incumbent']}), {x['ratio']:.2f}x")
+        out.append(f"**{wl.name}** (TTFT <= {wl.slo_ttft_s:g} s, TPOT <= {wl.slo_tpot_s * 1e3:g} ms at p99): best design vs "
+                   "best incumbent: " + "; ".join(parts) + ".")
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+def workload_table(res, wl) -> tuple[list[str], list[list[str]]]:
+    head = ["chip", "kind", "deployment", "weights", *[c for _, c in METRIC_COLS], "p99 TTFT s", "p99 TPOT ms",
+            "analytic tok/s per chip"]
+    rows = []
+    for e in res.entries:
+        s, a = res.simulated.get((e.name, wl.name)), res.analytic.get((e.name, wl.name))
+        if not _ok(s):
+            why = (s or a or {}).get("infeasible", "not evaluated")
+            rows.append([e.name, e.kind, "-", "-", *["-"] * len(METRIC_COLS), "-", "-",
+                         _num(a.get("tok_s_per_chip")) if _ok(a) else "-", ])
+            rows[-1][2] = _short_reason(why)
+            continue
+        rows.append([e.name, e.kind, _layout(s), s["weights"], *[_num(s.get(m)) for m, _ in METRIC_COLS],
+                     _num(s["ttft_s"]), _num(s["tpot_s"] * 1e3), _num(a.get("tok_s_per_chip")) if _ok(a) else "-"])
+    return head, rows
+
+
+def _short_reason(r: str) -> str:
+    return ("does not fit: " + r.split("use more chips")[0].split(":", 2)[-1].strip(" ;")) if "no room" in r else r[:90]
+
+
+def design_table(res) -> tuple[list[str], list[list[str]]]:
+    head = ["chip", "role", "cores", "array", "clock GHz", "bf16 PFLOP/s", "8-bit P(FL)OP/s", "memory", "TB/s",
+            "links GB/s", "TDP W", "die mm2", "cost $", "price $"]
+    rows = []
+    for e in res.entries:
+        c, f = e.chip, e.facts
+        m = c.cores.matrix
+        arr = f"{m.array_rows}x{m.array_cols}" if m.array_rows else "-"
+        eight = next((f"{c.peak_flops(d) / 1e15:.3g} {d}" for d in ("fp8", "int8") if c.supports(d)), "-")
+        rows.append([e.name, ", ".join(e.roles) or e.kind, str(c.cores.count), arr, f"{c.max_clock_hz / 1e9:.2f}",
+                     _num(f["peak_bf16_flops"] / 1e15) if f["peak_bf16_flops"] else "-", eight,
+                     f"{c.dram.stacks} x {c.dram.type}, {c.dram.bytes / 2**30:.0f} GiB",
+                     f"{c.dram.bandwidth_bytes_per_s / 1e12:.2f}", f"{c.links.chip_to_chip.bandwidth_bytes_per_s / 1e9:.0f}",
+                     f"{c.chip.tdp_w:.0f}", f"{f['die_mm2']:.0f}" + (f" x {c.chip.dies}" if c.chip.dies > 1 else ""),
+                     f"{f['cost_usd']:,.0f}", _num(f.get("price_usd")) if f.get("price_usd") else "-"])
+    return head, rows
+
+
+def md_table(head, rows) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def html_table(head, rows, highlight: set[str] = frozenset()) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = []
+    for r in rows:
+        cls = ' class="design"' if r[0] in highlight else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _aggregate(res, name: str, source: dict) -> dict | None:
+    """Geometric means over the workloads, as the sweep's axes are (None if a workload is infeasible)."""
+    ds = [source.get((name, wl.name)) for wl in res.space.workloads]
+    if not all(_ok(d) for d in ds):
+        return None
+    return {m: math.exp(sum(math.log(d[m]) for d in ds) / len(ds)) for m in AGGREGATED}
+
+
+def make_plots(res) -> dict[str, Path]:
+    from .plots import bars, pareto_plot, scatter_check
+
+    out, files = res.out_dir, {}
+    marks = {}
+    for e in res.entries:
+        agg = _aggregate(res, e.name, res.analytic)
+        if agg:
+            marks[e.name] = {"metrics": {**agg, **e.facts}, "params": e.params}
+    objs = [(m, s) for m, s in res.space.objectives]
+    files["pareto"] = pareto_plot(res.sweep.records, res.sweep.front, objs, out / "pareto.png", color_by="cores",
+                                  marks=marks, title=f"{res.space.name}: designs (analytic, geometric mean of the workloads)")
+    for wl in res.space.workloads:
+        rows = {e.name: res.simulated[(e.name, wl.name)] for e in res.entries if _ok(res.simulated.get((e.name, wl.name)))}
+        slug = wl.name.replace(".", "_")
+        files[f"bars_{slug}"] = bars(rows, [m for m, _ in METRIC_COLS[:4]], out / f"bars_{slug}.png",
+                                     title=f"{wl.name}: serving simulator, p99 TTFT <= {wl.slo_ttft_s:g} s and TPOT <= "
+                                           f"{wl.slo_tpot_s * 1e3:g} ms",
+                                     highlight=tuple(e.name for e in res.entries if e.kind == "design"))
+    pairs = {f"{e.name} / {wl.name.split('-')[0]}": (res.analytic[(e.name, wl.name)]["tok_s_per_chip"],
+                                                     res.simulated[(e.name, wl.name)]["tok_s_per_chip"])
+             for e in res.entries for wl in res.space.workloads
+             if _ok(res.analytic.get((e.name, wl.name))) and _ok(res.simulated.get((e.name, wl.name)))}
+    if pairs:
+        files["check"] = scatter_check(pairs, out / "check.png", xlabel="analytic tok/s per chip (steady state, mean TPOT)",
+                                       ylabel="simulated tok/s per chip (max rate, p99 SLO)",
+                                       title="the sweep's objective vs the serving simulator")
+    return files
+
+
+# ----------------------------------------------------------------------------- documents
+
+def _setup_lines(res) -> list[str]:
+    sp, sw = res.space, res.sweep
+    cons = ", ".join(f"{k} = {' / '.join(v) if isinstance(v, tuple) else f'{v:g}'}"
+                     for k, v in vars(sp.constraints).items() if v is not None)
+    lines = [f"Base design **{sp.base.name}**; constraints: {cons} (and the reticle).",
+        f"Sweep: {len(sw.records):,} design points (" + ", ".join(f"{k}: {len(v)}" for k, v in sp.knobs if len(v) > 1)
+        + f"), {len(sw.feasible):,} feasible, {len(sw.front)} on the Pareto front "
+          f"({', '.join(('max ' if s > 0 else 'min ') + m for m, s in sp.objectives)})."]
+    for wl in sp.workloads:
+        p, o = wl.lengths()
+        lines.append(f"{wl.name}: traffic {wl.traffic} (mean prompt {p:.0f}, output {o:.0f} tokens), SLO TTFT <= "
+                     f"{wl.slo_ttft_s:g} s and TPOT <= {wl.slo_tpot_s * 1e3:g} ms, layouts (tp, ep) "
+                     f"{', '.join(f'{t}x{e}' for t, e in wl.layouts)}, weights {' / '.join(wl.weights)}, "
+                     f"at most {wl.max_seqs} sequences per replica.")
+    return lines
+
+
+def check_ratios(res) -> list[float]:
+    """analytic / simulated tokens/s per chip over every (chip, workload) both evaluated."""
+    out = []
+    for e in res.entries:
+        for wl in res.space.workloads:
+            a, s = res.analytic.get((e.name, wl.name)), res.simulated.get((e.name, wl.name))
+            if _ok(a) and _ok(s) and s["tok_s_per_chip"] > 0:
+                out.append(a["tok_s_per_chip"] / s["tok_s_per_chip"])
+    return sorted(out)
+
+
+def _check_line(res) -> str:
+    r = check_ratios(res)
+    if not r:
+        return ""
+    return (f"Analytic / simulated tokens/s per chip over {len(r)} (chip, workload) pairs: median {r[len(r) // 2]:.2f}, "
+            f"range {r[0]:.2f}-{r[-1]:.2f}.")
+
+
+def _reasons_lines(res) -> list[str]:
+    from .sweep import reasons
+
+    return [f"{n:,} points: {k}" for k, n in list(reasons(res.sweep.records).items())[:6]]
+
+
+def results_json(res) -> dict:
+    return {"study": res.space.name, "seconds": res.seconds,
+            "sweep": {"points": len(res.sweep.records), "feasible": len(res.sweep.feasible), "front": len(res.sweep.front)},
+            "entries": [{"name": e.name, "kind": e.kind, "roles": list(e.roles), "params": e.params,
+                         "point_id": e.point_id, "facts": e.facts} for e in res.entries],
+            "analytic": {f"{k[0]}|{k[1]}": v for k, v in res.analytic.items()},
+            "simulated": {f"{k[0]}|{k[1]}": v for k, v in res.simulated.items()},
+            "headline": {wl.name: headline(res, wl) for wl in res.space.workloads}}
+
+
+def _runtime(res) -> str:
+    parts = [f"{k} {v['seconds']:.0f} s" for k, v in res.timing.items()]
+    fresh = sum(v["seconds"] for v in res.timing.values())
+    w = max((v.get("workers", 1) for v in res.timing.values()), default=1)
+    return (f"This run: {res.seconds:.0f} s (stages already in {res.out_dir} are reused). A fresh run on {w} "
+            f"worker processes: ~{fresh:.0f} s ({', '.join(parts)}).")
+
+
+def write_markdown(res, plots: dict, command: str) -> Path:
+    lines = [f"# Study {res.space.name}", "", res.space.study.get("question", ""), "", "## Headline", ""]
+    lines += [f"- {s}" for s in _sentences(res)] + ["", "## Setup", ""] + [f"- {s}" for s in _setup_lines(res)]
+    lines += ["", "## Designs and incumbents", "", md_table(*design_table(res))]
+    for wl in res.space.workloads:
+        lines += ["", f"## {wl.name}", "", md_table(*workload_table(res, wl))]
+        slug = wl.name.replace(".", "_")
+        if f"bars_{slug}" in plots:
+            lines += ["", f"![{wl.name}](bars_{slug}.png)"]
+    for key, title in (("pareto", "The design space"), ("check", "Analytic objective vs serving simulator")):
+        if key in plots:
+            lines += ["", f"## {title}", "", f"![{title}]({plots[key].name})"]
+    lines += ["", _check_line(res)]
+    lines += ["", "## Infeasible points", ""] + [f"- {s}" for s in _reasons_lines(res)]
+    lines += ["", "## Caveats", ""] + [f"- {s}" for s in res.space.study.get("notes", [])]
+    lines += ["", "## Reproduce", "", f"    {command}", "", _runtime(res) + " Method and assumptions: docs/study.md."]
+    p = res.out_dir / "summary.md"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.82em;margin:.6em 0}th,td{border:1px solid #ddd;padding:3px 6px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.design td{background:#fff4f0}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}.lead{font-size:1.05em;background:#f7f9fc;padding:.6em 1em;border-left:4px solid #3b6ea5}
+code{background:#f3f3f3;padding:1px 4px}.muted{color:#666;font-size:.9em}"""
+
+
+def _img(path: Path, alt: str) -> str:
+    b64 = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _md_inline(s: str) -> str:
+    parts = html.escape(s).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def write_html(res, plots: dict, command: str) -> Path:
+    designs = {e.name for e in res.entries if e.kind == "design"}
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>tapeout study {res.space.name}</title>"
+         f"<style>{CSS}</style></head><body>", f"<h1>tapeout study: {html.escape(res.space.name)}</h1>",
+         f"<p>{html.escape(res.space.study.get('question', ''))}</p>", "<div class='lead'><ul>"]
+    h += [f"<li>{_md_inline(s)}</li>" for s in _sentences(res)] + ["</ul></div>", "<h2>Setup</h2><ul>"]
+    h += [f"<li>{_md_inline(s)}</li>" for s in _setup_lines(res)] + ["</ul>"]
+    h += ["<h2>Designs and incumbents</h2>", html_table(*design_table(res), highlight=designs)]
+    for wl in res.space.workloads:
+        h += [f"<h2>{html.escape(wl.name)}</h2>", html_table(*workload_table(res, wl), highlight=designs)]
+        slug = wl.name.replace(".", "_")
+        if f"bars_{slug}" in plots:
+            h.append(_img(plots[f"bars_{slug}"], wl.name))
+    for key, title in (("pareto", "The design space"), ("check", "Analytic objective vs serving simulator")):
+        if key in plots:
+            h += [f"<h2>{title}</h2>", _img(plots[key], title)]
+    h.append(f"<p>{html.escape(_check_line(res))}</p>")
+    h += ["<h2>Infeasible points</h2><ul>"] + [f"<li>{html.escape(s)}</li>" for s in _reasons_lines(res)] + ["</ul>"]
+    h += ["<h2>Caveats</h2><ul>"] + [f"<li>{_md_inline(s)}</li>" for s in res.space.study.get("notes", [])] + ["</ul>"]
+    h += [f"<h2>Reproduce</h2><p><code>{html.escape(command)}</code></p><p class='muted'>{html.escape(_runtime(res))} "
+          "Method and assumptions: docs/study.md.</p></body></html>"]
+    p = res.out_dir / "report.html"
+    p.write_text("\n".join(h), encoding="utf-8")
+    return p
+
+
+def write_report(res, plots: bool = True) -> dict[str, Path]:
+    from .study import export_designs
+
+    res.out_dir.mkdir(parents=True, exist_ok=True)
+    command = res.space.study.get("command", f"tapeout study {res.space.name}")
+    figs = make_plots(res) if plots else {}
+    files = dict(figs)
+    (res.out_dir / "results.json").write_text(json.dumps(results_json(res), indent=1, default=float), encoding="utf-8")
+    files["results"] = res.out_dir / "results.json"
+    files["designs"] = res.out_dir / "designs"
+    export_designs(res)
+    files["summary"] = write_markdown(res, figs, command)
+    files["report"] = write_html(res, figs, command)
+    return files
+
+
+__all__ = ["write_report", "headline"]
