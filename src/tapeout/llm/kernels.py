@@ -12,6 +12,7 @@ Two implementations:
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import TapeoutError
@@ -234,12 +235,12 @@ def _attn_kernels(b: _Builder, L: int, hq: int, hkv: int, dqk: int, dv: int, kv_
     kvb = b.dt.kvb if kv_elem_bytes is None else kv_elem_bytes
     a = b.dt.a
     kv_heads_bytes = hkv * (dqk + (0 if latent else dv)) * kvb  # bytes of K and V per token
-    for n, cached in b.batch.prefill:
+    for (n, cached), B in Counter(b.batch.prefill).items():  # one kernel per distinct length, batched
         ctx = cached + n
         pairs = n * cached + n * (n + 1) / 2  # (query, key) pairs under the causal mask
-        flops = 2.0 * hq * pairs * (dqk + dv)
-        rd = n * hq * dqk * a + ctx * kv_heads_bytes
-        b.add("attention", "attention_prefill", flops, rd, n * hq * dv * a, (1, n, ctx, hq, hkv, dqk, dv, True), L)
+        flops = 2.0 * B * hq * pairs * (dqk + dv)
+        rd = B * (n * hq * dqk * a + ctx * kv_heads_bytes)
+        b.add("attention", "attention_prefill", flops, rd, B * n * hq * dv * a, (B, n, ctx, hq, hkv, dqk, dv, True), L)
     if b.batch.decode:
         B = len(b.batch.decode)
         C = sum(b.batch.decode)
