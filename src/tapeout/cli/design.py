@@ -327,7 +327,8 @@ def study_cmd(name: str = typer.Argument("inference-7nm", help="a study in tapeo
                 t.add_row(e.name, e.kind, "-", "-", "-", "-", (s.get("infeasible") or "")[:60])
         _print_wide(t)
         for m, x in headline(res, wl).items():
-            console.print(f"  {m}: {x['design']} {x['design_value']:,.3g} vs {x['incumbent']} {x['incumbent_value']:,.3g} ({x['ratio']:.2f}x)")
+            console.print(f"  {m}: {x['design']} {_fmt(m, x['design_value'])} vs {x['incumbent']} "
+                          f"{_fmt(m, x['incumbent_value'])} ({x['ratio']:.2f}x)")
     console.print(f"study {res.space.name}: {res.seconds:.0f} s; wrote {res.files['report']} and {res.files['summary']}")
 
 

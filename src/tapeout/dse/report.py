@@ -222,8 +222,8 @@ def _runtime(res) -> str:
     parts = [f"{k} {v['seconds']:.0f} s" for k, v in res.timing.items()]
     fresh = sum(v["seconds"] for v in res.timing.values())
     w = max((v.get("workers", 1) for v in res.timing.values()), default=1)
-    return (f"This run: {res.seconds:.0f} s (stages already in {res.out_dir} are reused). A fresh run on {w} "
-            f"worker processes: ~{fresh:.0f} s ({', '.join(parts)}).")
+    return (f"This run: {res.seconds:.0f} s; a rerun reuses the stages in {res.out_dir}. Computing every stage "
+            f"took ~{fresh:.0f} s on {w} worker processes ({', '.join(parts)}).")
 
 
 def write_markdown(res, plots: dict, command: str) -> Path:
