@@ -259,3 +259,17 @@ def test_ray_local_gives_the_same_front(tmp_path):
     ray = run_sweep(sp, tmp_path / "ray", workers=2, ray="local")
     assert [r["id"] for r in ray.front] == [r["id"] for r in local.front]
     assert {r["id"]: r["metrics"] for r in ray.records} == {r["id"]: r["metrics"] for r in local.records}
+
+
+def test_simulated_evaluator_scores_points_with_the_serving_simulator(tmp_path):
+    sp = tiny(knobs={"cores": [8, 16], "array": ["128x128"], "clock_hz": [1e9], "dram": ["HBM2e"], "dram_stacks": [4],
+                     "link_bytes_per_s": [64e9]},
+              workloads=[{"model": "qwen2.5-7b", "layouts": [[1, 1]], "weights": ["fp8"], "max_seqs": 32,
+                          "requests": 80}]).with_evaluator("simulated")
+    res = run_sweep(sp, tmp_path, workers=1)
+    assert len(res.records) == 2 and all(r["feasible"] for r in res.records)
+    for r in res.records:
+        m = r["metrics"]
+        assert m["qwen2.5-7b.request_rate"] > 0 and m["qwen2.5-7b.tpot_s"] <= 0.1 and m["qwen2.5-7b.ttft_s"] <= 2.0
+        assert m["tok_s_per_chip"] == pytest.approx(m["qwen2.5-7b.tok_s_per_chip"]) and m["tok_s_per_chip"] > 0
+    assert context_hash(sp) != context_hash(sp.with_evaluator("analytic"))

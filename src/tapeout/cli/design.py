@@ -154,8 +154,9 @@ def _progress(label: str):
     """A rich progress bar and the callback(done, total) that advances it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    # no refresh thread (auto_refresh=False): worker processes are forked while the bar is shown
     bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, auto_refresh=False)
     state = {"task": None, "t0": None, "start": None}
 
     def update(done: int, total: int) -> None:
@@ -167,6 +168,7 @@ def _progress(label: str):
         dt = time.perf_counter() - state["t0"]
         rate = f"{(done - state['start']) / dt * 60:,.0f} points/min" if dt > 0.5 else ""
         bar.update(state["task"], completed=done, total=total, rate=rate)
+        bar.refresh()
     return bar, update
 
 
@@ -302,11 +304,12 @@ def study_cmd(name: str = typer.Argument("inference-7nm", help="a study in tapeo
     bars: dict = {}
     from rich.progress import Progress
 
-    with Progress(console=console, transient=False) as prog:
+    with Progress(console=console, transient=False, auto_refresh=False) as prog:   # no thread: workers fork
         def update(stage: str, done: int, total: int) -> None:
             if stage not in bars:
                 bars[stage] = prog.add_task(stage, total=total)
             prog.update(bars[stage], completed=done, total=total)
+            prog.refresh()
 
         res = run_study(name, out, full=full, workers=workers, ray=ray, requests=requests, progress=update, plots=plots)
     from ..dse.report import headline

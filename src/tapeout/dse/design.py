@@ -151,14 +151,14 @@ def node_size() -> int:
 
 def _derive_links(c: Chip, base: Chip, params: dict) -> Chip:
     """Total link bandwidth = links x per-link bandwidth; topology from the link count if not given."""
-    l0, l = base.links.chip_to_chip, c.links.chip_to_chip
+    l0, link = base.links.chip_to_chip, c.links.chip_to_chip
     per_link = params.get("link_bytes_per_s", l0.bandwidth_bytes_per_s / l0.count if l0.count else 0.0)
-    n = l.count
+    n = link.count
     topo = params.get("link_topology")
     if topo is None:
         full = l0.topology != "fully-connected" or n >= node_size() - 1
         topo = "none" if n == 0 else l0.topology if full else "torus" if n >= 4 else "ring"
-    link = replace(l, bandwidth_bytes_per_s=n * per_link, topology=topo if n else "none")
+    link = replace(link, bandwidth_bytes_per_s=n * per_link, topology=topo if n else "none")
     return replace(c, links=replace(c.links, chip_to_chip=link))
 
 
@@ -256,9 +256,9 @@ def _check_rules(c: Chip, k: Constraints) -> None:
         raise Infeasible(f"dram_stacks {c.dram.stacks} > {k.max_dram_stacks} (constraints.max_dram_stacks)")
     if k.max_tdp_w is not None and c.chip.tdp_w > k.max_tdp_w:
         raise Infeasible(f"TDP {c.chip.tdp_w:.0f} W > {k.max_tdp_w:.0f} W (constraints.max_tdp_w)")
-    l, d = c.links.chip_to_chip, node_size()
-    if l.topology == "fully-connected" and 0 < l.count < d - 1:
-        raise Infeasible(f"links {l.count}: a fully-connected {d}-chip node needs {d - 1} links per chip")
+    link, d = c.links.chip_to_chip, node_size()
+    if link.topology == "fully-connected" and 0 < link.count < d - 1:
+        raise Infeasible(f"links {link.count}: a fully-connected {d}-chip node needs {d - 1} links per chip")
 
 
 def _power_floor(c: Chip) -> tuple[float, float, str]:
