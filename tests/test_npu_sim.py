@@ -1,5 +1,6 @@
 """NPU simulator: each instruction does what its docstring's loop says (checked against numpy),
 and the timeline follows the cost model (queues overlap, waits stall, barriers synchronise)."""
+import dataclasses
 import json
 import math
 
@@ -91,7 +92,11 @@ VEC_CASES = [
     ("where", lambda a, b, c, s: np.where(a != 0, b, c)), ("fma", lambda a, b, c, s: a * b + c),
     ("adds", lambda a, b, c, s: a + s), ("subexp", lambda a, b, c, s: np.exp(s * (a - b))),
     ("gelu", lambda a, b, c, s: 0.5 * a * (1 + np.vectorize(math.erf)(a / math.sqrt(2)))),
-    ("tril", lambda a, b, c, s: np.where(np.arange(a.shape[1])[None] <= np.arange(a.shape[0])[:, None] + s, a, -3e38)),
+    ("tril", lambda a, b, c, s: np.where(np.arange(a.shape[1])[None] <= np.arange(a.shape[0])[:, None] + s, a, -np.inf)),
+    ("floor", lambda a, b, c, s: np.floor(a)), ("ceil", lambda a, b, c, s: np.ceil(a)),
+    ("round", lambda a, b, c, s: np.round(a)), ("trunc", lambda a, b, c, s: np.trunc(a)),
+    ("sign", lambda a, b, c, s: np.sign(a)), ("mods", lambda a, b, c, s: a - s * np.floor(a / s)),
+    ("divs", lambda a, b, c, s: a / s),
 ]
 
 
@@ -128,10 +133,29 @@ def _fix_loads(stream, shapes):
 
 
 def test_cast_saturates_and_rounds():
-    x = np.array([-1e6, -128.6, -2.5, -0.5, 0.5, 1.5, 126.5, 1e6, 500.0, -1000.0], np.float32)
-    np.testing.assert_array_equal(sim.cast(x, "int8"), [-128, -128, -2, 0, 0, 2, 126, 127, 127, -128])
-    f8 = sim.cast(x, "fp8").astype(np.float32)
+    x = np.array([-1e6, -128.6, -2.5, -0.5, 0.5, 1.5, 126.5, 1e6, 500.0, -1000.0, np.nan, np.inf], np.float32)
+    np.testing.assert_array_equal(sim.cast(x, "int8"), [-128, -128, -2, 0, 0, 2, 126, 127, 127, -128, 0, 127])
+    np.testing.assert_array_equal(sim.cast(np.array([3e9, -3e9, np.nan], np.float32), "int32"), [2**31 - 1, -2**31, 0])
+    f8 = sim.cast(x[:-2], "fp8").astype(np.float32)
     assert f8.max() == 448 and f8.min() == -448 and not np.isnan(f8).any()
+    e5 = sim.cast(np.array([1e6, 0.3, -57344.0], np.float32), "fp8e5m2").astype(np.float32)
+    assert e5[0] == np.inf and e5[1] == np.float32(ml_dtypes.float8_e5m2(0.3)) and e5[2] == -57344.0
+
+
+def test_scan_and_negative_strides():
+    """A DMA with negative strides reads backwards (a reversed slice); Scan is a row-wise inclusive prefix sum."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    rev = isa.Dma(src_space="dram", src_addr=(4 * 8 - 1) * 4, dst_space="sram", dst_addr=0, dtype="fp32", n0=1, n1=4,
+                  n2=8, ss1=-8, ss2=-1, ds1=8)
+    scan = isa.Scan(rows=4, cols=8, d_addr=256, d_dtype="fp32", d_rs=8, a_addr=0, a_dtype="fp32", a_rs=8, w_dma=1)
+    stream = [rev, scan, _st(0, 256, "fp32", 4, 8, w_dma=1), _st(256, 512, "fp32", 4, 8, w_vec=1)]
+    _, r = run(stream, [("x", (4, 8), "fp32", x)], [("y", (4, 8), "fp32"), ("z", (4, 8), "fp32")])
+    np.testing.assert_array_equal(r.outputs[0], x[::-1, ::-1])
+    np.testing.assert_array_equal(r.outputs[1], np.cumsum(x[::-1, ::-1], axis=1, dtype=np.float32))
+    assert r.stats["engine_busy_cycles"]["vec"] == math.ceil(32 / T.lanes) + (8).bit_length() + T.vec_overhead
+    with pytest.raises(isa.IsaError, match="outside"):
+        run([dataclasses.replace(rev, src_addr=4)], [("x", (4, 8), "fp32", x)], [])
 
 
 def test_reduce_dequant4_gather():

@@ -38,7 +38,7 @@ QUEUES = ("dma", "mxu", "vec")
 DTYPES = {
     "fp32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16),
     "fp8": np.dtype(ml_dtypes.float8_e4m3fn), "int8": np.dtype(np.int8), "int32": np.dtype(np.int32),
-    "u8": np.dtype(np.uint8),
+    "u8": np.dtype(np.uint8), "fp8e5m2": np.dtype(ml_dtypes.float8_e5m2),
 }
 DTYPE_NAMES = tuple(DTYPES)
 # vector functions: name -> arity (operands a, b, c) and unit ("alu" or "sfu": special functions)
@@ -52,6 +52,8 @@ VFUNCS = {
     "div": (2, "sfu"), "pow": (2, "sfu"), "lt": (2, "alu"), "le": (2, "alu"), "gt": (2, "alu"),
     "ge": (2, "alu"), "eq": (2, "alu"), "ne": (2, "alu"),
     "select": (2, "alu"), "tril": (1, "alu"), "subexp": (2, "sfu"), "where": (3, "alu"), "fma": (3, "alu"),
+    "floor": (1, "alu"), "ceil": (1, "alu"), "round": (1, "alu"), "trunc": (1, "alu"), "sign": (1, "alu"),
+    "mods": (1, "sfu"), "divs": (1, "sfu"),
 }
 VFUNC_NAMES = tuple(VFUNCS)
 RFUNCS = ("sum", "max", "min", "absmax", "argmax", "argmin")
@@ -116,8 +118,8 @@ class Dma:
             dst_space[dst_addr + (i*ds0 + j*ds1 + k*ds2) * size(dtype)] =
                 src_space[src_addr + (i*ss0 + j*ss1 + k*ss2) * size(dtype)]      # one element
 
-    A stride of 0 on the source broadcasts; permuted strides transpose. `sram` is the issuing
-    core's scratchpad. Time: latency of the far memory + bytes / (that memory's bandwidth / cores).
+    A stride of 0 on the source broadcasts; permuted strides transpose; negative strides walk
+    backwards from the address (a reversed slice). `sram` is the issuing core's scratchpad. Time: latency of the far memory + bytes / (that memory's bandwidth / cores).
     """
     src_space: str = _e("space")
     src_addr: int = _e("u64")
@@ -205,11 +207,14 @@ class Vec:
             d[d_addr + r*d_rs + c*d_cs] = cast(d_dtype, func(x, y, z, imm))
 
     A stride of 0 broadcasts (a row vector has rs=0, a per-row scalar cs=0). The vector unit
-    computes in fp32; `cast` rounds to nearest even and, for integer and fp8 results, saturates
-    (int8 to [-128, 127], fp8 e4m3 to +-448). funcs: see VFUNCS (`adds`, `muls`, ... use imm);
-    the less obvious ones: fill = imm (reads nothing); select = x if y != 0 else imm; tril = x if c <= r + imm else -3e38
+    computes in fp32; `cast` rounds to nearest even; integer results saturate (int8 to [-128, 127],
+    int32 to [-2^31, 2^31-1], u8 to [0, 255]) and NaN becomes 0; fp8 e4m3 saturates to +-448,
+    fp8e5m2 overflows to inf. funcs: see VFUNCS (`adds`, `muls`, ... use imm);
+    the less obvious ones: fill = imm (reads nothing); select = x if y != 0 else imm; tril = x if c <= r + imm else -inf
     (causal masking, r and c are the tile's row and column); subexp = exp(imm * (x - y)); fma = x*y + z;
-    where = y if x != 0 else z; comparisons give 1.0 or 0.0.
+    where = y if x != 0 else z; comparisons give 1.0 or 0.0; round = to nearest, ties to even;
+    trunc = toward zero; sign = -1, 0 or 1 (NaN stays NaN); mods = x mod imm, floored (Python's %);
+    divs = x / imm (correctly rounded, unlike muls by 1/imm).
     Time: ceil(rows*cols / lanes) on the ALU, or / special_functions_per_cycle for sfu funcs.
     """
     func: str = _e("vfunc")
@@ -263,6 +268,33 @@ class Reduce:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Scan:
+    """Inclusive prefix sum along each row of a strided 2-D SRAM tile (queue: vec).
+
+        for r in range(rows):
+            s = 0.0                                                    # fp32, in column order
+            for c in range(cols):
+                s = s + f32(a[a_addr + r*a_rs + c*a_cs])
+                d[d_addr + r*d_rs + c*d_cs] = cast(d_dtype, s)
+
+    Time: ceil(rows*cols / lanes) + log2(cols), like Reduce (a parallel prefix over the lanes).
+    """
+    rows: int = _e("u32")
+    cols: int = _e("u32")
+    d_addr: int = _e("u32")
+    d_dtype: str = _e("dtype")
+    d_rs: int = _e("i32")
+    d_cs: int = _e("i32", 1)
+    a_addr: int = _e("u32")
+    a_dtype: str = _e("dtype")
+    a_rs: int = _e("i32")
+    a_cs: int = _e("i32", 1)
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Dequant4:
     """int4 weight-only dequantisation with group scales (queue: vec).
 
@@ -301,8 +333,9 @@ class Barrier:
 
 
 # opcode -> class; the mnemonic is the lower-case class name
-OPCODES = {1: Dma, 2: Gather, 3: Matmul, 4: Vec, 5: Reduce, 6: Dequant4, 7: Barrier}
-QUEUE_OF = {Dma: "dma", Gather: "dma", Matmul: "mxu", Vec: "vec", Reduce: "vec", Dequant4: "vec", Barrier: None}
+OPCODES = {1: Dma, 2: Gather, 3: Matmul, 4: Vec, 5: Reduce, 6: Dequant4, 7: Barrier, 8: Scan}
+QUEUE_OF = {Dma: "dma", Gather: "dma", Matmul: "mxu", Vec: "vec", Reduce: "vec", Dequant4: "vec", Barrier: None,
+            Scan: "vec"}
 _OPCODE_OF = {cls: op for op, cls in OPCODES.items()}
 _MNEMONIC = {cls.__name__.lower(): cls for cls in OPCODES.values()}
 _ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS}

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .isa import (DTYPES, QUEUES, VFUNCS, Barrier, Dequant4, Dma, Gather, Geometry, IsaError, Matmul,
-                  Reduce, Vec, matmul_cycles, matmul_latency, matmul_occupancy)
+                  Reduce, Scan, Vec, matmul_cycles, matmul_latency, matmul_occupancy)
 from .program import Program
 
 _Q = {q: i for i, q in enumerate(QUEUES)}
@@ -69,14 +69,16 @@ class Timing:
 
 # ----------------------------------------------------------------------------- numerics
 
+INT_RANGE = {"int8": (-128, 127), "u8": (0, 255), "int32": (-2**31, 2**31 - 1)}
+
+
 def cast(x: np.ndarray, dtype: str) -> np.ndarray:
-    """fp32 -> ISA dtype: round to nearest even; integers and fp8 saturate."""
-    if dtype == "int8":
-        return np.clip(np.rint(x), -128, 127).astype(np.int8)
-    if dtype == "u8":
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-    if dtype == "int32":
-        return np.clip(np.rint(x), -2**31, 2**31 - 1).astype(np.int32)
+    """fp32 -> ISA dtype: round to nearest even; integers saturate (NaN -> 0), fp8 e4m3 saturates
+    to +-448, fp8e5m2 overflows to inf."""
+    if dtype in INT_RANGE:
+        lo, hi = INT_RANGE[dtype]
+        y = np.rint(np.asarray(x, np.float64))
+        return np.clip(np.where(np.isnan(y), 0.0, y), lo, hi).astype(DTYPES[dtype])
     if dtype == "fp8":
         return np.clip(x, -448.0, 448.0).astype(DTYPES["fp8"])
     return x.astype(DTYPES[dtype])
@@ -112,7 +114,10 @@ _F = {
     "where": lambda a, b, c, s: np.where(a != 0, b, c), "select": lambda a, b, c, s: np.where(b != 0, a, s),
     "subexp": lambda a, b, c, s: np.exp(s * (a - b)),
     "tril": lambda a, b, c, s: np.where(np.arange(a.shape[1])[None, :] <= np.arange(a.shape[0])[:, None] + s, a,
-                                        np.float32(-3.0e38)), "fma": lambda a, b, c, s: a * b + c,
+                                        np.float32(-np.inf)), "fma": lambda a, b, c, s: a * b + c,
+    "floor": lambda a, b, c, s: np.floor(a), "ceil": lambda a, b, c, s: np.ceil(a),
+    "round": lambda a, b, c, s: np.rint(a), "trunc": lambda a, b, c, s: np.trunc(a),
+    "sign": lambda a, b, c, s: np.sign(a), "mods": lambda a, b, c, s: np.mod(a, s), "divs": lambda a, b, c, s: a / s,
 }
 _R = {"sum": lambda x: x.sum(axis=1), "max": lambda x: x.max(axis=1), "min": lambda x: x.min(axis=1),
       "absmax": lambda x: np.abs(x).max(axis=1), "argmax": lambda x: x.argmax(axis=1).astype(np.float32),
@@ -137,12 +142,14 @@ class Memory:
         es = dt.itemsize
         if addr % es:
             raise IsaError(f"{space} address {addr:#x} is not aligned to {dtype}")
-        extent = addr + (sum((n - 1) * s for n, s in zip(shape, strides) if n > 0) + 1) * es
-        if any(s < 0 for s in strides) or extent > len(buf) or min(shape) <= 0:
+        lo = addr + sum((n - 1) * s for n, s in zip(shape, strides) if s < 0) * es     # negative strides
+        hi = addr + (sum((n - 1) * s for n, s in zip(shape, strides) if s > 0) + 1) * es
+        if lo < 0 or hi > len(buf) or min(shape) <= 0:
             raise IsaError(f"{space} access {dtype}{list(shape)} strides {list(strides)} at {addr:#x} "
                            f"is outside the {len(buf)}-byte memory")
-        base = buf[addr:addr + (len(buf) - addr) // es * es].view(dt)
-        return as_strided(base, tuple(shape), tuple(s * es for s in strides), writeable=True)
+        raw = np.dtype(f"u{es}")               # stride over plain unsigned words (as_strided rejects some ml_dtypes)
+        base = buf[lo:lo + (len(buf) - lo) // es * es].view(raw)[(addr - lo) // es:]
+        return as_strided(base, tuple(shape), tuple(s * es for s in strides), writeable=True).view(dt)
 
     def write(self, space, addr, arr: np.ndarray, dtype: str):
         a = np.ascontiguousarray(arr.astype(DTYPES[dtype], copy=False))
@@ -207,6 +214,12 @@ def exec_reduce(m: Memory, c: int, i: Reduce):
     m.view("sram", c, i.d_addr, i.d_dtype, (i.rows,), (i.d_rs,))[...] = cast(_f32(r), i.d_dtype)
 
 
+def exec_scan(m: Memory, c: int, i: Scan):
+    a = _operand(m, c, i.rows, i.cols, i.a_addr, i.a_dtype, i.a_rs, i.a_cs)
+    r = np.cumsum(a, axis=1, dtype=np.float32)                       # sequential, in fp32
+    m.view("sram", c, i.d_addr, i.d_dtype, (i.rows, i.cols), (i.d_rs, i.d_cs))[...] = cast(r, i.d_dtype)
+
+
 def exec_dequant4(m: Memory, c: int, i: Dequant4):
     packed = m.view("sram", c, i.a_addr, "u8", (i.rows, i.cols // 2), (i.cols // 2, 1))
     q = np.empty((i.rows, i.cols), np.int8)
@@ -219,7 +232,7 @@ def exec_dequant4(m: Memory, c: int, i: Dequant4):
 
 
 EXEC = {Dma: exec_dma, Gather: exec_gather, Matmul: exec_matmul, Vec: exec_vec, Reduce: exec_reduce,
-        Dequant4: exec_dequant4}
+        Dequant4: exec_dequant4, Scan: exec_scan}
 
 
 # ----------------------------------------------------------------------------- costs (cycles, bytes)
@@ -255,6 +268,9 @@ def _vec_cost(t: Timing, i):
     elif type(i) is Reduce:
         nbytes = n * DTYPES[i.a_dtype].itemsize + rows * DTYPES[i.d_dtype].itemsize
         cyc = math.ceil(n / t.lanes) + max(1, cols).bit_length()
+    elif type(i) is Scan:
+        nbytes = n * (DTYPES[i.a_dtype].itemsize + DTYPES[i.d_dtype].itemsize)
+        cyc = math.ceil(n / t.lanes) + max(1, cols).bit_length()
     else:  # Dequant4
         nbytes = n // 2 + n * DTYPES[i.d_dtype].itemsize
         cyc = math.ceil(n / t.lanes)
@@ -262,8 +278,8 @@ def _vec_cost(t: Timing, i):
 
 
 COST = {Dma: _dma_cost, Gather: _dma_cost, Matmul: _matmul_cost, Vec: _vec_cost, Reduce: _vec_cost,
-        Dequant4: _vec_cost}
-QIDX = {Dma: 0, Gather: 0, Matmul: 1, Vec: 2, Reduce: 2, Dequant4: 2}
+        Dequant4: _vec_cost, Scan: _vec_cost}
+QIDX = {Dma: 0, Gather: 0, Matmul: 1, Vec: 2, Reduce: 2, Dequant4: 2, Scan: 2}
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -274,7 +290,6 @@ class Result:
     stats: dict
     events: list                   # (core, queue index, start, end, instruction)
     clock_hz: float
-    barriers: list = ()            # cycle at which each barrier released (kernel boundaries)
     barriers: list = ()            # cycle at which each barrier released (kernel boundaries)
 
 
@@ -305,8 +320,13 @@ def simulate(prog: Program, inputs=(), count_only: bool = False, timing: Timing 
         for c in range(ncores):
             free[c][:] = [release] * 3
             pos[c] += 1                                  # step over the barrier
-    outs = None if count_only else [cast(_f32(mem.read(o.space, o.addr, o.shape, o.dtype)), "fp32") for o in prog.outputs]
+    outs = None if count_only else [_output(mem.read(o.space, o.addr, o.shape, o.dtype)) for o in prog.outputs]
     return Result(outs, _stats(prog, t, release, busy, stall, traffic), events, t.clock_hz, releases)
+
+
+def _output(a: np.ndarray) -> np.ndarray:
+    """An output as fp32, or int64 for integer tensors (exact)."""
+    return a.astype(np.int64) if a.dtype.kind in "iu" else cast(_f32(a), "fp32")
 
 
 def _run_segment(stream, p, c, t, mem, free, done, busy, stall, traffic, events):
