@@ -193,12 +193,27 @@ def _export(module, args, kwargs):
         return ep.run_decompositions(table)
 
 
+def _no_kv_cache(module, kwargs):
+    """A transformers model whose config has use_cache=True (the default) returns a DynamicCache,
+    which torch.export cannot flatten: export it with use_cache=False (explicit kwargs win). The
+    program computes the same outputs, without the cache tensors."""
+    import inspect
+    if not getattr(getattr(module, "config", None), "use_cache", False) or "use_cache" in (kwargs or {}):
+        return kwargs
+    if "use_cache" not in inspect.signature(module.forward).parameters:
+        return kwargs
+    return {**(kwargs or {}), "use_cache": False}
+
+
 def _placeholders(cx: Ctx, ep, env) -> None:
     from torch.export.graph_signature import InputKind
     nodes = [n for n in ep.graph.nodes if n.op == "placeholder"]
     for node, spec in zip(nodes, ep.graph_signature.input_specs):
         if spec.kind == InputKind.USER_INPUT:
             val = node.meta["val"]
+            if not hasattr(val, "shape"):       # a Python scalar kwarg (use_cache=False): a constant
+                env[node] = val
+                continue
             env[node] = cx.b.input(tuple(val.shape), ir_dtype(val.dtype), name=node.name)
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             t = ep.state_dict.get(spec.target)
@@ -215,7 +230,7 @@ def from_torch(module, example_inputs, example_kwargs=None, name: str | None = N
     import torch
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     module = module.eval()
-    ep = _export(module, args, example_kwargs)
+    ep = _export(module, args, _no_kv_cache(module, example_kwargs))
     cx = Ctx(Builder(name or type(module).__name__))
     env = cx.env
     _placeholders(cx, ep, env)

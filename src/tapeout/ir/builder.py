@@ -47,7 +47,7 @@ class Builder:
         arr = arr.astype(DTYPES[dtype]) if dtype else arr
         dtype_name(arr.dtype)  # KeyError for unsupported dtypes
         v = Var(self._fresh(name), tuple(arr.shape), dtype_name(arr.dtype))
-        self.consts[v.name] = np.ascontiguousarray(arr)
+        self.consts[v.name] = np.ascontiguousarray(arr).reshape(arr.shape)   # (0-d stays 0-d)
         return v
 
     def _atom(self, a, like: str | None) -> Atom:

@@ -245,11 +245,12 @@ def _conv2d(x, w, b=None, *, stride, padding, dilation, groups, acc_dtype, dtype
     return _finish(y, acc_dtype, dtype, None if b is None else b.reshape(1, -1, 1, 1))
 
 
-def _pool_pads(x, kernel, stride, padding, dilation, ceil_mode):
-    """Per-axis (lo, hi) padding, widened on the high side so ceil_mode's last window exists."""
+def pool_pads(hw, kernel, stride, padding, dilation, ceil_mode):
+    """Per-axis (lo, hi) padding of an [H, W] input, widened on the high side so ceil_mode's last
+    window exists."""
     out = []
     for i in range(2):
-        n, k, s, (lo, hi), d = x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i]
+        n, k, s, (lo, hi), d = hw[i], kernel[i], stride[i], padding[i], dilation[i]
         span = n + lo + hi - d * (k - 1) - 1
         o = (-(-span // s) if ceil_mode else span // s) + 1
         if ceil_mode and (o - 1) * s >= n + lo:
@@ -258,8 +259,21 @@ def _pool_pads(x, kernel, stride, padding, dilation, ceil_mode):
     return out
 
 
+def avg_pool_divisor(hw, kernel, stride, padding, ceil_mode, count_include_pad) -> np.ndarray:
+    """[Ho, Wo] divisor of avg_pool2d (PyTorch's rules): the window cells inside the input, plus
+    the declared padding if count_include_pad (never ceil_mode's extra padding)."""
+    pads = pool_pads(hw, kernel, stride, padding, (1, 1), ceil_mode)
+    ones = np.ones((1, 1) + tuple(hw), np.float64)
+    if count_include_pad:
+        ones = np.pad(ones, ((0, 0), (0, 0), *padding), constant_values=1)
+        extra = [(lo - p[0], hi - p[1]) for (lo, hi), p in zip(pads, padding)]
+    else:
+        extra = pads
+    return _windows(np.pad(ones, ((0, 0), (0, 0), *extra)), kernel, stride, (1, 1)).sum(axis=(4, 5))[0, 0]
+
+
 def _max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
-    pads = _pool_pads(x, kernel, stride, padding, dilation, ceil_mode)
+    pads = pool_pads(x.shape[2:], kernel, stride, padding, dilation, ceil_mode)
     u = _up(x)
     low = -np.inf if _name(x) in FLOATS else np.iinfo(u.dtype).min
     win = _windows(np.pad(u, ((0, 0), (0, 0), *pads), constant_values=low), kernel, stride, dilation)
@@ -267,19 +281,11 @@ def _max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
 
 
 def _avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad):
-    pads = _pool_pads(x, kernel, stride, padding, (1, 1), ceil_mode)
+    pads = pool_pads(x.shape[2:], kernel, stride, padding, (1, 1), ceil_mode)
     u = _up(x)
     sums = _windows(np.pad(u, ((0, 0), (0, 0), *pads)), kernel, stride, (1, 1)).sum(axis=(4, 5))
-    # divisor: window cells inside the input (plus the declared padding if count_include_pad)
-    h, w = x.shape[2:]
-    ones = np.ones((1, 1, h, w), u.dtype)
-    if count_include_pad:
-        ones = np.pad(ones, ((0, 0), (0, 0), *padding), constant_values=1)
-        extra = [(lo - p[0], hi - p[1]) for (lo, hi), p in zip(pads, padding)]
-    else:
-        extra = pads
-    count = _windows(np.pad(ones, ((0, 0), (0, 0), *extra)), kernel, stride, (1, 1)).sum(axis=(4, 5))
-    return (sums / count).astype(x.dtype)
+    count = avg_pool_divisor(x.shape[2:], kernel, stride, padding, ceil_mode, count_include_pad)
+    return (sums / count.astype(u.dtype)).astype(x.dtype)
 
 
 # ---- normalization, softmax, attention ---------------------------------------------------
