@@ -252,7 +252,7 @@ def sweep_cmd(space: str = typer.Argument(..., help="SPACE.toml, or a study name
               evaluator: Optional[str] = typer.Option(None, "--evaluator", help="analytic (fast) or simulated (the serving simulator)"),
               sample: Optional[int] = typer.Option(None, "--sample", help="evaluate N points drawn from the space"),
               seed: int = typer.Option(0, "--seed", help="seed of --sample"),
-              full: bool = typer.Option(False, "--full", help="use the space file's [full.knobs]"),
+              full: bool = typer.Option(False, "--full", help="use the space file's \\[full.knobs] table"),
               top: int = typer.Option(15, "--top", help="rows of the front and ranked tables"),
               plots: bool = typer.Option(True, "--plots/--no-plots", help="write pareto.png (needs matplotlib)"),
               json_out: bool = typer.Option(False, "--json", help="machine-readable summary")):
@@ -290,9 +290,9 @@ def _color_knob(sp) -> Optional[str]:
 # ----------------------------------------------------------------------------- study
 
 @command("study")
-def study_cmd(name: str = typer.Argument("inference-7nm", help="a study in tapeout/data/studies (inference-7nm) or a space file with a [study] table"),
+def study_cmd(name: str = typer.Argument("inference-7nm", help="a study in tapeout/data/studies (inference-7nm) or a space file with a \\[study] table"),
               out: Optional[str] = typer.Option(None, "--out", help="output folder (default out/study-NAME)"),
-              full: bool = typer.Option(False, "--full", help="the larger space ([full.knobs]) and every layout in the simulator"),
+              full: bool = typer.Option(False, "--full", help="the larger space (\\[full.knobs]) and every layout in the simulator"),
               workers: Optional[int] = typer.Option(None, "--workers", help="local processes (default: the CPUs)"),
               ray: Optional[str] = typer.Option(None, "--ray", help="run the sweep on a Ray cluster: ADDRESS, or 'local'"),
               requests: Optional[int] = typer.Option(None, "--requests", help="requests per serving-simulator run (default: the study's)"),

@@ -130,7 +130,7 @@ def _walk(d):
             yield p
 
 
-def _canon(obj) -> str:
+def canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
 
@@ -139,12 +139,12 @@ def context_hash(space: Space) -> str:
     ctx = {"base": {k: v for k, v in space.base.flat().items()}, "constraints": dataclasses.asdict(space.constraints),
            "workloads": [dataclasses.asdict(w) for w in space.workloads], "evaluator": space.evaluator,
            "models": model_fingerprint()}
-    return hashlib.sha256(_canon(ctx).encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical(ctx).encode()).hexdigest()[:16]
 
 
 def point_id(ctx: str, params: dict) -> str:
     """Stable id of a point: its knob values under an evaluation context (`context_hash`)."""
-    return hashlib.sha256(_canon({"ctx": ctx, "params": params}).encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical({"ctx": ctx, "params": params}).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- loading

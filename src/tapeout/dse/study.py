@@ -26,7 +26,7 @@ from .design import Infeasible, chip_toml, physicals, point_chip, source_note
 from .evaluate import chip_facts, usd_per_mtok
 from .objective import EVALUATORS, Served, Workload
 from .pareto import knee
-from .space import Space, _canon, load_space, model_fingerprint
+from .space import Space, canonical, load_space, model_fingerprint
 from .sweep import SweepResult, read_records, run_sweep
 
 ROLES = (("throughput", "tok_s_per_chip"), ("efficiency", "tok_per_j"), ("value", "tok_s_per_kusd"))
@@ -138,7 +138,7 @@ def _at_price(chip, tok_s_per_chip: float) -> float | None:
 def _task_key(entry: Entry, wl: Workload, evaluator: str) -> str:
     blob = {"chip": entry.chip.flat(), "wl": dataclasses.asdict(wl), "ev": evaluator, "models": model_fingerprint(),
             "version": RESULT_VERSION}
-    return hashlib.sha256(_canon(blob).encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical(blob).encode()).hexdigest()[:16]
 
 
 def _run_task(task) -> tuple[str, str, str, dict]:

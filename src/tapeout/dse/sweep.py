@@ -23,7 +23,7 @@ from .evaluate import evaluate_point
 from .pareto import pareto_front, ranked
 from .space import Space, context_hash, point_id
 
-CHUNK = 8   # points per task sent to a worker
+CHUNK = 8   # points per Ray task (local processes take one point per task)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _local(space: Space, todo, workers: int) -> Iterator[list[dict]]:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    chunk = max(1, min(CHUNK, len(todo) // (4 * workers) or 1))
+    chunk = 1   # one point per task: each result is written as soon as its point finishes
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=(space,))
     try:
         yield from pool.imap_unordered(_eval_chunk, _chunks(todo, chunk))
