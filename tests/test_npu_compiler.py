@@ -214,11 +214,87 @@ def test_quantized_linear_matches_emulation(mode):
 
 def test_unsupported_op_names_it():
     b = Builder("u")
-    a = b.input((4, 8), "f32", name="a")
-    with pytest.raises(UnsupportedOpError, match="cumsum"):
-        compile_ir(b.build(b.cumsum(a, axis=1)), CHIP, "bf16")
+    a = b.input((4, 8), "i32", name="a")
+    with pytest.raises(UnsupportedOpError, match="matmul on integers wider than 8 bits"):
+        compile_ir(b.build(b.matmul(a, b.transpose(a, perm=(1, 0)))), CHIP, "bf16")
     with pytest.raises(UnsupportedOpError, match="dtype"):
-        compile_ir(b.build(b.exp(a)), CHIP, "int3")
+        compile_ir(b.build(b.neg(a)), CHIP, "int3")
+
+
+CONVS = {   # name: (x shape, w shape, params); torch's F.conv2d takes the same params
+    "1x1": ((2, 8, 7, 7), (16, 8, 1, 1), {}),
+    "3x3": ((2, 3, 10, 10), (8, 3, 3, 3), {}),
+    "strided": ((1, 4, 11, 11), (6, 4, 3, 3), {"stride": 2}),
+    "padded": ((2, 3, 9, 9), (8, 3, 3, 3), {"padding": 1}),
+    "groups2": ((2, 6, 8, 8), (8, 3, 3, 3), {"groups": 2, "padding": 1}),
+    "depthwise": ((2, 16, 12, 12), (16, 1, 3, 3), {"groups": 16, "padding": 1}),
+    "depthwise-x2-strided-dilated": ((1, 4, 13, 13), (8, 1, 3, 3), {"groups": 4, "stride": 2, "padding": 2, "dilation": 2}),
+    "depthwise-5x5-tall": ((1, 3, 300, 40), (3, 1, 5, 5), {"groups": 3, "padding": 2}),
+}
+
+
+@pytest.mark.parametrize("mode,tol", [("bf16", 1e-2), ("fp16", 2e-3)])
+@pytest.mark.parametrize("name", list(CONVS))
+def test_conv2d_matches_torch_and_interpreter(name, mode, tol):
+    torch = pytest.importorskip("torch")
+    xs, ws, p = CONVS[name]
+    xv, wv, bv = x(*xs), (x(*ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32), x(ws[0])
+    b = Builder(name)
+    a = b.input(xs, "f32", name="a")
+    prog = b.build(b.conv2d(a, b.const(wv), b.const(bv), **p))
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xv), torch.from_numpy(wv), torch.from_numpy(bv), **p).numpy()
+    ir = evaluate(prog, xv)[0]
+    np.testing.assert_allclose(ir, ref, rtol=1e-5, atol=1e-5)
+    compiled = compile_ir(prog, CHIP, mode)
+    got = simulate(compiled, [xv]).outputs[0]
+    assert rel(got, ref) < tol and rel(got, ir) < tol, (rel(got, ref), rel(got, ir))
+    matmuls = sum(type(i).__name__ == "Matmul" for s in compiled.streams for i in s)
+    assert (matmuls == 0) == name.startswith("depthwise")       # depthwise runs on the vector unit
+
+
+@pytest.mark.parametrize("dtype", ["i32", "i16", "i8", "u8"])
+def test_float_to_int_cast_truncates_toward_zero_like_the_ir(dtype):
+    """The IR's cast: truncate toward zero, saturate at the type's range, NaN -> 0 (not round to nearest)."""
+    v = np.array([-2.75, -2.5, -1.5, -0.75, -0.5, 0.5, 0.75, 1.5, 2.5, 2.75, 127.5, 128.0, -129.0, 255.5, 40000.0,
+                  -3e9, 3e9, np.nan, np.inf, -np.inf], np.float32).astype(BF).astype(np.float32)
+    b = Builder("cast")
+    a = b.input(v.shape, "f32", name="a")
+    prog = b.build(b.cast(a, dtype=dtype))
+    got, want = npu(prog, v)[0], evaluate(prog, v)[0]
+    np.testing.assert_array_equal(got, want.astype(np.int64))
+    lo, hi = np.iinfo(want.dtype).min, np.iinfo(want.dtype).max
+    np.testing.assert_array_equal(got, np.clip(np.nan_to_num(np.trunc(v.astype(np.float64)), nan=0.0), lo, hi))
+    assert got[4] == 0 and got[7] == 1 and got[9] == 2                      # not round-to-nearest
+    torch = pytest.importorskip("torch")
+    inside = (v > lo - 1) & (v < hi + 1)                                    # torch's cast is undefined outside
+    ref = torch.from_numpy(v[inside]).to(getattr(torch, {"i32": "int32", "i16": "int16", "i8": "int8",
+                                                          "u8": "uint8"}[dtype])).numpy()
+    np.testing.assert_array_equal(got[inside], ref)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_fully_masked_attention_row_outputs_zero_like_the_ir(kind):
+    """A query row whose every key is masked outputs 0 (the IR's definition), not the mean of V; a
+    row masked with the lowest finite value is not "fully masked" and averages V, as in the IR."""
+    Lq, Lk = 6, 40
+    keep = RNG.random((1, 2, Lq, Lk)) < 0.5
+    keep[0, 1, 2] = False                                   # head 1, query 2: nothing to attend to
+    keep[0, 0, :, 0] = True
+    if kind == "bool":
+        m = keep
+    else:                                                    # bf16 tensors: the NPU stores them exactly
+        m = np.where(keep, 0.0, -np.inf).astype(BF)
+        m[0, 0, 4] = ml_dtypes.finfo(BF).min               # finite: the IR averages V there
+    b = Builder("attn")
+    q, k, v = (b.input(s, "bf16", name=n) for s, n in (((1, 2, Lq, 32), "q"), ((1, 2, Lk, 32), "k"), ((1, 2, Lk, 32), "v")))
+    mi = b.input(m.shape, "bool" if kind == "bool" else "bf16", name="m")
+    prog = b.build(b.attention(q, k, v, mi))
+    xs = [x(1, 2, Lq, 32).astype(BF), x(1, 2, Lk, 32).astype(BF), x(1, 2, Lk, 32).astype(BF), m]
+    got, want = npu(prog, *xs)[0], evaluate(prog, *xs)[0]
+    assert np.all(want[0, 1, 2] == 0) and np.all(got[0, 1, 2] == 0)
+    assert rel(got, want) < 1.5e-2
+    if kind == "additive":
+        np.testing.assert_allclose(got[0, 0, 4], xs[2][0, 0].astype(np.float32).mean(0), atol=2e-2)
 
 
 def test_asm_of_compiled_program_round_trips():

@@ -1,19 +1,23 @@
 """IR program -> per-core NPU instruction streams.
 
 The compiler walks the IR equations in order, keeping for every value a `View` (where it
-lives and its strides). Shape ops (reshape, transpose, broadcast_to, slice, split, same-type
-casts) only make new views; equations whose inputs are all constants are folded with the
-reference interpreter at compile time; everything else goes through `LOWER`, a table from
-op name to a function that instantiates a kernel of `tapeout.npu.kernels`:
+lives and its strides). Shape ops (reshape, transpose, broadcast_to, slice -- negative steps
+too --, split, value-preserving casts) only make new views; equations whose inputs are all
+constants are folded with the reference interpreter at compile time (full and iota always);
+everything else goes through `LOWER`, a table from op name to a function that instantiates a
+kernel of `tapeout.npu.kernels`:
 
-    linear/matmul/conv2d -> gemm (+ fused elementwise epilogue; int8/fp8/int4 paths)
+    linear/matmul/conv2d -> gemm (+ fused elementwise epilogue; int8/fp8/int4 paths);
+                            grouped conv: one GEMM per group; depthwise: depthwise_conv (vector unit)
     attention            -> flash-style attention
     elementwise chains   -> row_kernel (fused: a chain of single-use elementwise ops is one kernel)
-    softmax, norms, reductions, quantisation -> row_kernel with Reduce steps
+    softmax, norms, reductions, cumsum, quantize/dequantize -> row_kernel with Reduce/Scan steps
     gather/concat/pad/pools -> DMA copies (+ row_kernel)
 
-Anything else raises UnsupportedOpError naming the op. Tensors live in the shared buffer
-when they fit (freed after their last use), else in DRAM; weights in DRAM.
+Every op of the IR op table is handled (`handled_ops`, checked by tests/test_npu_ops.py) with
+the interpreter's semantics; what the chip cannot do (integer GEMMs wider than 8 bits, rows
+that do not fit SRAM) raises UnsupportedOpError naming the op. Tensors live in the shared
+buffer when they fit (freed after their last use), else in DRAM; weights in DRAM.
 """
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..ir.dtypes import FLOATS, INTS, float_max, int_range
 from .emit import Stream, View, dma_copy, split_even
 from .isa import DTYPES, Geometry
-from .kernels import GemmJob, RowProgram, attention, gather_rows, gemm, row_kernel
+from .kernels import GemmJob, RowProgram, attention, depthwise_conv, gather_rows, gemm, row_kernel
 from .program import Program, Tensor
 
 MODES = ("bf16", "fp16", "fp8", "int8", "int4-weights")
@@ -34,16 +39,17 @@ INT4_GROUP = 128
 
 UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "reciprocal": "recip", "sin": "sin",
          "cos": "cos", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu", "erf": "erf", "neg": "neg",
-         "abs": "abs", "relu": "relu"}
+         "abs": "abs", "relu": "relu", "floor": "floor", "ceil": "ceil", "round": "round", "sign": "sign"}
 BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "max",
           "minimum": "min", "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
           "logical_and": "mul", "logical_or": "max", "logical_xor": "ne"}
 ELEMENTWISE = set(UNARY) | set(BINARY) | {"gelu", "clamp", "where", "cast", "logical_not"}
 CUR = object()   # marks the running value in an elementwise step
+STORE_RANGE = {"int8": (-128, 127), "u8": (0, 255), "int32": (-2**31, 2**31 - 1)}   # what a store saturates to
 
 
 def ew_steps(e, ins):
-    """An elementwise eqn as vector steps: [(func, operands, imm)], operands from `ins`."""
+    """An elementwise eqn as vector steps: [(func, operands, imm)], operands from `ins` (CUR: the previous step)."""
     op, p = e.op, e.params
     if op in UNARY:
         return [(UNARY[op], ins[:1], 0.0)]
@@ -52,13 +58,34 @@ def ew_steps(e, ins):
     if op == "clamp":
         out = [("maxs", ins[:1], p["min"])] if p["min"] is not None else []
         return out + [("mins", [CUR] if out else ins[:1], p["max"])] if p["max"] is not None else out or [("copy", ins[:1], 0.0)]
-    if op in ("cast",):
-        return [("copy", ins[:1], 0.0)]
+    if op == "cast":
+        return cast_steps(e.inputs[0].dtype, p["dtype"], ins[0])
     if op == "logical_not":
         return [("rsubs", ins[:1], 1.0)]
     if op == "where":
         return [("where", ins[:3], 0.0)]
+    if op == "div" and e.outputs[0].dtype in INTS:     # integer division truncates; x / 0 = 0
+        if isinstance(ins[1], float):                   # (divs: exact, where muls by 1/b may land below q)
+            return [("divs", ins[:1], ins[1]), ("trunc", [CUR], 0.0)] if ins[1] else [("muls", ins[:1], 0.0)]
+        return [("div", ins[:2], 0.0), ("trunc", [CUR], 0.0), ("select", [CUR, ins[1]], 0.0)]
     return [(BINARY[op], ins[:2], 0.0)]
+
+
+def cast_steps(src: str, dst: str, x):
+    """The IR's cast (notes/ir-contract.md) as vector steps; the final store rounds to nearest even
+    and saturates at the storage type, so only what differs from that needs a step."""
+    if dst == "bool":
+        return [("ne", [x, 0.0], 0.0)]
+    if dst not in INTS:
+        return [("copy", [x], 0.0)]                     # float: one RNE rounding at the store
+    lo, hi = int_range(dst)
+    slo, shi = STORE_RANGE[isa_dtype(dst, "bf16")]
+    if src in INTS or src == "bool":                    # int -> int wraps (two's complement)
+        if src == "bool" or (int_range(src)[0] >= lo and int_range(src)[1] <= hi):
+            return [("copy", [x], 0.0)]
+        return [("adds", [x], float(-lo)), ("mods", [CUR], float(hi - lo + 1)), ("adds", [CUR], float(lo))]
+    clip = ([("maxs", [CUR], float(lo))] if lo > slo else []) + ([("mins", [CUR], float(hi))] if hi < shi else [])
+    return [("trunc", [x], 0.0)] + clip                 # float -> int truncates toward zero and saturates
 
 
 def _imm_form(func, ops):
@@ -97,7 +124,7 @@ class Heap:
 
 
 def isa_dtype(ir_dtype: str, act: str) -> str:
-    return {"f32": act, "f64": act, "bf16": "bf16", "f16": "fp16", "f8e4m3": "fp8", "f8e5m2": act, "i8": "int8",
+    return {"f32": act, "f64": act, "bf16": "bf16", "f16": "fp16", "f8e4m3": "fp8", "f8e5m2": "fp8e5m2", "i8": "int8",
             "i16": "int32", "i32": "int32", "i64": "int32", "bool": "int8", "u8": "u8", "i4": "int8",
             "u4": "int8"}[ir_dtype]
 
@@ -162,7 +189,7 @@ class Compiler:
             self.env[atom.name] = v
             return v
         dt = isa_dtype(atom.dtype, self.act)
-        dt = "fp32" if dt in ("bf16", "fp16", "fp8") else dt
+        dt = "fp32" if dt in ("bf16", "fp16", "fp8", "fp8e5m2") else dt
         arr = np.asarray(atom.value).astype(np.float32 if dt == "fp32" else DTYPES[dt]).reshape(())
         v = self.place_const(f"lit{len(self.consts)}", arr.reshape(1), dt)
         return View(v.space, v.addr, v.dtype, (), ())
@@ -335,9 +362,7 @@ def _reshape(cc, e):
 
 
 def _slice(cc, e):
-    p = e.params
-    if any(t < 0 for t in p["steps"]):
-        raise UnsupportedOpError("npu compiler: slice with a negative step")
+    p = e.params                    # a negative step is a negative stride: DMA descriptors walk backwards
     _alias(cc, e, cc.view(e.inputs[0]).slice(p["starts"], p["steps"], e.outputs[0].shape))
 
 
@@ -353,8 +378,9 @@ def _split(cc, e):
 
 
 def _cast(cc, e):
+    """A cast that changes neither the stored type nor any value is a view."""
     v, o = cc.view(e.inputs[0]), e.outputs[0]
-    if isa_dtype(o.dtype, cc.act) == v.dtype:
+    if isa_dtype(o.dtype, cc.act) == v.dtype and [f for f, *_ in cast_steps(e.inputs[0].dtype, o.dtype, None)] == ["copy"]:
         _alias(cc, e, v)
         return True
     return False
@@ -488,8 +514,8 @@ def _epilogue(cc, i, out_var, shape2d, to2d):
     return ep, cur
 
 
-def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var):
-    """x[..., K] @ W^T with W[N, K] a constant (or runtime view when wval is a View)."""
+def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var, wdtype="f32"):
+    """x[..., K] @ W^T with W[N, K] a constant of IR dtype `wdtype` (or a runtime view when wval is a View)."""
     K = x.shape[-1]
     N = wshape[0]
     M = math.prod(x.shape[:-1])
@@ -500,9 +526,10 @@ def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var):
     ov = cc.out_view(last)
     o2 = ov.reshape((M, N))
     mode = cc.opts.mode
-    if isinstance(wval, View) or mode in ("bf16", "fp16"):
-        w = wval.transpose((1, 0)) if isinstance(wval, View) else _place_w(cc, e, wval, (K, N))
-        gemm(cc, [GemmJob(a, w, o2, ep + ep2)], cc.act, "fp32")
+    if isinstance(wval, View) or mode in ("bf16", "fp16") or a.dtype != cc.act:
+        dt = _gemm_dtype(cc, a, wval.dtype if isinstance(wval, View) else isa_dtype(wdtype, cc.act))
+        w = _as_dtype(cc, wval, dt).transpose((1, 0)) if isinstance(wval, View) else _place_w(cc, e, wval, (K, N), dt)
+        gemm(cc, [GemmJob(_as_dtype(cc, a, dt), w, o2, ep + ep2)], dt, "int32" if dt == "int8" else "fp32")
     elif mode in ("int8", "fp8"):
         qdt, qmax = ("int8", 127.0) if mode == "int8" else ("fp8", 448.0)
         wq, sw = _quant_weight(wval, qdt, qmax, (N, K))
@@ -524,9 +551,27 @@ def _as2d(cc, v: View, M, N):
     return r if r is not None else cc.materialize(v).reshape((M, N))
 
 
-def _place_w(cc, e, wval, kn):
+def _place_w(cc, e, wval, kn, dtype=None):
     w = None if wval is None else np.ascontiguousarray(np.asarray(wval).T)
-    return cc.place_const(f"{e.outputs[0].name}_w", w, cc.act, kn)
+    return cc.place_const(f"{e.outputs[0].name}_w", w, dtype or cc.act, kn)
+
+
+def _gemm_dtype(cc, a: View, w_dtype: str) -> str:
+    """The array's input type: int8 or fp8 when both operands are stored so (exact products), else
+    the activation type (operands in another type are converted by a vector copy first)."""
+    if "int32" in (a.dtype, w_dtype):
+        raise UnsupportedOpError(f"npu compiler: {cc.op_name} on integers wider than 8 bits "
+                                 f"(the array multiplies int8; ints go through bf16 exactly only up to 256)")
+    return a.dtype if a.dtype == w_dtype and a.dtype in ("int8", "fp8") else cc.act
+
+
+def _as_dtype(cc, v: View, dtype: str) -> View:
+    """v stored as `dtype`: itself, or a converted copy (a vector copy kernel; DMA does not convert)."""
+    if v.dtype == dtype:
+        return v
+    out = cc.alloc(v.shape, dtype)
+    row_kernel(cc, RowProgram(v.shape, {"x": v}, [("vec", "copy", "y", ["x"], 0.0)], {"y": out}, dtypes={"y": dtype}))
+    return out
 
 
 def _quant_weight(w, qdt, qmax, nk):
@@ -568,7 +613,7 @@ def _linear(cc, i, e):
     x, w = e.inputs[0], e.inputs[1]
     bias = e.inputs[2] if len(e.inputs) > 2 else None
     wval = cc.val[w.name] if w.name in cc.val and w.name not in cc.env else cc.view(w)
-    _linear_like(cc, i, e, cc.view(x), wval, w.shape, bias, e.outputs[0])
+    _linear_like(cc, i, e, cc.view(x), wval, w.shape, bias, e.outputs[0], w.dtype)
 
 
 def _matmul(cc, i, e):
@@ -577,7 +622,7 @@ def _matmul(cc, i, e):
     if len(b.shape) == 2 and b.name in cc.val and b.name not in cc.env and len(a.shape) >= 1:
         x = cc.view(a) if len(a.shape) > 1 else cc.view(a).reshape((1, a.shape[0]))
         wv = cc.val[b.name]
-        _linear_like(cc, i, e, x, None if wv is None else np.asarray(wv).T, (b.shape[1], b.shape[0]), None, out)
+        _linear_like(cc, i, e, x, None if wv is None else np.asarray(wv).T, (b.shape[1], b.shape[0]), None, out, b.dtype)
         return
     av, bv = cc.view(a), cc.view(b)
     if len(a.shape) == 1:
@@ -586,7 +631,8 @@ def _matmul(cc, i, e):
         bv = bv.reshape(bv.shape + (1,))
     M, K, N = av.shape[-2], av.shape[-1], bv.shape[-1]
     batch = tuple(np.broadcast_shapes(av.shape[:-2], bv.shape[:-2]))
-    av, bv = av.broadcast(batch + (M, K)), bv.broadcast(batch + (K, N))
+    dt = _gemm_dtype(cc, av, bv.dtype)
+    av, bv = _as_dtype(cc, av, dt).broadcast(batch + (M, K)), _as_dtype(cc, bv, dt).broadcast(batch + (K, N))
     ov = cc.alloc(batch + (M, N), isa_dtype(out.dtype, cc.act))
     jobs = []
     for idx in np.ndindex(*batch) if batch else [()]:
@@ -595,12 +641,12 @@ def _matmul(cc, i, e):
         jobs.append(GemmJob(av.box(st + (0, 0), one + (M, K)).reshape((M, K)),
                             bv.box(st + (0, 0), one + (K, N)).reshape((K, N)),
                             ov.box(st + (0, 0), one + (M, N)).reshape((M, N)), []))
-    gemm(cc, jobs, cc.act, "fp32")
+    gemm(cc, jobs, dt, "int32" if dt == "int8" else "fp32")
     cc.env[out.name] = ov.reshape(out.shape)
 
 
 def _attention(cc, i, e):
-    q, k, v = (cc.view(a) for a in e.inputs[:3])
+    q, k, v = (_as_dtype(cc, cc.view(a), cc.act) for a in e.inputs[:3])
     out = e.outputs[0]
     lead = q.shape[:-3]
     B = math.prod(lead)
@@ -615,35 +661,51 @@ def _attention(cc, i, e):
 
 
 def _conv2d(cc, i, e):
+    """im2col through a strided DMA view, then one GEMM per (image, group) on the array; with one
+    input channel per group (depthwise) the vector unit runs the taps instead (kernels.depthwise_conv)."""
     p = e.params
-    x, w = e.inputs[0], e.inputs[1]
-    if p["groups"] != 1:
-        raise UnsupportedOpError("npu compiler: conv2d with groups > 1")
-    if w.name not in cc.val:
-        raise UnsupportedOpError("npu compiler: conv2d with a runtime (non-constant) weight")
+    x, w, out = e.inputs[0], e.inputs[1], e.outputs[0]
     N, C, H, W = x.shape
-    O, _, kh, kw = w.shape
+    O, cg, kh, kw = w.shape
+    g, og, K = p["groups"], O // p["groups"], cg * kh * kw
+    _, _, Ho, Wo = out.shape
     (pt, pb), (pl, pr) = p["padding"]
-    xv = cc.view(x)
+    xv = _as_dtype(cc, cc.view(x), cc.act)
     if pt or pb or pl or pr:
         xv = _pad_view(cc, xv, ((0, 0), (0, 0), (pt, pb), (pl, pr)), 0.0)
-    _, _, Ho, Wo = e.outputs[0].shape
+    bv = cc.view(e.inputs[2]) if len(e.inputs) > 2 else None
+    if cg == 1 and g > 1:
+        depthwise_conv(cc, xv, _weight_view(cc, e, w, (O, kh * kw)), bv, cc.out_view(out), (kh, kw), p["stride"],
+                       p["dilation"])
+        return
     (sh, sw), (dh, dw) = p["stride"], p["dilation"]
     s0, s1, s2, s3 = xv.strides
     win = View(xv.space, xv.addr, xv.dtype, (N, Ho, Wo, C, kh, kw), (s0, s2 * sh, s3 * sw, s1, s2 * dh, s3 * dw))
-    cols = cc.materialize(win).reshape((N, Ho * Wo, C * kh * kw))
-    wval = cc.val[w.name]
-    wmat = None if wval is None else np.asarray(wval).reshape(O, C * kh * kw)
-    out = e.outputs[0]
-    wv = _place_w(cc, e, wmat, (C * kh * kw, O))
+    cols = cc.materialize(win).reshape((N, Ho * Wo, g, K))
+    wv = _weight_view(cc, e, w, (g, og, K), (0, 2, 1))                     # (g, K, og)
     ov = cc.out_view(out)
-    ep = []
-    if len(e.inputs) > 2:
-        bv = cc.view(e.inputs[2])
-        ep = [("add", View(bv.space, bv.addr, bv.dtype, (Ho * Wo, O), (0, 1)), 0.0, False)]
-    jobs = [GemmJob(cols.box((n, 0, 0), (1, Ho * Wo, C * kh * kw)).reshape((Ho * Wo, C * kh * kw)), wv,
-                    ov.box((n, 0, 0, 0), (1, O, Ho, Wo)).reshape((O, Ho * Wo)).transpose((1, 0)), ep) for n in range(N)]
+    jobs = []
+    for n in range(N):
+        for gi in range(g):
+            ep = []
+            if bv is not None:
+                b = bv.box((gi * og,), (og,))
+                ep = [("add", View(b.space, b.addr, b.dtype, (Ho * Wo, og), (0, b.strides[0])), 0.0, False)]
+            jobs.append(GemmJob(cols.box((n, 0, gi, 0), (1, Ho * Wo, 1, K)).reshape((Ho * Wo, K)),
+                                wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)),
+                                ov.box((n, gi * og, 0, 0), (1, og, Ho, Wo)).reshape((og, Ho * Wo)).transpose((1, 0)), ep))
     gemm(cc, jobs, cc.act, "fp32")
+
+
+def _weight_view(cc, e, w, shape, perm=None) -> View:
+    """A weight reshaped to `shape` (then permuted) in the activation type: a constant placed in
+    DRAM in that layout, or a view of the runtime tensor."""
+    perm = perm or tuple(range(len(shape)))
+    if w.name in cc.val and w.name not in cc.env:
+        arr = cc.val[w.name]
+        arr = None if arr is None else np.ascontiguousarray(np.asarray(arr).reshape(shape).transpose(perm))
+        return cc.place_const(f"{e.outputs[0].name}_w", arr, cc.act, tuple(shape[d] for d in perm))
+    return _as_dtype(cc, cc.contiguous(cc.view(w), shape), cc.act).transpose(perm)
 
 
 def _pad_view(cc, v: View, pads, value) -> View:
@@ -694,19 +756,28 @@ def _last_axis(cc, e, x: View, axes):
 
 
 def _softmax(cc, i, e):
-    x = cc.view(e.inputs[0])
-    rv, o, ov = _last_axis(cc, e, x, (e.params["axis"],))
-    tmp = o if o is not None else cc.alloc(rv.shape, ov.dtype)
     if e.op == "softmax":
         steps = [("red", "max", "m", "x", 1.0), ("vec", "subexp", "p", ["x", "m"], 1.0),
                  ("red", "sum", "s", "p", 1.0), ("vec", "div", "y", ["p", "s"], 0.0)]
     else:
         steps = [("red", "max", "m", "x", 1.0), ("vec", "sub", "t", ["x", "m"], 0.0), ("vec", "exp", "p", ["t"], 0.0),
                  ("red", "sum", "s", "p", 1.0), ("vec", "log", "ls", ["s"], 0.0), ("vec", "sub", "y", ["t", "ls"], 0.0)]
-    row_kernel(cc, RowProgram(rv.shape, {"x": rv}, steps, {"y": tmp}, dtypes={"y": ov.dtype},
-                              kinds={"ls": "col"}, whole_rows=True))
+    _along_axis(cc, e, e.params["axis"], steps, {"ls": "col"})
+
+
+def _cumsum(cc, i, e):
+    _along_axis(cc, e, e.params["axis"], [("scan", "sum", "y", "x", 0.0)], {})
+
+
+def _along_axis(cc, e, axis, steps, kinds):
+    """A row kernel over whole rows along `axis` (moved last, copied back if the output cannot take it)."""
+    x = cc.view(e.inputs[0])
+    rv, o, ov = _last_axis(cc, e, x, (axis,))
+    tmp = o if o is not None else cc.alloc(rv.shape, ov.dtype)
+    row_kernel(cc, RowProgram(rv.shape, {"x": rv}, steps, {"y": tmp}, dtypes={"y": ov.dtype}, kinds=kinds,
+                              whole_rows=True))
     if o is None:
-        _unpermute(cc, tmp, ov, x, (e.params["axis"],))
+        _unpermute(cc, tmp, ov, x, (axis,))
 
 
 def _unpermute(cc, tmp, ov, x, axes):
@@ -747,16 +818,32 @@ def _norm(cc, i, e):
 
 
 def _gather(cc, i, e):
+    """np.take along any axis: the table viewed as rows [V, P*D] (axis first), row gathers, and the
+    rows stored through a strided view of the output [P, n, D]."""
     table, idx = e.inputs
-    if e.params["axis"] != 0:
-        raise UnsupportedOpError("npu compiler: gather on an axis other than 0")
-    tv = cc.view(table)
-    V, D = table.shape[0], math.prod(table.shape[1:])
-    t2 = cc.contiguous(tv, (V, D))
+    ax = e.params["axis"]
+    V, P, D = table.shape[ax], math.prod(table.shape[:ax]), math.prod(table.shape[ax + 1:])
+    t3 = cc.contiguous(cc.view(table), (P, V, D)).transpose((1, 0, 2))
+    t2 = t3.reshape((V, P * D))
+    if t2 is None or (P * D > 1 and t2.strides[1] != 1):       # Gather reads contiguous rows
+        t2 = cc.materialize(t3).reshape((V, P * D))
     n = idx.size
-    iv = cc.contiguous(cc.view(idx), (n,))
+    iv = _wrap_indices(cc, idx, V)
     ov = cc.out_view(e.outputs[0])
-    gather_rows(cc, t2, iv, ov.reshape((n, D)))
+    gather_rows(cc, t2, iv, ov.reshape((P, n, D)).transpose((1, 0, 2)))
+
+
+def _wrap_indices(cc, idx, V) -> View:
+    """idx as int32[n] with negative indices wrapped once (idx mod V): folded for constants, else a
+    vector kernel."""
+    n = idx.size
+    if idx.name in cc.val and idx.name not in cc.env and cc.val[idx.name] is not None:
+        a = np.asarray(cc.val[idx.name]).reshape(n).astype(np.int64)
+        return cc.place_const(f"{idx.name}_wrapped", np.where(a < 0, a + V, a).astype(np.int32), "int32")
+    out = cc.alloc((n,), "int32")
+    row_kernel(cc, RowProgram((n,), {"i": cc.contiguous(cc.view(idx), (n,))}, [("vec", "mods", "y", ["i"], float(V))],
+                              {"y": out}, dtypes={"y": "int32"}))
+    return out
 
 
 def _concat(cc, i, e):
@@ -777,29 +864,92 @@ def _pad(cc, i, e):
 
 
 def _pool(cc, i, e):
-    p = e.params
+    """Windows through a strided DMA view, one row per output pixel; pads as the IR's (ceil_mode
+    widens the high side); avg divides by the IR's divisor map (count_include_pad rules)."""
+    from ..ir.interp import avg_pool_divisor, pool_pads
+    p, out = e.params, e.outputs[0]
     x = cc.view(e.inputs[0])
-    (pt, pb), (pl, pr) = p["padding"]
     N, C, H, W = x.shape
+    _, _, Ho, Wo = out.shape
     mx = e.op == "max_pool2d"
-    if not mx and (pt or pb or pl or pr) and not p["count_include_pad"]:
-        raise UnsupportedOpError("npu compiler: avg_pool2d with count_include_pad=False and padding")
-    if pt or pb or pl or pr:
-        x = _pad_view(cc, x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), -3.0e38 if mx else 0.0)
-    _, _, Ho, Wo = e.outputs[0].shape
-    (kh, kw), (sh, sw) = p["kernel"], p["stride"]
-    dh, dw = p.get("dilation", (1, 1))
+    (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["stride"], p.get("dilation", (1, 1))
+    pads = pool_pads((H, W), p["kernel"], p["stride"], p["padding"], (dh, dw), p["ceil_mode"])
+    if any(lo or hi for lo, hi in pads):
+        low = STORE_RANGE[x.dtype][0] if x.dtype in STORE_RANGE else -math.inf
+        x = _pad_view(cc, x, ((0, 0), (0, 0), *pads), low if mx else 0.0)
     s0, s1, s2, s3 = x.strides
     win = View(x.space, x.addr, x.dtype, (N, C, Ho, Wo, kh, kw), (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw))
-    rv = cc.materialize(win).reshape((N * C * Ho * Wo, kh * kw))
-    _, o = _out_rows(cc, e.outputs[0], (N * C * Ho * Wo,))
-    row_kernel(cc, RowProgram(rv.shape, {"x": rv}, [("red", "max" if mx else "sum", "y", "x", 1.0 if mx else 1.0 / (kh * kw))],
-                              {"y": o}, dtypes={"y": o.dtype}, whole_rows=True))
+    rv = cc.materialize(win).reshape((N * C, Ho * Wo, kh * kw))
+    _, o = _out_rows(cc, out, (N * C, Ho * Wo))
+    inv = 1.0 if mx else 1.0 / avg_pool_divisor((H, W), p["kernel"], p["stride"], p["padding"], p["ceil_mode"],
+                                                p["count_include_pad"])
+    loads, steps = {"x": rv}, [("red", "max" if mx else "sum", "y", "x", float(np.max(inv)))]
+    if np.ptp(inv) > 0:                               # windows with different divisors: a per-pixel scale
+        c = cc.place_const(f"{out.name}_inv", inv.astype(np.float32), "fp32")
+        loads["inv"] = View(c.space, c.addr, c.dtype, (1, Ho * Wo, 1), (0, 1, 0))
+        steps = [("red", "sum", "s", "x", 1.0), ("vec", "mul", "y", ["s", "inv"], 0.0)]
+    row_kernel(cc, RowProgram(rv.shape, loads, steps, {"y": o}, dtypes={"y": o.dtype}, kinds={"y": "col"},
+                              whole_rows=True))
+
+
+# ----------------------------------------------------------------------------- quantisation
+
+def _blocked(v: View, xshape):
+    """x's shape with every blocked axis split in (blocks, block size), and the scale view `v` over
+    it (stride 0 along the block): x[i] pairs with scale[i // (x.shape // scale.shape)]."""
+    if not v.shape:
+        return tuple(xshape), v.broadcast(xshape)
+    shape, st = [], []
+    for X, S, ss in zip(xshape, v.shape, v.strides):
+        if 1 < S < X:
+            shape, st = shape + [S, X // S], st + [ss, 0]
+        else:
+            shape, st = shape + [X], st + [ss if S > 1 else 0]
+    return tuple(shape), View(v.space, v.addr, v.dtype, tuple(shape), tuple(st))
+
+
+def _quant(cc, i, e):
+    """quantize: x / scale (+ zero point), clipped to the type's range, then rounded by the store
+    (ints: half to even, NaN -> 0; fp8: RNE); dequantize: (q - zero point) * scale. All in fp32."""
+    x, out = e.inputs[0], e.outputs[0]
+    shape, sv = _blocked(_quant_operand(cc, e.inputs[1]), x.shape)
+    xv = cc.view(x)
+    loads = {"x": xv.reshape(shape) or cc.materialize(xv).reshape(shape), "s": sv}
+    z = len(e.inputs) > 2
+    if z:
+        loads["z"] = _blocked(_quant_operand(cc, e.inputs[2]), x.shape)[1]
+    if e.op == "quantize":
+        dt = out.dtype
+        lo, hi = (-float_max(dt), float_max(dt)) if dt in FLOATS else int_range(dt)
+        slo, shi = STORE_RANGE.get(isa_dtype(dt, cc.act), (-math.inf, math.inf))
+        ops = [("div", ["x", "s"], 0.0)] + ([("add", [CUR, "z"], 0.0)] if z else []) + \
+            ([("maxs", [CUR], float(lo))] if lo > slo else []) + ([("mins", [CUR], float(hi))] if hi < shi else [])
+    else:
+        ops = ([("sub", ["x", "z"], 0.0)] if z else []) + [("mul", [CUR if z else "x", "s"], 0.0)]
+    steps = [("vec", f, "y" if k == len(ops) - 1 else f"t{k}", [f"t{k - 1}" if a is CUR else a for a in srcs], imm)
+             for k, (f, srcs, imm) in enumerate(ops)]
+    ov = cc.out_view(out)
+    row_kernel(cc, RowProgram(shape, loads, steps, {"y": ov.reshape(shape)}, dtypes={"y": ov.dtype}))
+
+
+def _quant_operand(cc, a) -> View:
+    """A scale or zero point; constants keep fp32 (not the activation type), as the IR computes in f32."""
+    if hasattr(a, "name") and a.name in cc.val and a.name not in cc.env and cc.val[a.name] is not None \
+            and a.dtype in FLOATS:
+        cc.env[a.name] = cc.place_const(a.name, np.asarray(cc.val[a.name], np.float32), "fp32")
+    return cc.view(a)
 
 
 LOWER = {
     "linear": _linear, "matmul": _matmul, "conv2d": _conv2d, "attention": _attention,
     **{op: _reduce for op in ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "argmin")},
-    "softmax": _softmax, "log_softmax": _softmax, "layer_norm": _norm, "rms_norm": _norm,
+    "softmax": _softmax, "log_softmax": _softmax, "cumsum": _cumsum, "layer_norm": _norm, "rms_norm": _norm,
     "gather": _gather, "concat": _concat, "pad": _pad, "max_pool2d": _pool, "avg_pool2d": _pool,
+    "quantize": _quant, "dequantize": _quant,
 }
+CONSTANT_OPS = {"full", "iota"}     # no inputs: always folded at compile time (see _foldable)
+
+
+def handled_ops() -> set:
+    """IR ops the compiler lowers: views, elementwise chains, the LOWER table, folded constants."""
+    return set(VIEWS) | ELEMENTWISE | set(LOWER) | CONSTANT_OPS

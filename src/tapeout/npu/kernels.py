@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
 from .emit import Buf, Sram, View, dma_copy, split_even
-from .isa import DTYPES, Gather, Matmul, Reduce, Vec, Dequant4
+from .isa import DTYPES, Dequant4, Gather, Matmul, Reduce, Scan, Vec
 
 F32 = "fp32"
 NBUF = 3                    # operand tiles in flight per GEMM (triple buffering)
 W_TILE_BYTES = 256 * 1024
 TILE_OVERHEAD = 1000        # cycles per output tile (epilogue, store, pipeline refill) in the tile choice   # weight tile size that keeps several DMAs in flight per output tile
-NEG = -3.0e38   # "minus infinity" that keeps exp(x - max) finite
+LOWEST = -3.4028234663852886e38   # fp32's lowest finite value: the running max starts here, so exp(x - max) never
+                                  # sees -inf - -inf; masked scores are -inf and get weight 0 (a fully masked row: 0)
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -75,7 +76,8 @@ def _nd(shape):
 @dataclass
 class RowProgram:
     """Steps over tiles. loads: name -> View (broadcast to `shape`, or shape[:-1]+(1,));
-    steps: ("vec", func, dst, srcs, imm) | ("red", func, dst, src, imm); stores: name -> View."""
+    steps: ("vec", func, dst, srcs, imm) | ("red", func, dst, src, imm) | ("scan", "sum", dst, src, 0.0);
+    stores: name -> View."""
     shape: tuple
     loads: dict
     steps: list
@@ -141,11 +143,15 @@ def _row_tile(s, rp, tiles, starts, sizes, par, resident):
         if st[0] == "vec":
             _, func, dst, srcs, imm = st
             _vec(s, tiles, par, func, dst, srcs, imm, rows, cols)
+            continue
+        _, func, dst, src, imm = st
+        a, d = tiles[src], tiles[dst]
+        ab, db = a.bufs[par], d.bufs[par]
+        ars, acs = a.strides(cols)
+        if st[0] == "scan":
+            s.emit(lambda **w: Scan(rows=rows, cols=cols, d_addr=db.addr, d_dtype=d.dtype, d_rs=cols, a_addr=ab.addr,
+                                    a_dtype=a.dtype, a_rs=ars, a_cs=acs, **w), reads=[ab], writes=[db])
         else:
-            _, func, dst, src, imm = st
-            a, d = tiles[src], tiles[dst]
-            ab, db = a.bufs[par], d.bufs[par]
-            ars, acs = a.strides(cols)
             s.emit(lambda **w: Reduce(func=func, rows=rows, cols=cols, d_addr=db.addr, d_dtype=d.dtype, d_rs=1,
                                       a_addr=ab.addr, a_dtype=a.dtype, a_rs=ars, a_cs=acs, imm=imm, **w),
                    reads=[ab], writes=[db])
@@ -302,6 +308,56 @@ def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n):
     dma_copy(s, View.contiguous("sram", eb.addr, out.dtype, (m, n)), out, reads=[eb])
 
 
+# ----------------------------------------------------------------------------- depthwise convolution
+
+def depthwise_conv(cc, x: View, w: View, bias: View | None, out: View, kernel, stride, dilation):
+    """Convolution with one input channel per group, on the vector unit: x[N, C, Hp, Wp] (padded),
+    w[O, kh*kw], bias[O], out[N, O, Ho, Wo]; output channel o reads input channel o // (O // C).
+    Work: blocks of output rows of one (image, channel) plane, split over the cores. Per block:
+    DMA the input rows it needs and the channel's taps, then one Vec per tap with strided operands,
+
+        acc[r, c] (+)= x[r*sh + i*dh, c*sw + j*dw] * w[o, i*kw + j]        (mul, then fma)
+
+    then + bias, one rounding to the output type, and a DMA to the output plane."""
+    N, C, Hp, Wp = x.shape
+    _, O, Ho, Wo = out.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    need = lambda r: (r - 1) * sh + (kh - 1) * dh + 1                     # input rows for r output rows
+    per_set = lambda r: need(r) * Wp * x.esize + r * Wo * (4 + out.esize) + 64 * 3 + kh * kw * 4
+    hb = Ho
+    while hb > 1 and 2 * per_set(hb) > cc.sram_bytes:
+        hb = (hb + 1) // 2
+    if 2 * per_set(hb) > cc.sram_bytes:
+        raise UnsupportedOpError(f"{cc.op_name}: an input row of {Wp} elements does not fit the {cc.sram_bytes}-byte SRAM")
+    blocks = [(n, o, h0) for n in range(N) for o in range(O) for h0 in range(0, Ho, hb)]
+    for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
+        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(kh * kw * w.esize), sram.alloc(4),
+                 sram.alloc(hb * Wo * 4), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
+        for t, (n, o, h0) in enumerate(blocks[b0:b1]):
+            r = min(hb, Ho - h0)
+            xb, wb, bb, acc, ob = bufs[t % 2]
+            _load(s, xb, x.box((n, o // (O // C), h0 * sh, 0), (1, 1, need(r), Wp)).reshape((need(r), Wp)), None)
+            _load(s, wb, w.box((o, 0), (1, kh * kw)), None)
+            V = lambda func, a, a_dt, a_rs, a_cs, b, b_dt, c=False: s.emit(
+                lambda **wt: Vec(func=func, rows=r, cols=Wo, d_addr=acc.addr, d_dtype=F32, d_rs=Wo, a_addr=a, a_dtype=a_dt,
+                                 a_rs=a_rs, a_cs=a_cs, b_addr=b, b_dtype=b_dt, b_rs=0, b_cs=0, c_addr=acc.addr if c else 0,
+                                 c_dtype=F32, c_rs=Wo if c else 0, c_cs=1 if c else 0, **wt),
+                reads=[xb, wb, bb, acc], writes=[acc])
+            for tap in range(kh * kw):
+                i, j = divmod(tap, kw)
+                V("fma" if tap else "mul", xb.addr + (i * dh * Wp + j * dw) * x.esize, x.dtype, sh * Wp, sw,
+                  wb.addr + tap * w.esize, w.dtype, c=tap > 0)
+            if bias is not None:
+                _load(s, bb, bias.box((o,), (1,)), None)
+                V("add", acc.addr, F32, Wo, 1, bb.addr, bias.dtype)
+            s.emit(lambda **wt: Vec(func="copy", rows=r, cols=Wo, d_addr=ob.addr, d_dtype=out.dtype, d_rs=Wo,
+                                    a_addr=acc.addr, a_dtype=F32, a_rs=Wo, **wt), reads=[acc], writes=[ob])
+            dma_copy(s, View.contiguous("sram", ob.addr, out.dtype, (r, Wo)),
+                     out.box((n, o, h0, 0), (1, 1, r, Wo)).reshape((r, Wo)), reads=[ob])
+    cc.barrier()
+
+
 # ----------------------------------------------------------------------------- attention
 
 def attention(cc, q: View, k: View, v: View, out: View, mask: View | None, causal: bool, scale: float, in_dtype: str):
@@ -355,7 +411,7 @@ class _AttnCore:
             s.emit(lambda **w: Vec(func=func, rows=rows, cols=cols, d_addr=d.addr, d_dtype=dt, d_rs=drs, d_cs=1 if cols > 1 else 0,
                                    a_addr=a.addr, a_dtype=adt, a_rs=ars, a_cs=acs, b_addr=b.addr if b else 0, b_dtype=bdt,
                                    b_rs=brs, b_cs=bcs, imm=imm, **w), reads=rd, writes=wr)
-        V("fill", r, 1, self.m, F32, 1, self.m, F32, 1, 0, imm=NEG, wr=[self.m])
+        V("fill", r, 1, self.m, F32, 1, self.m, F32, 1, 0, imm=LOWEST, wr=[self.m])
         V("fill", r, 1, self.l, F32, 1, self.l, F32, 1, 0, imm=0.0, wr=[self.l])
         V("fill", r, Dv, self.o, F32, Dv, self.o, F32, Dv, 1, imm=0.0, wr=[self.o])
         for c0 in range(0, Lk, self.tk):
@@ -370,7 +426,7 @@ class _AttnCore:
                                       lda=D, ldw=c, ldc=c, in_dtype=self.dt, acc_dtype=F32, **w),
                    reads=[self.qb, kb], writes=[self.sb])
             es = scale                                 # exp(scale * (s - max)): scale > 0 keeps the max
-            if mask is not None and mask.dtype != "int8":  # an additive mask applies to scaled scores
+            if (mask is not None and mask.dtype != "int8") or scale <= 0:  # an additive mask applies to scaled scores
                 V("muls", r, c, self.sb, F32, c, self.sb, F32, c, 1, imm=scale, rd=[self.sb], wr=[self.sb])
                 es = 1.0
             if diag is not None and c0 + c - 1 > diag:
@@ -379,7 +435,7 @@ class _AttnCore:
                 mv = mask.box((0, c0), (r, c))
                 _load(s, self.mb, mv, None)
                 f = "select" if mask.dtype == "int8" else "add"     # bool masks: keep where true
-                V(f, r, c, self.sb, F32, c, self.sb, F32, c, 1, self.mb, mv.dtype, c, 1, imm=NEG,
+                V(f, r, c, self.sb, F32, c, self.sb, F32, c, 1, self.mb, mv.dtype, c, 1, imm=-math.inf,
                   rd=[self.sb, self.mb], wr=[self.sb])
             s.emit(lambda **w: Reduce(func="max", rows=r, cols=c, d_addr=self.mn.addr, d_dtype=F32, d_rs=1,
                                       a_addr=self.sb.addr, a_dtype=F32, a_rs=c, **w), reads=[self.sb], writes=[self.mn])
@@ -400,13 +456,17 @@ class _AttnCore:
                                    a_dtype=F32, a_rs=Dv, b_addr=self.cr.addr, b_dtype=F32, b_rs=1, b_cs=0,
                                    c_addr=self.pv.addr, c_dtype=F32, c_rs=Dv, c_cs=1, **w),
                    reads=[self.o, self.cr, self.pv], writes=[self.o])
+        # every key masked: l = 0 and o = 0; the IR defines the output as 0, so divide by 1 there
+        V("select", r, 1, self.l, F32, 1, self.l, F32, 1, 0, self.l, F32, 1, 0, imm=1.0, rd=[self.l], wr=[self.l])
         V("div", r, Dv, self.ob, out.dtype, Dv, self.o, F32, Dv, 1, self.l, F32, 1, 0, rd=[self.o, self.l], wr=[self.ob])
         dma_copy(s, View.contiguous("sram", self.ob.addr, out.dtype, (r, Dv)), out, reads=[self.ob])
 
 
 def gather_rows(cc, table: View, idx: View, out: View):
-    """out[i, :] = table[idx[i], :] for a contiguous table[V, D] and int32 idx[n]."""
-    n, D = out.shape
+    """out[i, ...] = table[idx[i], :] for a contiguous table[V, D], int32 idx[n] and any view out[n, ...]
+    with D elements per row (a strided `out` puts the rows of a gather on an inner axis in place)."""
+    n, D, inner = out.shape[0], math.prod(out.shape[1:]), tuple(out.shape[1:])
+    zeros = (0,) * len(inner)
     for core, (a, b) in enumerate(split_even(n, cc.ncores)):
         s, sram = cc.streams[core], Sram(cc.sram_bytes)
         step = max(1, min(b - a, (cc.sram_bytes // 2) // max(1, D * table.esize)))
@@ -417,5 +477,6 @@ def gather_rows(cc, table: View, idx: View, out: View):
             s.emit(lambda **w: Gather(src_space=table.space, src_addr=table.addr, dst_space="sram", dst_addr=tb.addr,
                                       dtype=table.dtype, idx_addr=ib.addr, n=r, cols=D, src_stride=table.strides[0], **w),
                    reads=[ib], writes=[tb])
-            dma_copy(s, View.contiguous("sram", tb.addr, table.dtype, (r, D)), out.box((r0, 0), (r, D)), reads=[tb])
+            dma_copy(s, View.contiguous("sram", tb.addr, table.dtype, (r,) + inner), out.box((r0,) + zeros, (r,) + inner),
+                     reads=[tb])
     cc.barrier()
