@@ -6,6 +6,7 @@ function and one more entry.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional
 
 import typer
@@ -265,8 +266,16 @@ def sweep_cmd(space: str = typer.Argument(..., help="SPACE.toml, or a study name
     if evaluator:
         sp = sp.with_evaluator(evaluator)
     bar, update = _progress(f"sweep {sp.name}")
-    with bar:
-        res = run_sweep(sp, out, workers=workers, ray=ray, sample=sample, seed=seed, progress=None if json_out else update)
+    try:
+        with bar:
+            res = run_sweep(sp, out, workers=workers, ray=ray, sample=sample, seed=seed, progress=None if json_out else update)
+    except KeyboardInterrupt:
+        from ..dse.sweep import default_out
+
+        where = Path(out) if out else default_out(sp)
+        console.print(f"[yellow]interrupted[/]: finished points are in {where / 'results.jsonl'}; "
+                      "run the same command again to resume")
+        raise typer.Exit(130) from None
     files = write_tables(res, top=None)
     if plots and res.feasible:
         from ..dse.plots import pareto_plot

@@ -180,8 +180,15 @@ def _map(tasks, workers: int):
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(min(workers, len(tasks))) as pool:
+    with ctx.Pool(min(workers, len(tasks)), initializer=_quiet) as pool:
         yield from pool.imap_unordered(_run_task, tasks)
+
+
+def _quiet() -> None:
+    """Workers ignore Ctrl-C: the parent stops the pool, finished results are already in the cache."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def simulation_pairs(space: Space, entries: list[Entry], analytic: dict, full: bool,

@@ -90,9 +90,13 @@ class Appender:
 _SPACE: Space | None = None
 
 
-def _init_worker(space: Space) -> None:
+def _init_worker(space: Space, ignore_sigint: bool = False) -> None:
     global _SPACE
     _SPACE = space
+    if ignore_sigint:   # Ctrl-C goes to the parent, which stops the pool; workers stay quiet
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _eval_chunk(chunk: list[tuple[str, dict]]) -> list[dict]:
@@ -113,7 +117,7 @@ def _local(space: Space, todo, workers: int) -> Iterator[list[dict]]:
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     chunk = 1   # one point per task: each result is written as soon as its point finishes
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(space,))
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(space, True))
     try:
         yield from pool.imap_unordered(_eval_chunk, _chunks(todo, chunk))
         pool.close()
