@@ -169,3 +169,26 @@ def test_measure_pipeline_on_cpu_writes_the_calibration_format(tmp_path):
     assert n == sum(len(data[s]) for s in ("gemm", "attention", "memory", "llm")) > 5
     assert all(e["ms"] > 0 for e in data["gemm"])
     predict_entries(data, "h100-sxm")  # the format is what `tapeout predict` reads
+
+
+def test_on_chip_memory_size_sets_gemm_reuse():
+    """A chip with little on-chip SRAM re-reads operands from DRAM (Hong-Kung bound)."""
+    from tapeout.perf.kernels import _gemm_dram_bytes
+
+    big = load_chip("tapeout-n7")
+    small = dataclasses.replace(big, shared_buffer=dataclasses.replace(big.shared_buffer, bytes=1 << 20),
+                                cores=dataclasses.replace(big.cores, sram=dataclasses.replace(big.cores.sram, bytes=1 << 16)))
+    M = N = K = 4096
+    compulsory = (M * K + N * K + M * N) * 2
+    assert _gemm_dram_bytes(big, M, N, K, 1, 2, 2, 2) == compulsory
+    assert _gemm_dram_bytes(small, M, N, K, 1, 2, 2, 2) > 2 * compulsory
+
+
+def test_design_clock_above_nominal_costs_energy():
+    from tapeout import energy
+
+    n7 = load_chip("tapeout-n7")
+    fast = dataclasses.replace(n7, cores=dataclasses.replace(n7.cores, clock_hz=1.6e9), peaks=dataclasses.replace(n7.peaks))
+    e1, e2 = energy.action_energies(n7), energy.action_energies(fast)
+    assert e2.mac_pj["bf16"] > 1.3 * e1.mac_pj["bf16"]
+    assert e2.sram_pj_per_byte > e1.sram_pj_per_byte

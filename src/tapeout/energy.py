@@ -199,9 +199,28 @@ def _build(chip) -> ActionEnergies:
         k = nf * kinds["mac_overhead"][kind] * kinds["clock_overhead"][kind]
         macs = {d: bare[d] * k for d, m in chip.cores.matrix.macs_per_cycle.items() if m > 0}
         path, alpha = path_gpu * kinds["memory_path_vs_gpu"][kind], kinds["alpha"][kind]
-        basis = f"bottom-up: 45 nm energies x node factor {nf:.3f} x {kind} overheads (kinds.toml)"
+        v = voltage_factor(chip, fit["alpha"])  # the V-f curve measured on real silicon (the H100 fit)
+        basis = (f"bottom-up: 45 nm energies x node factor {nf:.3f} x {kind} overheads (kinds.toml) x "
+                 f"{v:.2f} for a {chip.max_clock_hz / 1e9:.3g} GHz design clock (nodes.toml nominal_clock_hz)")
+        fixed = fixed_energies(chip)
+        return replace(fixed, mac_pj={d: e * v for d, e in macs.items()}, vector_pj_per_flop=fixed.vector_pj_per_flop * v,
+                       sram_pj_per_byte=fixed.sram_pj_per_byte * v, shared_buffer_pj_per_byte=fixed.shared_buffer_pj_per_byte * v,
+                       memory_path_pj_per_byte=path * v if chip.dram.type != "none" else 0.0, alpha=alpha, basis=basis)
     return replace(fixed_energies(chip), mac_pj=macs, memory_path_pj_per_byte=path if chip.dram.type != "none" else 0.0,
                    alpha=alpha, basis=basis)
+
+
+VOLTAGE_FACTOR_FLOOR = 0.5  # below ~half the nominal energy the supply is at its minimum voltage
+
+
+def voltage_factor(chip, alpha: float) -> float:
+    """Core-domain energy per action of a design clocked at its max clock, relative to the node's
+    nominal operating point: (f_max / f_nominal)^(alpha - 1), alpha the exponent of a measured
+    voltage-frequency curve (energy per action ~ V^2)."""
+    table = {float(k): v for k, v in _tables()["nodes"]["nominal_clock_hz"].items()}
+    node = min(max(float(chip.chip.process_node_nm), min(table)), max(table))
+    f_nom = interp_loglog(table, node, "chip.process_node_nm (energy/nodes.toml nominal_clock_hz)")
+    return max(VOLTAGE_FACTOR_FLOOR, (chip.max_clock_hz / f_nom) ** (alpha - 1.0))
 
 
 _CACHE: dict[int, tuple] = {}

@@ -112,13 +112,13 @@ class _Layout:
     """Step times of one (model, chip, tp, ep, weights), memoized over the decode grid."""
 
     def __init__(self, spec, chip, wl: Workload, tp: int, ep: int, weights: str):
-        from ..perf.api import _dtypes
+        from ..perf.api import dtypes_for
         from ..serve.kvcache import plan_memory
         from ..serve.steptime import Parallel
 
         self.spec, self.chip, self.wl, self.tp, self.ep, self.weights = spec, chip, wl, tp, ep, weights
         self.P, self.O = wl.lengths()
-        self.dt = _dtypes(weights, None, None, chip)
+        self.dt = dtypes_for(weights, None, None, chip)
         par = Parallel(tp, 1, ep)
         par.check(spec)
         try:

@@ -24,7 +24,8 @@ from .step import StepTime, run_kernels
 GiB = 2.0 ** 30
 
 
-def _dtypes(weights: str, kv: str | None, activations: str | None, chip: Chip) -> Dtypes:
+def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip) -> Dtypes:
+    """The dtypes of weights, activations and KV cache as serving engines pick them on `chip`."""
     act = activations
     if act is None:  # 8-bit weights run 8-bit GEMMs where the chip has them (W8A8, as serving engines do)
         act = weights if weights in ("fp8", "int8") and chip.supports(weights) else "bf16"
@@ -37,7 +38,7 @@ def run_batch(model, chip, batch: Batch, *, weights: str = "bf16", kv: str | Non
     """Per-kernel timing of one step of `batch` (the full result behind batch_time/step_time).
     `clock_hz` pins the clock (a what-if); by default the power-limited clock is solved."""
     c, spec = load_chip(chip), load_model(model)
-    ks = build_step(spec, batch, _dtypes(weights, kv, activations, c), impl, tp, ep, moe_skew)
+    ks = build_step(spec, batch, dtypes_for(weights, kv, activations, c), impl, tp, ep, moe_skew)
     return run_kernels(c, ks, queued=True, clock_hz=clock_hz)
 
 
@@ -145,7 +146,7 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     if batch < 1 or prompt < 1 or output < 1:
         raise TapeoutError("batch, prompt and output must be >= 1")
     c, spec = load_chip(chip), load_model(model)
-    dt = _dtypes(weights, kv, activations, c)
+    dt = dtypes_for(weights, kv, activations, c)
     mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp, ep)
     if check_memory:
         check_fit(mem, c, spec)

@@ -85,6 +85,16 @@ def _systolic_cycles(chip: Chip, M: float, N: int, K: int, groups: float) -> flo
     return math.ceil(folds * max(1.0, groups) / arrays) * per_fold + R + C
 
 
+def _gemm_dram_bytes(chip: Chip, M: float, N: int, K: int, groups: float, in_b: float, w_b: float, out_b: float) -> float:
+    """DRAM traffic of a GEMM: each operand once, unless the on-chip memory (shared buffer plus all
+    cores' SRAM) is too small to hold the reuse; then a T x T output block of fp32 accumulators
+    (T = sqrt(on-chip bytes / 4)) streams A and B panels: 2 M N K / T elements (Hong & Kung's bound)."""
+    compulsory = groups * (M * K * in_b + N * K * w_b + M * N * out_b)
+    onchip = chip.shared_buffer.bytes + chip.cores.count * chip.cores.sram.bytes
+    T = math.sqrt(max(onchip, 1.0) / 4.0)
+    return max(compulsory, groups * M * N * K * (in_b + w_b) / T)
+
+
 def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
     d = _mma_dtype(chip, dtype)
     sys_cyc = _systolic_cycles(chip, M, N, K, groups)
@@ -92,7 +102,7 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
         # an 8-bit (or narrower) MAC packs into a bf16 slot: the array does macs(d)/macs(bf16) per PE
         pack = chip.macs_per_cycle(d) / max(chip.macs_per_cycle("bf16") or chip.macs_per_cycle(d), 1)
         cyc = sys_cyc / max(pack, 1.0) / p.mma_efficiency
-        dram = groups * (M * K * in_b + N * K * w_b + M * N * out_b)
+        dram = _gemm_dram_bytes(chip, M, N, K, groups, in_b, w_b, out_b)
         return cyc, dram / _dram_bw(chip, p.tiled_dram_efficiency), p.tile_latency_s, 1
     macs = chip.macs_per_cycle(d) * p.mma_efficiency
     cores, f0 = chip.cores.count, chip.max_clock_hz
@@ -100,6 +110,7 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
     l2_bytes = chip.shared_buffer.bytes
     bw = _dram_bw(chip, p.tiled_dram_efficiency)
     core_bw = p.core_dram_bytes_per_cycle * f0
+    base_dram = _gemm_dram_bytes(chip, M, N, K, groups, in_b, w_b, out_b)
     g = max(1, math.ceil(groups))
     best = (INF, 0.0, 0.0, 1, INF)
     m_min = min(t[0] for t in p.gemm_tiles)
@@ -114,7 +125,7 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
             waves = math.ceil(tiles / cores)
             ks = math.ceil(K / s / p.tile_k) * p.tile_k
             cyc = waves * max(tm * tn * ks / macs, (min(tm, M) + tn) * ks * in_b / l2)
-            dram = groups * (M * K * in_b + N * K * w_b + M * N * out_b)
+            dram = base_dram
             partials = 2 * s * M * N * 4 * groups if s > 1 else 0.0  # fp32 partial sums, reduced in the kernel
             if partials > l2_bytes / 2:  # they stay in the shared buffer unless it is too small
                 dram += partials

@@ -46,17 +46,20 @@ class StepTime:
 
 
 def activity_of(kernels: list[Kernel]) -> dict:
-    """Counts for the energy model: MACs by dtype, vector flops, DRAM bytes."""
+    """Counts for the energy model: MACs by dtype, vector flops, DRAM bytes (each also passes the
+    shared buffer on its way to the cores) and bytes sent over chip-to-chip links."""
     macs: dict[str, float] = {}
-    vec = dram = 0.0
+    vec = dram = link = 0.0
     for k in kernels:
         if k.kind in ("gemm", "attention"):
             macs[k.dtype] = macs.get(k.dtype, 0.0) + k.flops / 2 * k.count
         else:
             vec += k.flops * k.count
-        if k.kind != "comm":
+        if k.kind == "comm":
+            link += k.bytes_read * k.count
+        else:
             dram += (k.bytes_read + k.bytes_written) * k.count
-    return {"macs": macs, "vector_flops": vec, "dram_bytes": dram}
+    return {"macs": macs, "vector_flops": vec, "dram_bytes": dram, "shared_buffer_bytes": dram, "link_bytes": link}
 
 
 def _sustained_clock(chip: Chip, p: PerfParams, kernels, costs, launch: float) -> float:
@@ -72,7 +75,7 @@ def _sustained_clock(chip: Chip, p: PerfParams, kernels, costs, launch: float) -
     except ImportError:  # energy model not available: no power limit
         return f0
     act = activity_of(kernels)
-    a = energy.Activity(macs=act["macs"], vector_flops=act["vector_flops"], dram_bytes=act["dram_bytes"])
+    a = energy.Activity(**act)
     f = energy.sustained_clock_hz(chip, a, total, compute / total if total else 0.0)
     return max(min(f, f0), p.min_clock_fraction * f0)
 

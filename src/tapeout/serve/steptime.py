@@ -87,9 +87,9 @@ class StepTimer:
         self.cache: dict = {}
         self.calls = 0
         from ..llm.kernels import DTYPE_BYTES
-        from ..perf.api import _dtypes
+        from ..perf.api import dtypes_for
 
-        self.dtypes = _dtypes(weights, kv, activations, self.chip)
+        self.dtypes = dtypes_for(weights, kv, activations, self.chip)
         self._act_bytes = DTYPE_BYTES.get(self.dtypes.activations, 2.0)
 
     # ---- the seam
