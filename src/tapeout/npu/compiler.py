@@ -224,14 +224,17 @@ def _to_isa(arr, dtype):
 
 
 def copy_kernel(cc, src: View, dst: View):
-    n0 = src.shape[0] if src.shape else 1
-    for core, (a, b) in enumerate(split_even(n0, cc.ncores)):
-        if src.shape:
-            sz = (b - a,) + tuple(src.shape[1:])
-            st = (a,) + (0,) * (len(src.shape) - 1)
-            dma_copy(cc.streams[core], src.box(st, sz), dst.box(st, sz))
-        else:
-            dma_copy(cc.streams[core], src.broadcast((1,)), dst.broadcast((1,)))
+    """dst[...] = src[...] by DMA, split over the cores along the first axis with enough work
+    for all of them (else the longest one)."""
+    if not src.shape:
+        dma_copy(cc.streams[0], src.broadcast((1,)), dst.broadcast((1,)))
+        cc.barrier()
+        return
+    ax = min(range(len(src.shape)), key=lambda d: (-min(src.shape[d], cc.ncores), d))
+    for core, (a, b) in enumerate(split_even(src.shape[ax], cc.ncores)):
+        st = tuple(a if d == ax else 0 for d in range(len(src.shape)))
+        sz = tuple(b - a if d == ax else n for d, n in enumerate(src.shape))
+        dma_copy(cc.streams[core], src.box(st, sz), dst.box(st, sz))
     cc.barrier()
 
 
@@ -380,7 +383,8 @@ def _split(cc, e):
 def _cast(cc, e):
     """A cast that changes neither the stored type nor any value is a view."""
     v, o = cc.view(e.inputs[0]), e.outputs[0]
-    if isa_dtype(o.dtype, cc.act) == v.dtype and [f for f, *_ in cast_steps(e.inputs[0].dtype, o.dtype, None)] == ["copy"]:
+    funcs = [f for f, *_ in cast_steps(e.inputs[0].dtype, o.dtype, None)]
+    if isa_dtype(o.dtype, cc.act) == v.dtype and funcs == ["copy"]:
         _alias(cc, e, v)
         return True
     return False
@@ -622,7 +626,8 @@ def _matmul(cc, i, e):
     if len(b.shape) == 2 and b.name in cc.val and b.name not in cc.env and len(a.shape) >= 1:
         x = cc.view(a) if len(a.shape) > 1 else cc.view(a).reshape((1, a.shape[0]))
         wv = cc.val[b.name]
-        _linear_like(cc, i, e, x, None if wv is None else np.asarray(wv).T, (b.shape[1], b.shape[0]), None, out, b.dtype)
+        wt = None if wv is None else np.asarray(wv).T
+        _linear_like(cc, i, e, x, wt, (b.shape[1], b.shape[0]), None, out, b.dtype)
         return
     av, bv = cc.view(a), cc.view(b)
     if len(a.shape) == 1:
@@ -691,9 +696,9 @@ def _conv2d(cc, i, e):
             if bv is not None:
                 b = bv.box((gi * og,), (og,))
                 ep = [("add", View(b.space, b.addr, b.dtype, (Ho * Wo, og), (0, b.strides[0])), 0.0, False)]
+            o = ov.box((n, gi * og, 0, 0), (1, og, Ho, Wo)).reshape((og, Ho * Wo)).transpose((1, 0))
             jobs.append(GemmJob(cols.box((n, 0, gi, 0), (1, Ho * Wo, 1, K)).reshape((Ho * Wo, K)),
-                                wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)),
-                                ov.box((n, gi * og, 0, 0), (1, og, Ho, Wo)).reshape((og, Ho * Wo)).transpose((1, 0)), ep))
+                                wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)), o, ep))
     gemm(cc, jobs, cc.act, "fp32")
 
 
@@ -712,9 +717,8 @@ def _pad_view(cc, v: View, pads, value) -> View:
     shape = tuple(d + lo + hi for d, (lo, hi) in zip(v.shape, pads))
     out = cc.alloc(shape, v.dtype)
     fill = cc.place_const(f"pad{len(cc.consts)}", np.full((1,), value, np.float32), v.dtype)
-    s = cc.streams[0]
-    dma_copy(s, View(fill.space, fill.addr, fill.dtype, shape, (0,) * len(shape)), out)
-    cc.barrier()
+    n = math.prod(shape)                                    # the fill, split over the cores
+    copy_kernel(cc, View(fill.space, fill.addr, fill.dtype, (n,), (0,)), out.reshape((n,)))
     copy_kernel(cc, v, out.box(tuple(lo for lo, _ in pads), v.shape))
     return out
 
@@ -807,7 +811,6 @@ def _norm(cc, i, e):
         wv = cc.view(a)
         loads[f"w{k}"] = wv.reshape((1, n)) if wv.reshape((1, n)) is not None else cc.materialize(wv).reshape((1, n))
         steps.append(("vec", "mul" if k == 0 else "add", "y", ["y", f"w{k}"], 0.0))
-    final = f"y"
     steps[-1] = steps[-1][:2] + ("out",) + steps[-1][3:]
     kinds = {"ve": "col", "r": "col"}
     row_kernel(cc, RowProgram(rv.shape, {k: (v.broadcast(rv.shape) if k != "x" else v) for k, v in loads.items()},

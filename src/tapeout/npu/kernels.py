@@ -314,14 +314,15 @@ def depthwise_conv(cc, x: View, w: View, bias: View | None, out: View, kernel, s
     """Convolution with one input channel per group, on the vector unit: x[N, C, Hp, Wp] (padded),
     w[O, kh*kw], bias[O], out[N, O, Ho, Wo]; output channel o reads input channel o // (O // C).
     Work: blocks of output rows of one (image, channel) plane, split over the cores. Per block:
-    DMA the input rows it needs and the channel's taps, then one Vec per tap with strided operands,
+    DMA the input rows it needs and the channel's taps (issued one block ahead, so the loads
+    overlap the previous block's arithmetic), then one Vec per tap with strided operands,
 
         acc[r, c] (+)= x[r*sh + i*dh, c*sw + j*dw] * w[o, i*kw + j]        (mul, then fma)
 
     then + bias, one rounding to the output type, and a DMA to the output plane."""
     N, C, Hp, Wp = x.shape
     _, O, Ho, Wo = out.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    (kh, kw), (sh, _), (dh, _) = kernel, stride, dilation
     need = lambda r: (r - 1) * sh + (kh - 1) * dh + 1                     # input rows for r output rows
     per_set = lambda r: need(r) * Wp * x.esize + r * Wo * (4 + out.esize) + 64 * 3 + kh * kw * 4
     hb = Ho
@@ -334,28 +335,43 @@ def depthwise_conv(cc, x: View, w: View, bias: View | None, out: View, kernel, s
         s, sram = cc.streams[core], Sram(cc.sram_bytes)
         bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(kh * kw * w.esize), sram.alloc(4),
                  sram.alloc(hb * Wo * 4), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
-        for t, (n, o, h0) in enumerate(blocks[b0:b1]):
+        mine = blocks[b0:b1]
+
+        def loads(t):
+            (n, o, h0), (xb, wb, bb, *_) = mine[t], bufs[t % 2]
             r = min(hb, Ho - h0)
-            xb, wb, bb, acc, ob = bufs[t % 2]
             _load(s, xb, x.box((n, o // (O // C), h0 * sh, 0), (1, 1, need(r), Wp)).reshape((need(r), Wp)), None)
             _load(s, wb, w.box((o, 0), (1, kh * kw)), None)
-            V = lambda func, a, a_dt, a_rs, a_cs, b, b_dt, c=False: s.emit(
-                lambda **wt: Vec(func=func, rows=r, cols=Wo, d_addr=acc.addr, d_dtype=F32, d_rs=Wo, a_addr=a, a_dtype=a_dt,
-                                 a_rs=a_rs, a_cs=a_cs, b_addr=b, b_dtype=b_dt, b_rs=0, b_cs=0, c_addr=acc.addr if c else 0,
-                                 c_dtype=F32, c_rs=Wo if c else 0, c_cs=1 if c else 0, **wt),
-                reads=[xb, wb, bb, acc], writes=[acc])
-            for tap in range(kh * kw):
-                i, j = divmod(tap, kw)
-                V("fma" if tap else "mul", xb.addr + (i * dh * Wp + j * dw) * x.esize, x.dtype, sh * Wp, sw,
-                  wb.addr + tap * w.esize, w.dtype, c=tap > 0)
             if bias is not None:
                 _load(s, bb, bias.box((o,), (1,)), None)
-                V("add", acc.addr, F32, Wo, 1, bb.addr, bias.dtype)
-            s.emit(lambda **wt: Vec(func="copy", rows=r, cols=Wo, d_addr=ob.addr, d_dtype=out.dtype, d_rs=Wo,
-                                    a_addr=acc.addr, a_dtype=F32, a_rs=Wo, **wt), reads=[acc], writes=[ob])
-            dma_copy(s, View.contiguous("sram", ob.addr, out.dtype, (r, Wo)),
-                     out.box((n, o, h0, 0), (1, 1, r, Wo)).reshape((r, Wo)), reads=[ob])
+        loads(0)
+        for t in range(len(mine)):
+            if t + 1 < len(mine):
+                loads(t + 1)                  # the next block's loads run while this one computes
+            _dw_block(s, mine[t], bufs[t % 2], min(hb, Ho - mine[t][2]), x, w, bias, out, kernel, stride, dilation)
     cc.barrier()
+
+
+def _dw_block(s, block, bufs, r, x, w, bias, out, kernel, stride, dilation):
+    """One block of r output rows of plane (n, o): a Vec per tap, bias, rounding, store."""
+    (n, o, h0), (xb, wb, bb, acc, ob) = block, bufs
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    Wp, Wo = x.shape[3], out.shape[3]
+    V = lambda func, a, a_dt, a_rs, a_cs, b, b_dt, c=False: s.emit(
+        lambda **wt: Vec(func=func, rows=r, cols=Wo, d_addr=acc.addr, d_dtype=F32, d_rs=Wo, a_addr=a, a_dtype=a_dt,
+                         a_rs=a_rs, a_cs=a_cs, b_addr=b, b_dtype=b_dt, b_rs=0, b_cs=0, c_addr=acc.addr if c else 0,
+                         c_dtype=F32, c_rs=Wo if c else 0, c_cs=1 if c else 0, **wt),
+        reads=[xb, wb, bb, acc], writes=[acc])
+    for tap in range(kh * kw):
+        i, j = divmod(tap, kw)
+        V("fma" if tap else "mul", xb.addr + (i * dh * Wp + j * dw) * x.esize, x.dtype, sh * Wp, sw,
+          wb.addr + tap * w.esize, w.dtype, c=tap > 0)
+    if bias is not None:
+        V("add", acc.addr, F32, Wo, 1, bb.addr, bias.dtype)
+    s.emit(lambda **wt: Vec(func="copy", rows=r, cols=Wo, d_addr=ob.addr, d_dtype=out.dtype, d_rs=Wo,
+                            a_addr=acc.addr, a_dtype=F32, a_rs=Wo, **wt), reads=[acc], writes=[ob])
+    dma_copy(s, View.contiguous("sram", ob.addr, out.dtype, (r, Wo)),
+             out.box((n, o, h0, 0), (1, 1, r, Wo)).reshape((r, Wo)), reads=[ob])
 
 
 # ----------------------------------------------------------------------------- attention
