@@ -1,5 +1,5 @@
 # Two commands for a fresh clone (see README "Quick start"):
-#   make demo   - create .venv, install tapeout, run the main job
+#   make demo   - create .venv, install tapeout, run the main job (the inference-7nm study)
 #   make test   - create .venv, install tapeout with torch/onnx/transformers, run the whole test suite
 PY ?= python3
 VENV ?= .venv
@@ -19,16 +19,15 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 # torch==2.13.0 first and explicitly: a plain `torch` requirement would pull a multi-GB CUDA build
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[torch,onnx,hf,plot,dev]'
+	$(PIP) install -q -e '.[torch,onnx,hf,plot,ray,dev]'
 	touch $(VENV)/.core $@
 
 setup: $(VENV)/.core
 setup-dev: $(VENV)/.dev
 
+# the flagship study: ~2.5 min on 2 cores; writes out/study-inference-7nm/report.html and summary.md
 demo: $(VENV)/.core
-	$(BIN)/tapeout chips
-	$(BIN)/tapeout compare --model qwen2.5-72b --chips h20,h100-sxm,ascend-910c,t-head-ppu,tapeout-n7 \
-		--tp 4 --weights fp8 --batch 16 --prompt 2048 --output 256
+	$(BIN)/tapeout study inference-7nm
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -n 2
