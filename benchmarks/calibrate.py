@@ -2,6 +2,7 @@
 
     python benchmarks/calibrate.py                       # hopper <- data/calibration/h100-sxm.json
     python benchmarks/calibrate.py --family hopper --chip h100-sxm --data FILE [--dry-run]
+    python benchmarks/calibrate.py --generations 40       # a global search first (slow, a few minutes)
 
 Only parameters with a physical meaning are fitted (achievable fractions of peak, the bytes a
 core keeps in flight, launch gaps, pipeline-fill latency, passes over the input of norms and
@@ -82,36 +83,34 @@ def write_params(path: Path, family: str, values: dict, provenance: dict) -> Non
     path.write_text(f"{head}\n[sources]\n{src}\n")
 
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", default="hopper")
     ap.add_argument("--chip", default="h100-sxm")
     ap.add_argument("--data", default=str(ROOT / "src/tapeout/data/calibration/h100-sxm.json"))
     ap.add_argument("--dry-run", action="store_true", help="print the fit, do not write the file")
     ap.add_argument("--loss", default="soft_l1", help="scipy least_squares loss: linear, soft_l1, cauchy")
-    ap.add_argument("--generations", type=int, default=60, help="differential-evolution generations")
+    ap.add_argument("--generations", type=int, default=0,
+                    help="differential-evolution generations before the local fit (0: refine the file's values)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--popsize", type=int, default=10, help="differential-evolution population per parameter")
     ap.add_argument("--diff-step", type=float, default=0.05, help="relative finite-difference step")
     ap.add_argument("--max-nfev", type=int, default=60, help="least-squares iterations")
     ap.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE", help="hold a parameter fixed")
     ap.add_argument("--show", type=int, default=3, help="print the N worst entries per section")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def fit(a, base, chip, data) -> dict:
+    """The fitted values of FREE: optional global search, then least squares on every entry."""
     from scipy.optimize import differential_evolution, least_squares
 
-    data = json.loads(Path(a.data).read_text())
-    chip, base = load_chip(a.chip), load_params(a.family)
-    for item in a.fix:  # hold a parameter at a value instead of fitting it
-        name, _, val = item.partition("=")
-        base = dataclasses.replace(base, **{name: type(getattr(base, name))(float(val))})
-        FREE.pop(name)
-    before = errors(predict_entries(data, chip, params=base))
     x0 = np.array([getattr(base, k) for k in FREE], dtype=float)
     lo, hi = np.array([b[0] for b in FREE.values()]), np.array([b[1] for b in FREE.values()])
     x0 = np.clip(x0, lo * 1.0001, hi * 0.9999)
-    # The model has steps (tile counts, waves, split choices): gradients see flat regions. Search
-    # globally first (differential evolution on the reported metric: each section's mean error plus
-    # a hinge on entries off by more than 20 %), then refine with least squares from the best point.
+
+    # The model has steps (tile counts, waves, split choices): gradients see flat regions. The global
+    # search scores the reported metric: each section's mean error plus a hinge on entries off by > 20 %.
     def objective(x):
         r = [np.abs(v) for v in residuals_by_section(x, base, chip, data)]
         return sum(np.mean(v) for v in r) + sum(np.sum(np.maximum(v - 0.2, 0.0)) for v in r)
@@ -120,30 +119,46 @@ def main() -> None:
         de = differential_evolution(objective, list(zip(lo, hi)), x0=x0, seed=a.seed, maxiter=a.generations,
                                     popsize=a.popsize, tol=1e-8, polish=False, init="sobol")
         start = min((x0, de.x), key=objective)
-    fit = least_squares(residuals, start, bounds=(lo, hi), args=(base, chip, data), loss=a.loss, f_scale=0.1,
-                        x_scale=np.maximum(np.abs(start), 1e-9), diff_step=a.diff_step, max_nfev=a.max_nfev)
-    polish = type("Best", (), {"x": min((start, fit.x), key=objective)})
-    values = dict(zip(FREE, np.clip(polish.x, lo, hi)))
+    ls = least_squares(residuals, start, bounds=(lo, hi), args=(base, chip, data), loss=a.loss, f_scale=0.1,
+                       x_scale=np.maximum(np.abs(start), 1e-9), diff_step=a.diff_step, max_nfev=a.max_nfev)
+    return dict(zip(FREE, np.clip(min((start, ls.x), key=objective), lo, hi)))
+
+
+def report(a, base, values, before, data, chip) -> dict:
     p = dataclasses.replace(base, **values)
     K._CACHES.clear()
-    after = errors(predict_entries(data, chip, params=p))
+    res = predict_entries(data, chip, params=p)
+    after = errors(res)
     print(f"{'section':10s} {'MAPE before':>12s} {'MAPE after':>11s} {'max after':>10s}")
     for s in after:
         print(f"{s:10s} {before[s]['mape']:11.1f}% {after[s]['mape']:10.1f}% {after[s]['max']:9.1f}%")
-    res = predict_entries(data, chip, params=p)
+    skip = ("ms", "predicted_ms", "TFLOPs", "GBps", "params", "eager_ms")
     for s in SECTIONS:
-        worst = sorted(res.get(s) or [], key=lambda e: -abs(e["predicted_ms"] / e["ms"] - 1))[: a.show]
-        for e in worst:
-            desc = {k: v for k, v in e.items() if k not in ("ms", "predicted_ms", "TFLOPs", "GBps", "params", "eager_ms")}
+        for e in sorted(res.get(s) or [], key=lambda e: -abs(e["predicted_ms"] / e["ms"] - 1))[: a.show]:
+            desc = {k: v for k, v in e.items() if k not in skip}
             print(f"  worst {s}: {e['predicted_ms'] / e['ms'] - 1:+.1%}  {e['ms']:.4f} ms  {desc}")
     print("fitted:")
     for k, v in values.items():
         print(f"  {k:28s} {v:.4g}   (was {getattr(base, k):.4g}; bounds {FREE[k]})")
+    return after
+
+
+def main() -> None:
+    a = parse_args()
+    data = json.loads(Path(a.data).read_text())
+    chip, base = load_chip(a.chip), load_params(a.family)
+    for item in a.fix:  # hold a parameter at a value instead of fitting it
+        name, _, val = item.partition("=")
+        base = dataclasses.replace(base, **{name: type(getattr(base, name))(float(val))})
+        FREE.pop(name)
+    before = errors(predict_entries(data, chip, params=base))
+    values = fit(a, base, chip, data)
+    after = report(a, base, values, before, data, chip)
     if a.dry_run:
         return
     digest = hashlib.sha256(Path(a.data).read_bytes()).hexdigest()[:12]
-    prov = {"fit": f"benchmarks/calibrate.py --family {a.family} --chip {a.chip} on {Path(a.data).name} "
-                   f"(sha256 {digest}) on {datetime.date.today()}",
+    prov = {"fit": f"python benchmarks/{' '.join(Path(x).name if i == 0 else x for i, x in enumerate(sys.argv))} "
+                   f"on {Path(a.data).name} (sha256 {digest}) on {datetime.date.today()}",
             "result": "; ".join(f"{s} MAPE {v['mape']:.1f}% max {v['max']:.1f}%" for s, v in after.items()),
             "measurements": "H100 SXM 80GB, PyTorch 2.11 + cuBLAS, see data/calibration/h100-sxm.json meta"}
     path = ROOT / "src/tapeout/data/perf" / f"{a.family}.toml"
