@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import DoesNotFitError, TapeoutError
+from ..perf.step import step_energy_j
 from .design import Infeasible
 
 # decode batch sizes (sequences per attention group) at which step times are measured
@@ -95,17 +96,6 @@ class Served:
                 "weights": self.weights, **self.extra}
 
 
-def step_energy_j(chip, st) -> float:
-    """Joules one chip spends on a step (its counted activity at the step's clock)."""
-    from .. import energy
-    from ..perf.step import activity_of
-
-    kernels = [kt.kernel for kt in st.kernels]
-    a = activity_of(kernels)
-    link = sum(k.bytes_read * k.count for k in kernels if k.kind == "comm")
-    act = energy.Activity(macs=a["macs"], vector_flops=a["vector_flops"], dram_bytes=a["dram_bytes"],
-                          shared_buffer_bytes=a["dram_bytes"], link_bytes=link)
-    return energy.energy_j(chip, act, max(st.seconds, 1e-12), min(st.clock_hz, chip.max_clock_hz))
 
 
 class _Layout:

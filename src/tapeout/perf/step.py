@@ -100,3 +100,11 @@ def run_kernels(chip: Chip, kernels: list[Kernel], *, queued: bool = True, param
         out.append(KernelTime(k, sec, bound))
         total += sec
     return StepTime(total, f, tuple(out))
+
+
+def step_energy_j(chip: Chip, st: StepTime) -> float:
+    """Joules one chip spends on a step: its counted activity at the step's clock (tapeout.energy)."""
+    from .. import energy
+
+    act = energy.Activity(**activity_of([kt.kernel for kt in st.kernels]))
+    return energy.energy_j(chip, act, max(st.seconds, 1e-12), min(st.clock_hz, chip.max_clock_hz))

@@ -30,6 +30,7 @@ from ..chip import load_chip
 from ..errors import TapeoutError
 from ..llm.kernels import Batch
 from ..llm.spec import load_model
+from ..perf.step import step_energy_j
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class StepTimer:
         dec = (max(0, round(ctx)),) * n
         self.calls += 1
         st = run_batch(self.spec, self.chip, Batch(prefill=pre, decode=dec), **self.kw)
-        return st.seconds, _energy(self.chip, st)
+        return st.seconds, step_energy_j(self.chip, st)
 
     def _cached(self, key) -> tuple[float, float]:
         v = self.cache.get(key)
@@ -164,17 +165,6 @@ class StepTimer:
         return transfer_time(self.chip, tokens * self.spec.hidden * self._act_bytes / self.par.tp)
 
 
-def _energy(chip, st) -> float:
-    """Joules of one chip over the step from its counted activity (tapeout.energy)."""
-    from .. import energy
-    from ..perf.step import activity_of
-
-    kernels = [kt.kernel for kt in st.kernels]
-    a = activity_of(kernels)
-    link = sum(k.bytes_read * k.count for k in kernels if k.kind == "comm")
-    act = energy.Activity(macs=a["macs"], vector_flops=a["vector_flops"], dram_bytes=a["dram_bytes"],
-                          shared_buffer_bytes=a["dram_bytes"], link_bytes=link)
-    return energy.energy_j(chip, act, max(st.seconds, 1e-12), min(st.clock_hz, chip.max_clock_hz))
 
 
 def attention_pairs(new: int, cached: int) -> int:
