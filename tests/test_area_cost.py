@@ -14,7 +14,6 @@ from tapeout.area import area_mm2, logic_factor, sram_mm2_per_mib
 from tapeout.chip import load_chip, preset_names
 from tapeout.cost import ReticleError, cost_usd, dies_per_wafer, harvested_yield, yield_nb
 from tapeout.errors import TapeoutError
-from tapeout.sourced import CONFIDENCES, data_files, load_table, quantities
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = load_chip("h100-sxm")
@@ -38,19 +37,6 @@ def edit(c, **sections):
 
 
 # ---------------------------------------------------------------- data files
-@pytest.mark.parametrize("kind", ["area", "cost"])
-def test_every_number_has_a_source(kind):
-    n = 0
-    for rel in data_files(kind):
-        t = load_table(rel)
-        for key, q in quantities(t):
-            assert q.confidence in CONFIDENCES, (rel, key)
-            assert q.ref in t["references"] or q.ref.startswith(("http", "src/", "benchmarks/")), (rel, key)
-            assert q.confidence in ("datasheet", "reported") or q.note, (rel, key)
-            n += 1
-    assert n > 30
-
-
 # ---------------------------------------------------------------- area physics
 def test_area_shrinks_with_the_node():
     nodes = [28, 16, 10, 7, 5, 3, 2]

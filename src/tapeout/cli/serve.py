@@ -153,6 +153,11 @@ def serve_cmd(
     with prog:
         r = serve(model, chip, requests=reqs, rate=rate, duration_s=duration, offline=offline,
                   progress=lambda d, n: prog.update(task, completed=d, total=n), **kw)
+    _emit(r, trace_out, csv_out, as_json)
+
+
+def _emit(r, trace_out, csv_out, as_json) -> None:
+    """The outputs of one run: Perfetto trace, CSV row, JSON or the summary table."""
     if trace_out:
         from ..serve.trace import write_trace
 
