@@ -56,6 +56,7 @@ class ChipInfo:
     launch_year: int = _f(1990, 2100)
     tdp_w: float = _f(1, 5000)
     full_name: str = _f(default="")
+    stack: str = _f(default="ideal", doc="the vendor's software stack as deployed (data/stacks/<name>.toml)")
     die_area_mm2: float | None = _f(1, 5000, default=None, doc="total silicon area of the compute dies")
     dies: int = _f(1, 64, default=1)
     transistors: float | None = _f(1e6, 1e13, default=None)
@@ -438,6 +439,11 @@ def _check_consistency(chip: Chip, path: str) -> None:
         raise ChipFileError(path, "cores.max_clock_hz", "is below cores.clock_hz")
     if chip.chip.idle_w is not None and chip.chip.idle_w >= chip.chip.tdp_w:
         raise ChipFileError(path, "chip.idle_w", "must be below chip.tdp_w")
+    stacks = resources.files("tapeout") / "data" / "stacks"
+    if not (stacks / f"{chip.chip.stack}.toml").is_file():
+        names = [p.name[:-5] for p in stacks.iterdir() if p.name.endswith(".toml")]
+        raise ChipFileError(path, "chip.stack", f"names no software stack {chip.chip.stack!r}" + _did_you_mean(chip.chip.stack, names)
+                            + f" (known: {', '.join(sorted(names))})")
 
 
 _TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")

@@ -8,7 +8,7 @@ documented defaults for NPU-style chips). Files may set `inherit = "other-family
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 
@@ -46,6 +46,9 @@ class PerfParams:
     tile_k: int                    # K-slice per pipeline stage
     max_split_k: int
     min_clock_fraction: float      # lowest clock the power limit can push the chip to, x max clock
+    step_overhead_s: float = 0.0   # host time per engine step outside the kernels (scheduler, sampling)
+    comm_efficiency: float = 1.0   # achieved fraction of the collective's modelled link time
+    comm_latency_s: float = 0.0    # fixed software cost of one collective (launch, synchronisation)
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -67,9 +70,9 @@ def _raw(family: str) -> dict:
 def load_params(family: str) -> PerfParams:
     raw = _raw(family) or _raw("default")
     names = {f.name for f in fields(PerfParams)} - {"family"}
-    missing = names - set(raw)
+    missing = {f.name for f in fields(PerfParams) if f.default is MISSING and f.default_factory is MISSING} - {"family"} - set(raw)
     if missing:
         raise TapeoutError(f"data/perf/{family}.toml: missing {', '.join(sorted(missing))}")
-    kw = {k: raw[k] for k in names}
+    kw = {k: raw[k] for k in names if k in raw}
     kw["gemm_tiles"] = tuple(tuple(t) for t in raw["gemm_tiles"])
     return PerfParams(family=family, **kw)
