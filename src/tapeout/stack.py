@@ -31,6 +31,7 @@ from importlib import resources
 
 from .chip import DTYPES, Chip, load_chip
 from .errors import TapeoutError
+from .llm.kernels import Kernel
 from .perf.params import PerfParams, load_params
 from .sourced import DataFileError, Quantity, load_table, values
 
@@ -144,3 +145,36 @@ def stack_for(chip, stack: str | Stack | None = None) -> Stack:
         return load_stack(stack)
     c = chip if isinstance(chip, Chip) else load_chip(chip)
     return load_stack(c.chip.stack)
+
+
+def _materialized(k: Kernel) -> Kernel:
+    """Attention without a flash kernel: the score matrix goes to memory (QK^T writes it, softmax
+    reads and writes it, PV reads it), 16-bit, once per (query, key) pair under the mask."""
+    B, Sq, Skv, hq = k.shape[:4]
+    causal = k.shape[7]
+    pairs = B * hq * (Sq * (Skv - Sq) + Sq * (Sq + 1) / 2 if causal else Sq * Skv)
+    return dataclasses.replace(k, bytes_read=k.bytes_read + 4 * pairs, bytes_written=k.bytes_written + 4 * pairs)
+
+
+def _ungrouped(k: Kernel) -> Kernel:
+    """A grouped GEMM (MoE experts) without a grouped kernel: one launch per group."""
+    M, N, K, groups = k.shape
+    g = max(1, round(groups))
+    return dataclasses.replace(k, shape=(M, N, K, 1), count=k.count * g, flops=k.flops / g,
+                               bytes_read=k.bytes_read / g, bytes_written=k.bytes_written / g,
+                               weight_bytes=k.weight_bytes / g)
+
+
+def lower(stack: Stack, kernels: list[Kernel]) -> list[Kernel]:
+    """The kernel sequence as `stack` runs it: fused kernels it lacks run the unfused way."""
+    flash, grouped = stack.has("flash_attention"), stack.has("grouped_moe")
+    if flash and grouped:
+        return list(kernels)
+    out = []
+    for k in kernels:
+        if k.kind == "attention" and not flash:
+            k = _materialized(k)
+        elif k.kind == "gemm" and not grouped and k.shape[3] > 1 and k.name.startswith("expert"):
+            k = _ungrouped(k)
+        out.append(k)
+    return out

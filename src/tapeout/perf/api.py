@@ -19,27 +19,39 @@ from ..chip import Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
 from ..llm.kernels import Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
+from ..stack import Stack, lower, stack_for
 from .step import StepTime, run_kernels
 
 GiB = 2.0 ** 30
 
 
-def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip) -> Dtypes:
-    """The dtypes of weights, activations and KV cache as serving engines pick them on `chip`."""
+def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip, stack: Stack | None = None) -> Dtypes:
+    """The dtypes of weights, activations and KV cache as serving engines pick them on `chip` with
+    `stack`: 8-bit weights run 8-bit GEMMs (W8A8) where the chip has the format and the stack runs it
+    natively, else they are weight-only (dequantized to bf16 for the matmul)."""
+    native = lambda d: chip.supports(d) and (stack is None or stack.native(d))  # noqa: E731
     act = activations
-    if act is None:  # 8-bit weights run 8-bit GEMMs where the chip has them (W8A8, as serving engines do)
-        act = weights if weights in ("fp8", "int8") and chip.supports(weights) else "bf16"
-    return Dtypes(weights=weights, activations=act, kv=kv or ("fp8" if weights == "fp8" and chip.supports("fp8") else "bf16"))
+    if act is None:
+        act = weights if weights in ("fp8", "int8") and native(weights) else "bf16"
+    return Dtypes(weights=weights, activations=act, kv=kv or ("fp8" if weights == "fp8" and native("fp8") else "bf16"))
+
+
+def _run(c: Chip, spec: ModelSpec, batch: Batch, dt: Dtypes, s: Stack, impl: str | None, tp: int, ep: int,
+         moe_skew: float, clock_hz: float | None = None) -> StepTime:
+    ks = build_step(spec, batch, dt, impl or s.impl, tp, ep, moe_skew)
+    return run_kernels(c, lower(s, ks), queued=s.has("graphs"), params=s.params_for(c), clock_hz=clock_hz,
+                       step_overhead=True)
 
 
 def run_batch(model, chip, batch: Batch, *, weights: str = "bf16", kv: str | None = None,
-              activations: str | None = None, impl: str = "fused", tp: int = 1, ep: int = 1,
-              clock_hz: float | None = None, moe_skew: float = 0.0) -> StepTime:
+              activations: str | None = None, impl: str | None = None, tp: int = 1, ep: int = 1,
+              clock_hz: float | None = None, moe_skew: float = 0.0, stack: str | Stack | None = None) -> StepTime:
     """Per-kernel timing of one step of `batch` (the full result behind batch_time/step_time).
-    `clock_hz` pins the clock (a what-if); by default the power-limited clock is solved."""
+    `stack`: the software stack (default: the chip's deployed stack); `impl` overrides its kernel
+    sequence. `clock_hz` pins the clock (a what-if); by default the power-limited clock is solved."""
     c, spec = load_chip(chip), load_model(model)
-    ks = build_step(spec, batch, dtypes_for(weights, kv, activations, c), impl, tp, ep, moe_skew)
-    return run_kernels(c, ks, queued=True, clock_hz=clock_hz)
+    s = stack_for(c, stack)
+    return _run(c, spec, batch, dtypes_for(weights, kv, activations, c, s), s, impl, tp, ep, moe_skew, clock_hz)
 
 
 def batch_time(model, chip, batch: Batch, **kw) -> float:
@@ -137,8 +149,9 @@ class Estimate:
 
 
 def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output: int = 128, *,
-             weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str = "fused",
-             tp: int = 1, ep: int = 1, moe_skew: float = 0.0, check_memory: bool = True) -> Estimate:
+             weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str | None = None,
+             tp: int = 1, ep: int = 1, moe_skew: float = 0.0, check_memory: bool = True,
+             stack: str | Stack | None = None) -> Estimate:
     """Latency and throughput of `batch` requests of `prompt` tokens generating `output` tokens each.
 
     TTFT is one prefill step of the whole batch; TPOT is the decode step at the mean context
@@ -146,14 +159,15 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     if batch < 1 or prompt < 1 or output < 1:
         raise TapeoutError("batch, prompt and output must be >= 1")
     c, spec = load_chip(chip), load_model(model)
-    dt = dtypes_for(weights, kv, activations, c)
+    s = stack_for(c, stack)
+    dt = dtypes_for(weights, kv, activations, c, s)
     mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp, ep)
     if check_memory:
         check_fit(mem, c, spec)
-    pre = run_kernels(c, build_step(spec, Batch.of("prefill", batch, prompt), dt, impl, tp, ep, moe_skew))
-    dec = run_kernels(c, build_step(spec, Batch.of("decode", batch, prompt + output // 2), dt, impl, tp, ep, moe_skew))
+    pre = _run(c, spec, Batch.of("prefill", batch, prompt), dt, s, impl, tp, ep, moe_skew)
+    dec = _run(c, spec, Batch.of("decode", batch, prompt + output // 2), dt, s, impl, tp, ep, moe_skew)
     e2e = pre.seconds + (output - 1) * dec.seconds
-    settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": impl, "tp": tp, "ep": ep,
-                "moe_skew": moe_skew}
+    settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": impl or s.impl,
+                "stack": s.name, "tp": tp, "ep": ep, "moe_skew": moe_skew}
     return Estimate(spec.name, c.name, batch, prompt, output, pre.seconds, dec.seconds, e2e,
                     batch * output / e2e, batch / dec.seconds, mem, pre, dec, settings)

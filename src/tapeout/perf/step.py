@@ -80,15 +80,26 @@ def _sustained_clock(chip: Chip, p: PerfParams, kernels, costs, launch: float) -
     return max(min(f, f0), p.min_clock_fraction * f0)
 
 
+HOST = Kernel("host", "engine step on the host", 0.0, 0.0, 0.0)
+
+
+def _cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
+    cyc, mem, fixed, n = kernel_cost(chip, p, k)
+    if k.kind == "comm":  # the stack's collective library: achieved fraction of the link model, fixed cost
+        return cyc, mem / p.comm_efficiency, fixed + p.comm_latency_s, n
+    return cyc, mem, fixed, n
+
+
 def run_kernels(chip: Chip, kernels: list[Kernel], *, queued: bool = True, params: PerfParams | None = None,
-                clock_hz: float | None = None, power_kernels: list[Kernel] = ()) -> StepTime:
+                clock_hz: float | None = None, power_kernels: list[Kernel] = (), step_overhead: bool = False) -> StepTime:
     """Time `kernels` run back to back. `queued`: launched from a CUDA graph / command queue
     (else one by one from the host). `power_kernels` run in the same loop (e.g. a benchmark's
-    cache flush): they load the power budget but are not timed."""
+    cache flush): they load the power budget but are not timed. `step_overhead`: the kernels are
+    one serving-engine step, which adds the stack's host time per step (params.step_overhead_s)."""
     p = params or load_params(chip.chip.family)
     launch = p.queued_launch_s if queued else p.launch_s
     all_k = list(kernels) + list(power_kernels)
-    costs = [kernel_cost(chip, p, k) for k in all_k]
+    costs = [_cost(chip, p, k) for k in all_k]
     f = clock_hz or _sustained_clock(chip, p, all_k, costs, launch)
     out, total = [], 0.0
     for k, (cyc, mem, fixed, n) in zip(kernels, costs):
@@ -99,6 +110,9 @@ def run_kernels(chip: Chip, kernels: list[Kernel], *, queued: bool = True, param
         bound = "overhead" if ovh > work else ("compute" if t >= mem else "memory")
         out.append(KernelTime(k, sec, bound))
         total += sec
+    if step_overhead and p.step_overhead_s:
+        out.append(KernelTime(HOST, p.step_overhead_s, "overhead"))
+        total += p.step_overhead_s
     return StepTime(total, f, tuple(out))
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ..chip import load_chip
 from ..errors import TapeoutError
 from ..llm.spec import load_model
+from ..stack import stack_for
 from .engine import POLICIES, Limits
 from .kvcache import plan_memory
 from .metrics import summarize
@@ -81,8 +82,9 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
           block_size: int = 16, memory_utilization: float = 0.9, prefix_caching: bool = False,
           prefix_groups: int = 0, prefix_len: int = 0, disaggregate: tuple[int, int] | None = None,
           prefill_par: Parallel | None = None, decode_par: Parallel | None = None,
-          weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str = "fused",
-          slo_ttft: float = 2.0, slo_tpot: float = 0.1, progress=None, record_steps: bool = True) -> ServeResult:
+          weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str | None = None,
+          slo_ttft: float = 2.0, slo_tpot: float = 0.1, progress=None, record_steps: bool = True,
+          stack: str | None = None) -> ServeResult:
     """Simulate serving; `requests` is a count, a list of Request, or a trace file (CSV / JSONL)."""
     spec, c = load_model(model), load_chip(chip)
     if scheduler not in SCHEDULERS:
@@ -92,7 +94,7 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     par = Parallel(tp, pp, ep)
     reqs = _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, prefix_groups, prefix_len)
     limits = Limits(max_seqs, max_batched_tokens)
-    model_kw = dict(weights=weights, kv=kv, activations=activations, impl=impl)
+    model_kw = dict(weights=weights, kv=kv, activations=activations, impl=impl, stack=stack_for(c, stack))
     mem_kw = dict(block_size=block_size, utilization=memory_utilization)
     if disaggregate:
         p_chips, d_chips = disaggregate
@@ -108,7 +110,8 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
                 "workload": workload if not isinstance(requests, (str, list, tuple)) else "trace",
                 "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
                 "seed": seed, "max_seqs": max_seqs, "max_batched_tokens": max_batched_tokens,
-                "block_size": block_size, "prefix_caching": prefix_caching, **model_kw,
+                "block_size": block_size, "prefix_caching": prefix_caching,
+                **model_kw, "stack": model_kw["stack"].name, "impl": impl or model_kw["stack"].impl,
                 "dtypes": {k: vars(p.timer.dtypes) for k, p in pools.items()}}
     memory = {k: {"kv_blocks": p.memory.blocks, "kv_tokens": p.memory.kv_tokens,
                   "weights_bytes_per_chip": p.memory.weights_bytes, "kv_bytes_per_token_per_chip": p.memory.kv_bytes_per_token,

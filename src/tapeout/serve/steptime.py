@@ -73,16 +73,18 @@ class StepTimer:
     """Memoized (seconds, joules per chip) of one step (one pipeline stage when pp > 1)."""
 
     def __init__(self, model, chip, par: Parallel = Parallel(), *, weights: str = "bf16", kv: str | None = None,
-                 activations: str | None = None, impl: str = "fused", resolution: int = 32):
+                 activations: str | None = None, impl: str | None = None, resolution: int = 32,
+                 stack=None):
         self.spec, self.chip, self.par = load_model(model), load_chip(chip), par
         par.check(self.spec)
-        self.kw = dict(weights=weights, kv=kv, activations=activations, impl=impl, tp=par.tp, ep=par.ep)
-        self.r = 2.0 ** (1.0 / resolution)
-        from ..perf.params import load_params
+        from ..stack import stack_for
 
+        self.stack = stack_for(self.chip, stack)
+        self.kw = dict(weights=weights, kv=kv, activations=activations, impl=impl, tp=par.tp, ep=par.ep, stack=self.stack)
+        self.r = 2.0 ** (1.0 / resolution)
         # GEMM time is a step function of the rows M (one more tile every `seg` rows) plus parts linear in M:
         # decode batch sizes interpolate between the ends of each tile segment, where that is exact
-        self.seg = int(min(t[0] for t in load_params(self.chip.chip.family).gemm_tiles))
+        self.seg = int(min(t[0] for t in self.stack.params_for(self.chip).gemm_tiles))
         # below one sequence per core, split-KV decode attention changes its split count with n: exact there
         self.exact_rows = -(-max(self.seg, self.chip.cores.count) // self.seg) * self.seg
         self.cache: dict = {}
@@ -90,7 +92,7 @@ class StepTimer:
         from ..llm.kernels import DTYPE_BYTES
         from ..perf.api import dtypes_for
 
-        self.dtypes = dtypes_for(weights, kv, activations, self.chip)
+        self.dtypes = dtypes_for(weights, kv, activations, self.chip, self.stack)
         self._act_bytes = DTYPE_BYTES.get(self.dtypes.activations, 2.0)
 
     # ---- the seam
