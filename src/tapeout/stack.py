@@ -63,7 +63,7 @@ class Stack:
 
     def params_for(self, chip: Chip) -> PerfParams:
         """The chip family's performance parameters with this stack's overrides."""
-        return _params(self, chip.chip.family)
+        return _params(tuple(sorted(self.overrides.items())), chip.chip.family)
 
     def cite(self, key: str) -> str:
         q = self.quantities.get(key)
@@ -71,8 +71,8 @@ class Stack:
 
 
 @lru_cache(maxsize=None)
-def _params(stack: Stack, family: str) -> PerfParams:
-    return dataclasses.replace(load_params(family), **stack.overrides)
+def _params(overrides: tuple, family: str) -> PerfParams:
+    return dataclasses.replace(load_params(family), **dict(overrides))
 
 
 def stacks_dir():
@@ -125,12 +125,13 @@ def _raw(name: str, seen: tuple = ()) -> tuple[dict, dict, dict]:
     return meta, q, refs
 
 
-@lru_cache(maxsize=None)
 def load_stack(spec: str | Stack | None) -> Stack:
     """A stack by name (data/stacks/<name>.toml); a Stack passes through."""
-    if isinstance(spec, Stack):
-        return spec
-    name = "ideal" if spec is None else str(spec)
+    return spec if isinstance(spec, Stack) else _load("ideal" if spec is None else str(spec))
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> Stack:
     meta, q, refs = _raw(name)
     kernels = frozenset(meta.get("kernels", KERNELS))
     formats = tuple(meta["formats"]) if "formats" in meta else None

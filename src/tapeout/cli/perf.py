@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import console, gib, print_json
@@ -13,7 +14,10 @@ from .common import console, gib, print_json
 _MODEL = typer.Option(..., "--model", "-m", help="shipped model name, config.json path or local HF model folder")
 _WEIGHTS = typer.Option("bf16", "--weights", help="weight dtype: bf16, fp16, fp8, int8, int4 (weight-only)")
 _KV = typer.Option(None, "--kv", help="KV-cache dtype (default: fp8 with fp8 weights, else bf16)")
-_IMPL = typer.Option("fused", "--impl", help="fused (vLLM/TensorRT-LLM-like) or pytorch-cudagraph")
+_IMPL = typer.Option(None, "--impl", help="kernel sequence: fused (vLLM/TensorRT-LLM-like) or pytorch-cudagraph "
+                     "(default: the stack's)")
+_STACK = typer.Option(None, "--stack", help="software stack (default: each chip's deployed stack; ideal: the silicon "
+                      "with a mature stack); list them with `tapeout stacks`")
 _SKEW = typer.Option(0.0, "--moe-skew", help="MoE routing skew: Zipf exponent of expert popularity (0 = uniform)")
 _EP = typer.Option(1, "--ep", help="expert-parallel chips (MoE)")
 
@@ -51,20 +55,21 @@ def predict(file: Path = typer.Argument(..., help="JSON in ../shared/calibration
         console.print(f"wrote {out}")
 
 
-def _estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep=1, moe_skew=0.0):
+def _estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep=1, moe_skew=0.0, stack=None):
     return dict(batch=batch, prompt=prompt, output=output, weights=weights, kv=kv, impl=impl, tp=tp, ep=ep,
-                moe_skew=moe_skew)
+                moe_skew=moe_skew, stack=stack)
 
 
 def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip", "-c"),
              batch: int = typer.Option(1, "--batch", "-b"), prompt: int = typer.Option(1024, "--prompt", "-p"),
              output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
              impl: str = _IMPL, tp: int = typer.Option(1, "--tp", help="tensor-parallel chips"),
-             ep: int = _EP, moe_skew: float = _SKEW, json_out: bool = typer.Option(False, "--json")):
+             ep: int = _EP, moe_skew: float = _SKEW, stack: Optional[str] = _STACK,
+             json_out: bool = typer.Option(False, "--json")):
     """TTFT, TPOT, latency, tokens/s, memory and what bounds each phase, for one model on one chip."""
     from ..perf.api import estimate as est
 
-    r = est(model, chip, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew))
+    r = est(model, chip, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew, stack))
     if json_out:
         print_json(r.to_dict())
         return
@@ -78,15 +83,15 @@ def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip",
 
 
 def _ms(s: float | None) -> str:
-    return "-" if s is None else (f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.3f} s")
+    return "-" if s is None else (f"{s * 1e3:.4g} ms" if s < 1 else f"{s:.3f} s")
 
 
 def _print_estimates(rs) -> None:
     t = Table(title=f"{rs[0].model}: batch {rs[0].batch}, prompt {rs[0].prompt}, output {rs[0].output}, "
-                    f"weights {rs[0].settings['weights']}, kv {rs[0].settings['kv']}, {rs[0].settings['impl']}")
+                    f"weights {rs[0].settings['weights']}, kv {rs[0].settings['kv']}")
     t.add_column("metric")
     for r in rs:
-        t.add_column(r.chip, justify="right")
+        t.add_column(f"{r.chip}\n{r.settings['stack']}", justify="right")
     rows = [("TTFT", lambda r: _ms(r.ttft_s)), ("TPOT", lambda r: _ms(r.tpot_s)), ("end-to-end", lambda r: _ms(r.e2e_s)),
             ("tokens/s (request)", lambda r: f"{r.tokens_per_s:,.0f}"),
             ("tokens/s (decode)", lambda r: f"{r.decode_tokens_per_s:,.0f}"),
@@ -102,24 +107,58 @@ def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout
             batch: int = typer.Option(1, "--batch", "-b"), prompt: int = typer.Option(1024, "--prompt", "-p"),
             output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
             impl: str = _IMPL, tp: int = typer.Option(1, "--tp"), ep: int = _EP, moe_skew: float = _SKEW,
+            stack: Optional[str] = typer.Option(None, "--stack", help="one stack for every chip (default: each chip "
+                                                "as deployed, with its vendor's stack, and with the ideal stack)"),
             json_out: bool = typer.Option(False, "--json")):
-    """The same estimate side by side on several chips."""
+    """The same estimate side by side on several chips: as deployed and with the ideal stack (the moat)."""
     from ..errors import DoesNotFitError
     from ..perf.api import estimate as est
+    from ..stack import stack_for
 
     rs, skipped = [], []
     for c in [c.strip() for c in chips.split(",") if c.strip()]:
+        stacks = [stack] if stack else list(dict.fromkeys([stack_for(c).name, "ideal"]))
         try:
-            rs.append(est(model, c, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew)))
+            rs += [est(model, c, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew, s))
+                   for s in stacks]
         except DoesNotFitError as e:
             skipped.append(str(e))
+    moat = _moat(rs)
     if json_out:
-        print_json({"results": [r.to_dict() for r in rs], "skipped": skipped})
+        print_json({"results": [r.to_dict() for r in rs], "moat": moat, "skipped": skipped})
         return
     if rs:
-        _print_estimates(rs)
+        _print_rows(rs)
+    for chip, m in moat.items():
+        console.print(f"{chip}: {m['deployed_stack']} reaches {m['fraction_of_ideal']:.0%} of the ideal stack's "
+                      f"tokens/s (software moat {m['moat']:.2f}x)", soft_wrap=True, highlight=False)
     for s in skipped:
-        console.print(f"[yellow]skipped:[/] {s}", soft_wrap=True)
+        console.print(f"[yellow]skipped:[/] {escape(s)}", soft_wrap=True)
+
+
+def _print_rows(rs) -> None:
+    """One row per (chip, stack) estimate."""
+    r0 = rs[0]
+    t = Table(title=f"{r0.model}: batch {r0.batch}, prompt {r0.prompt}, output {r0.output}, weights "
+                    f"{r0.settings['weights']}, tp {r0.settings['tp']}")
+    for col in ("chip", "stack", "TTFT", "TPOT", "tokens/s", "decode tok/s", "memory", "bound (prefill/decode)"):
+        t.add_column(col, justify="left" if col in ("chip", "stack") else "right")
+    for r in rs:
+        t.add_row(r.chip, r.settings["stack"], _ms(r.ttft_s), _ms(r.tpot_s), f"{r.tokens_per_s:,.0f}",
+                  f"{r.decode_tokens_per_s:,.0f}", gib(r.memory_bytes), f"{r.bounds['prefill']}/{r.bounds['decode']}")
+    console.print(t)
+
+
+def _moat(rs) -> dict:
+    """Per chip with both a deployed and an ideal estimate: ideal tokens/s over deployed tokens/s."""
+    out = {}
+    for r in rs:
+        if r.settings["stack"] == "ideal":
+            dep = next((d for d in rs if d.chip == r.chip and d.settings["stack"] != "ideal"), None)
+            if dep is not None:
+                out[r.chip] = {"deployed_stack": dep.settings["stack"], "moat": r.tokens_per_s / dep.tokens_per_s,
+                               "fraction_of_ideal": dep.tokens_per_s / r.tokens_per_s}
+    return out
 
 
 def roofline(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip", "-c"),

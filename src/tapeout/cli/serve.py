@@ -121,7 +121,9 @@ def serve_cmd(
     prefix_len: int = typer.Option(0, "--prefix-len", help="tokens of each shared prefix"),
     weights: str = typer.Option("bf16", "--weights", help="bf16, fp16, fp8, int8, int4"),
     kv: Optional[str] = typer.Option(None, "--kv", help="KV-cache dtype"),
-    impl: str = typer.Option("fused", "--impl", help="fused or pytorch-cudagraph"),
+    impl: Optional[str] = typer.Option(None, "--impl", help="fused or pytorch-cudagraph (default: the stack's)"),
+    stack: Optional[str] = typer.Option(None, "--stack", help="software stack (default: the chip's deployed stack; "
+                                        "see `tapeout stacks`)"),
     slo_ttft: float = typer.Option(2.0, "--slo-ttft", help="TTFT SLO (s)"),
     slo_tpot: float = typer.Option(0.1, "--slo-tpot", help="TPOT SLO (s)"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="'rate': sweep request rates; 'max-rate': find the "
@@ -138,7 +140,7 @@ def serve_cmd(
     kw = dict(chips=chips, tp=tp, pp=pp, ep=ep, workload=workload, arrival=arrival, cv=cv, seed=seed,
               scheduler=scheduler, max_seqs=max_seqs, max_batched_tokens=max_tokens, block_size=block_size,
               memory_utilization=mem_util, prefix_caching=prefix_caching, prefix_groups=prefix_groups,
-              prefix_len=prefix_len, disaggregate=_parse_pd(disaggregate), weights=weights, kv=kv, impl=impl,
+              prefix_len=prefix_len, disaggregate=_parse_pd(disaggregate), weights=weights, kv=kv, impl=impl, stack=stack,
               slo_ttft=slo_ttft, slo_tpot=slo_tpot)
     if sweep:
         return _sweep(model, chip, sweep, rates, rate, duration, requests, out, as_json, csv_out, kw)

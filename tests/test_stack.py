@@ -1,0 +1,122 @@
+"""Software stacks: files, loader, and what each part of a stack does to a step."""
+import dataclasses
+
+import pytest
+from typer.testing import CliRunner
+
+from tapeout.chip import load_chip, preset_names
+from tapeout.errors import TapeoutError
+from tapeout.llm.kernels import Batch, build_step
+from tapeout.llm.spec import load_model
+from tapeout.perf.api import dtypes_for, estimate, run_batch
+from tapeout.stack import KERNELS, load_stack, lower, stack_for, stack_names
+
+
+def test_every_preset_names_a_loadable_stack():
+    for n in preset_names():
+        s = stack_for(n)
+        assert s.name == load_chip(n).chip.stack
+    for n in stack_names():
+        s = load_stack(n)
+        assert set(s.kernels) <= set(KERNELS)
+        for k, q in s.quantities.items():
+            assert s.cite(k), (n, k)
+
+
+def test_unknown_stack_is_one_clear_error():
+    with pytest.raises(TapeoutError, match="no such software stack.*known: .*ideal"):
+        load_stack("nvidia-trt")
+
+
+def test_nvidia_stack_is_the_fitted_library_so_ideal_equals_deployed_on_h100():
+    a = estimate("llama-3.1-8b", "h100-sxm", batch=8, prompt=512, output=64)
+    b = estimate("llama-3.1-8b", "h100-sxm", batch=8, prompt=512, output=64, stack="ideal")
+    assert a.settings["stack"] == "nvidia-trtllm" and b.settings["stack"] == "ideal"
+    assert a.tpot_s == pytest.approx(b.tpot_s) and a.ttft_s == pytest.approx(b.ttft_s)
+
+
+def _with(stack: str, **overrides):
+    s = load_stack(stack)
+    return dataclasses.replace(s, name=f"{stack}+test", overrides={**s.overrides, **overrides})
+
+
+def test_step_overhead_adds_once_per_step():
+    batch = Batch.of("decode", 16, 1024)
+    base = run_batch("llama-3.1-8b", "h100-sxm", batch, stack="ideal", clock_hz=1.5e9)
+    slow = run_batch("llama-3.1-8b", "h100-sxm", batch, stack=_with("ideal", step_overhead_s=2e-3), clock_hz=1.5e9)
+    assert slow.seconds - base.seconds == pytest.approx(2e-3, rel=1e-9)
+    assert slow.by_kind()["host"] == pytest.approx(2e-3)
+
+
+def test_matrix_efficiency_slows_compute_bound_prefill_in_proportion():
+    batch = Batch.of("prefill", 4, 4096)
+    kw = dict(clock_hz=1.5e9)
+    base = run_batch("llama-3.1-8b", "h100-sxm", batch, stack="ideal", **kw).by_kind()["gemm"]
+    half = run_batch("llama-3.1-8b", "h100-sxm", batch, stack=_with("ideal", mma_efficiency=0.467), **kw).by_kind()["gemm"]
+    assert 1.6 < half / base < 2.05   # compute-bound GEMMs at half the tile efficiency (0.934 fitted)
+
+
+def test_collective_efficiency_and_latency_scale_comm_kernels():
+    batch = Batch.of("decode", 32, 1024)
+    base = run_batch("llama-3.1-70b", "h100-sxm", batch, tp=8, stack="ideal", clock_hz=1.5e9).by_kind()["comm"]
+    slow = run_batch("llama-3.1-70b", "h100-sxm", batch, tp=8, clock_hz=1.5e9,
+                     stack=_with("ideal", comm_efficiency=0.5, comm_latency_s=0.0)).by_kind()["comm"]
+    assert slow > 1.5 * base
+
+
+def test_without_flash_attention_the_scores_go_through_memory():
+    ks = build_step(load_model("llama-3.1-8b"), Batch.of("prefill", 1, 2048))
+    flash = [k for k in ks if k.kind == "attention"]
+    plain = [k for k in lower(_no("flash_attention"), ks) if k.kind == "attention"]
+    extra = (plain[0].bytes_read + plain[0].bytes_written) - (flash[0].bytes_read + flash[0].bytes_written)
+    assert extra == pytest.approx(8 * 32 * 2048 * 2049 / 2)   # 8 bytes per causal (query, key) pair per head
+    assert plain[0].flops == flash[0].flops
+
+
+def _no(kernel):
+    s = load_stack("ideal")
+    return dataclasses.replace(s, name=f"no-{kernel}", kernels=s.kernels - {kernel})
+
+
+def test_without_grouped_moe_each_expert_is_its_own_launch_with_the_same_work():
+    ks = build_step(load_model("mixtral-8x7b"), Batch.of("decode", 64, 512))
+    grouped = [k for k in ks if k.name.startswith("expert") and k.kind == "gemm"]
+    ungrouped = [k for k in lower(_no("grouped_moe"), ks) if k.name.startswith("expert") and k.kind == "gemm"]
+    for g, u in zip(grouped, ungrouped):
+        assert u.shape[3] == 1 and u.count == g.count * round(g.shape[3])
+        assert u.flops * u.count == pytest.approx(g.flops * g.count)
+    t_g = run_batch("mixtral-8x7b", "h100-sxm", Batch.of("decode", 64, 512), stack="ideal", clock_hz=1.5e9)
+    t_u = run_batch("mixtral-8x7b", "h100-sxm", Batch.of("decode", 64, 512), stack=_no("grouped_moe"), clock_hz=1.5e9)
+    assert t_u.by_kind()["gemm"] > t_g.by_kind()["gemm"]
+
+
+def test_formats_the_stack_lacks_run_weight_only():
+    c = load_chip("h100-sxm")
+    assert dtypes_for("int8", None, None, c, load_stack("ideal")).mma == "int8"
+    dt = dtypes_for("int8", None, None, c, load_stack("neuron"))   # Neuron: int8 weights, bf16 matmul
+    assert dt.weights == "int8" and dt.mma == "bf16"
+    assert dtypes_for("fp8", None, None, c, load_stack("cann")).kv == "bf16"
+
+
+def test_cli_stacks_list_and_show():
+    from tapeout.cli import app
+
+    r = CliRunner().invoke(app, ["stacks", "--json"])
+    assert r.exit_code == 0 and '"neuron"' in r.output
+    r = CliRunner().invoke(app, ["stacks", "show", "nvidia-trtllm"])
+    assert r.exit_code == 0 and "TensorRT-LLM" in r.output
+
+
+def test_cli_compare_shows_deployed_and_ideal():
+    import json
+
+    from tapeout.cli import app
+
+    r = CliRunner().invoke(app, ["compare", "-m", "llama-3.1-8b", "--chips", "h100-sxm,tapeout-n7", "--json",
+                                 "-b", "4", "-p", "256", "-n", "16", "--weights", "fp8"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert [(x["chip"], x["settings"]["stack"]) for x in d["results"]] == [
+        ("h100-sxm", "nvidia-trtllm"), ("h100-sxm", "ideal"), ("tapeout-n7", "cann"), ("tapeout-n7", "ideal")]
+    assert d["moat"]["h100-sxm"]["moat"] == pytest.approx(1.0)
+    assert d["moat"]["tapeout-n7"]["moat"] >= 1.0
