@@ -6,6 +6,7 @@ dataclass, so a loader that mapped a key to the wrong field would fail here.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,8 +26,11 @@ PRESETS = preset_names()
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("h100-sxm", "h100-pcie", "h200-sxm", "h20", "a100-sxm-80gb", "l20", "l40s", "b200", "ascend-910b",
             "ascend-910c", "mlu370-x8", "br100", "mtt-s4000", "tpu-v5e", "tpu-v6e", "inferentia2", "groq-lpu",
-            "hanguang-800", "t-head-ppu", "tapeout-n7")
+            "hanguang-800", "t-head-ppu", "tapeout-n7", "mi300x", "mi325x", "gaudi2", "gaudi3", "trainium1",
+            "trainium2", "metax-c500", "mlu590", "b30a")
 NVIDIA_FAMILIES = {"hopper", "ampere", "ada", "blackwell"}
+VENDOR_STACKS = {"AMD": "rocm-vllm", "Intel": "gaudi-synapse", "AWS": "neuron", "MetaX": "maca", "Cambricon": "neuware",
+                 "Huawei": "cann"}
 
 
 def raw(name: str) -> dict:
@@ -126,14 +130,32 @@ def test_family_and_kind(name):
     assert c.chip.kind in ("gpu", "npu", "tpu", "lpu")
     if c.chip.vendor == "NVIDIA":
         assert c.chip.family in NVIDIA_FAMILIES and c.chip.kind == "gpu"
+        assert c.chip.stack == "nvidia-trtllm"
+    elif c.chip.vendor == "AMD":
+        assert c.chip.family == "cdna" and c.chip.kind == "gpu"
     else:
         assert c.chip.family == "npu"
+    assert c.chip.stack == VENDOR_STACKS.get(c.chip.vendor, c.chip.stack)
+
+
+def test_cdna_family_inherits_the_hopper_fit():
+    from tapeout.perf.params import load_params
+
+    assert load_params("cdna") == dataclasses.replace(load_params("hopper"), family="cdna")
+
+
+def test_ascend_910b_follows_the_cann_platform_config():
+    """24 AI cores at a 1.8 GHz cube clock, two 64-lane vector cores per AI core: ~354 TF fp16."""
+    c = load_chip("ascend-910b")
+    assert (c.cores.count, c.cores.clock_hz, c.cores.vector.lanes) == (24, 1.8e9, 2 * 64)
+    assert c.peak_flops("fp16") == pytest.approx(354e12, rel=0.002)
+    assert c.shared_buffer.bytes == 201326592
 
 
 def test_nvidia_peaks_are_dense_not_the_sparse_headline():
     """NVIDIA's sparse headline is 2x dense; the dense bf16 peak of each part is below these bounds."""
     dense_bf16_max = {"h100-sxm": 1000e12, "h200-sxm": 1000e12, "h100-pcie": 800e12, "a100-sxm-80gb": 320e12,
-                      "l40s": 370e12, "l20": 125e12, "h20": 150e12, "b200": 2300e12}
+                      "l40s": 370e12, "l20": 125e12, "h20": 150e12, "b200": 2300e12, "b30a": 1150e12}
     for name, bound in dense_bf16_max.items():
         assert load_chip(name).peak_flops("bf16") <= bound
 

@@ -1,5 +1,6 @@
 """LLM workloads: shipped configs, the kernel sequence's exact FLOPs and bytes, memory fit."""
 import json
+from importlib import resources
 
 import pytest
 
@@ -8,12 +9,13 @@ from tapeout.llm.kernels import Batch, Dtypes, build_step
 from tapeout.llm.spec import ModelConfigError, load_model, model_names
 
 REQUIRED = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b",
-            "qwen2.5-72b", "qwen3-8b", "qwen3-32b", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "mixtral-8x7b"]
+            "qwen2.5-72b", "qwen3-8b", "qwen3-32b", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "mixtral-8x7b",
+            "llama-2-13b", "mistral-7b", "gemma-2b"]
 
 # published parameter counts (billions) of the shipped configs
 PUBLISHED = {"llama-3.1-8b": 8.03, "llama-3.1-70b": 70.6, "llama-3.1-405b": 405.9, "qwen2.5-7b": 7.62,
              "qwen2.5-72b": 72.7, "qwen3-30b-a3b": 30.5, "qwen3-235b-a22b": 235.1, "deepseek-v3": 671.0,
-             "mixtral-8x7b": 46.7}
+             "mixtral-8x7b": 46.7, "llama-2-13b": 13.0, "mistral-7b": 7.24, "gemma-2b": 2.51}
 
 
 def test_required_models_ship():
@@ -23,6 +25,21 @@ def test_required_models_ship():
 @pytest.mark.parametrize("name,billions", PUBLISHED.items())
 def test_parameter_counts_match_published(name, billions):
     assert load_model(name).n_params / 1e9 == pytest.approx(billions, rel=0.01)
+
+
+def test_gemma_shapes_activation_and_default_tied_embeddings(tmp_path):
+    """Gemma: MQA (1 KV head) with head_dim 256 != hidden / heads, GeGLU, and embeddings tied by its config
+    class's default (the config.json has no tie_word_embeddings key)."""
+    g = load_model("gemma-2b")
+    assert (g.heads, g.kv_heads, g.head_dim, g.q_dim, g.vocab) == (8, 1, 256, 2048, 256000)
+    assert g.tied_embeddings and g.activation == "gelu_pytorch_tanh"
+    assert g.kv_bytes_per_token(2.0) == 18 * 2 * 256 * 2.0
+    cfg = json.loads((resources.files("tapeout.models") / "gemma-2b.json").read_text())
+    assert "tie_word_embeddings" not in cfg
+    untied = {**cfg, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(untied))
+    assert load_model(tmp_path).n_params - g.n_params == 256000 * 2048
+    assert not load_model("llama-2-13b").tied_embeddings and load_model("mistral-7b").activation == "silu"
 
 
 def test_active_parameters_of_moe():

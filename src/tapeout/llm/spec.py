@@ -59,6 +59,7 @@ class ModelSpec:
     moe: Moe | None = None
     mla: Mla | None = None
     max_position: int = 0
+    activation: str = "silu"  # of the gated MLP (SwiGLU: silu; GeGLU: gelu...); the same shapes either way
 
     @property
     def q_dim(self) -> int:
@@ -108,6 +109,11 @@ class ModelSpec:
         return emb + sum(self.attn_params() + self.mlp_params(i)[1] for i in range(self.layers))
 
 
+# model types whose Hugging Face config class ties the input and output embeddings unless the
+# config.json says otherwise (GemmaConfig.tie_word_embeddings defaults to True; Llama's, Qwen's to False)
+_TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "gemma3_text"})
+
+
 def _get(cfg: dict, src: str, *keys, default=None, required=True):
     for k in keys:
         if k in cfg and cfg[k] is not None:
@@ -118,7 +124,9 @@ def _get(cfg: dict, src: str, *keys, default=None, required=True):
 
 
 def spec_from_config(cfg: dict, name: str, src: str = "<config>") -> ModelSpec:
-    """A ModelSpec from a Hugging Face config dict (Llama, Qwen2/3, Qwen3-MoE, Mixtral, DeepSeek-V3)."""
+    """A ModelSpec from a Hugging Face config dict (Llama, Mistral, Gemma, Qwen2/3, Qwen3-MoE, Mixtral,
+    DeepSeek-V3). Gemma's `hidden_activation` (its GeGLU's tanh-approximate GELU) takes precedence over
+    `hidden_act`, as in transformers' GemmaConfig."""
     if "text_config" in cfg:  # multimodal wrappers
         cfg = {**cfg, **cfg["text_config"]}
     g = lambda *k, **kw: _get(cfg, src, *k, **kw)
@@ -138,14 +146,16 @@ def spec_from_config(cfg: dict, name: str, src: str = "<config>") -> ModelSpec:
         mla = Mla(int(cfg.get("q_lora_rank") or 0), int(cfg["kv_lora_rank"]), int(g("qk_nope_head_dim")),
                   int(g("qk_rope_head_dim")), int(g("v_head_dim")))
     head_dim = int(cfg.get("head_dim") or (mla.v_head_dim if mla else h // heads))
+    tied = cfg.get("tie_word_embeddings")
     spec = ModelSpec(
         name=name, hidden=h, layers=int(g("num_hidden_layers", "n_layer")), heads=heads,
         kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim,
         intermediate=int(g("intermediate_size", "n_inner", default=4 * h, required=False)),
-        vocab=int(g("vocab_size")), tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        vocab=int(g("vocab_size")), tied_embeddings=bool(mt in _TIED_BY_DEFAULT if tied is None else tied),
         qkv_bias=bool(cfg.get("attention_bias", mt == "qwen2" or mt == "qwen2_moe")),
         qk_norm=mt.startswith("qwen3"), moe=moe, mla=mla,
-        max_position=int(cfg.get("max_position_embeddings") or 0))
+        max_position=int(cfg.get("max_position_embeddings") or 0),
+        activation=str(cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"))
     for field in ("hidden", "layers", "heads", "kv_heads", "head_dim", "vocab"):
         if getattr(spec, field) <= 0:
             raise ModelConfigError(f"{src}: {field} must be positive")
