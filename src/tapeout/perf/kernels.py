@@ -173,7 +173,10 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
         # each split streams its share of the cache at most at what one decode block keeps in flight
         mem = max(mem_bytes / _dram_bw(chip, p.kv_dram_efficiency), waves * per_cta / (p.decode_core_bytes_per_cycle * chip.max_clock_hz))
         # a combine kernel follows a split: its own launch and pipeline fill
-        return cyc, mem, (waves + (splits > 1)) * p.tile_latency_s, 2 if splits > 1 else 1
+        # a GPU pays a pipeline fill per wave of thread blocks; an NPU's DMA engines prefetch the next
+        # unit's cache behind the current one, so only the first fill shows
+        fills = waves if chip.cores.matrix.dataflow == "simt" else 1
+        return cyc, mem, (fills + (splits > 1)) * p.tile_latency_s, 2 if splits > 1 else 1
     bq = p.attention_q_block
     nq = math.ceil(Sq / bq)
     cached = Skv - Sq
