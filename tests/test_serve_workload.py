@@ -4,17 +4,49 @@ import pytest
 
 from tapeout.errors import TapeoutError
 from tapeout.serve.data import table
-from tapeout.serve.workload import arrival_times, generate, lengths, load_trace, save_trace
+from tapeout.serve.workload import arrival_times, generate, lengths, load_trace, save_trace, workload_names
 
 
-@pytest.mark.parametrize("name", ["chat", "rag", "mlperf-llama2"])
+LLM_WORKLOADS = ["chat", "rag", "mlperf-llama2", "sharegpt", "sharegpt-1024", "mlperf-mixtral", "mlperf-llama3.1-405b"]
+
+
+@pytest.mark.parametrize("name", LLM_WORKLOADS)
 def test_lengths_match_the_data_table(name):
     w = table("workloads")[name]
     p, o = lengths(name, 20000, np.random.default_rng(0))
     assert p.min() >= w["prompt_min"] and p.max() <= w["prompt_max"]
     assert o.min() >= w["output_min"] and o.max() <= w["output_max"]
+    assert (p + o).max() <= w.get("total_max", np.inf)
     assert p.mean() == pytest.approx(w["prompt_mean"], rel=0.02)
     assert o.mean() == pytest.approx(w["output_mean"], rel=0.02)
+
+
+def test_published_workload_figures():
+    """The sourced statistics the new workloads are built from (a wrong transcription fails here)."""
+    t = table("workloads")
+    assert (t["sharegpt"]["prompt_max"], t["sharegpt"]["total_max"], t["sharegpt"]["prompt_min"]) == (1024, 2048, 4)
+    assert t["sharegpt"]["prompt_mean"] == pytest.approx(229711 / 1000, abs=0.05)
+    assert t["sharegpt-1024"]["output_max"] == t["sharegpt-1024"]["prompt_max"] == 1024
+    assert (t["mlperf-mixtral"]["samples"], t["mlperf-mixtral"]["output_mean"]) == (15000, 145.9)
+    assert (t["mlperf-llama3.1-405b"]["samples"], t["mlperf-llama3.1-405b"]["output_max"]) == (8313, 2000)
+
+
+def test_total_max_caps_prompt_plus_output():
+    """sharegpt drops requests with prompt + output > 2048: long prompts get shorter outputs."""
+    p, o = lengths("sharegpt", 50000, np.random.default_rng(3))
+    assert (p + o).max() <= 2048 and o.max() > 1024   # outputs may exceed 1024 only next to short prompts
+    assert o[p > 900].max() <= 2048 - 900
+
+
+def test_vision_workload_is_listed_apart_and_refused_for_llm_serving():
+    w = table("workloads")["imagenet-224"]
+    assert w["kind"] == "vision" and (w["image_height"], w["image_width"], w["channels"], w["samples"]) == (224, 224, 3, 50000)
+    assert "imagenet-224" in workload_names("vision") and "imagenet-224" not in workload_names()
+    assert set(LLM_WORKLOADS) == set(workload_names())
+    with pytest.raises(TapeoutError, match="imagenet-224' is a vision data set"):
+        lengths("imagenet-224", 10, np.random.default_rng(0))
+    with pytest.raises(TapeoutError, match="vision"):
+        generate(10, workload="imagenet-224", arrival="offline")
 
 
 def test_fixed_lengths_and_errors():

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..errors import DoesNotFitError, TapeoutError
+from ..errors import DoesNotFitError
 from ..perf.step import step_energy_j
 from .design import Infeasible
 
@@ -63,12 +63,10 @@ class Workload:
         if self.traffic.startswith("fixed:"):
             p, o = self.traffic.split(":")[1:3]
             return float(p), float(o)
-        from ..serve.data import table
+        from ..serve.workload import llm_workload
 
-        t = table("workloads")
-        if self.traffic not in t:
-            raise TapeoutError(f"traffic {self.traffic!r}: use one of {', '.join(sorted(t))} or fixed:PROMPT:OUTPUT")
-        return float(t[self.traffic]["prompt_mean"]), float(t[self.traffic]["output_mean"])
+        w = llm_workload(self.traffic)
+        return float(w["prompt_mean"]), float(w["output_mean"])
 
     def dtype_for(self, chip) -> str:
         for w in self.weights:

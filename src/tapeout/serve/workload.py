@@ -5,7 +5,9 @@
     (100, True)
 
 Length workloads are log-normal distributions from data/serve/workloads.toml (chat, rag,
-mlperf-llama2) or `fixed:PROMPT:OUTPUT`. Arrivals: `poisson` (exponential gaps), `gamma`
+sharegpt, sharegpt-1024, mlperf-llama2, mlperf-mixtral, mlperf-llama3.1-405b) or
+`fixed:PROMPT:OUTPUT`; a table with `kind = "vision"` there (imagenet-224) is an image set,
+which the LLM functions here refuse with a clear error. Arrivals: `poisson` (exponential gaps), `gamma`
 (gaps with coefficient of variation `cv`: > 1 is bursty, < 1 smoother), `offline` (all at t = 0,
 as MLPerf's Offline scenario issues every query at once).
 """
@@ -35,12 +37,28 @@ class Request:
     prefix_len: int = 0
 
 
-def workload_names() -> list[str]:
-    return sorted(table("workloads"))
+def workload_names(kind: str = "llm") -> list[str]:
+    """Names of the shipped workloads of one kind ("llm": token-length distributions; "vision")."""
+    return sorted(k for k, w in table("workloads").items() if w.get("kind", "llm") == kind)
 
 
-def _clipped_lognormal(rng, n: int, mean: float, cv: float, lo: float, hi: float) -> np.ndarray:
-    """Log-normal samples clipped to [lo, hi], scaled so that the clipped mean is `mean`."""
+def llm_workload(name: str) -> dict:
+    """The length distribution of a shipped LLM workload (means, CVs, bounds; optional total_max)."""
+    t = table("workloads")
+    if name not in t:
+        raise TapeoutError(f"workload {name!r}: use one of {', '.join(workload_names())} or fixed:PROMPT:OUTPUT")
+    w = t[name]
+    if w.get("kind", "llm") != "llm":
+        raise TapeoutError(f"workload {name!r} is a {w['kind']} data set (data/serve/workloads.toml), not prompt/output "
+                           f"token lengths; LLM serving takes {', '.join(workload_names())} or fixed:PROMPT:OUTPUT")
+    if w.get("total_max", math.inf) < w["prompt_max"] + w["output_min"]:
+        raise TapeoutError(f"data/serve/workloads.toml: {name}.total_max is below prompt_max + output_min")
+    return w
+
+
+def _clipped_lognormal(rng, n: int, mean: float, cv: float, lo: float, hi) -> np.ndarray:
+    """Log-normal samples clipped to [lo, hi] (hi: a number or one bound per sample), scaled so that
+    the clipped mean is `mean`."""
     s2 = math.log(1.0 + cv * cv)
     x = rng.lognormal(-s2 / 2, math.sqrt(s2), n)      # mean 1
     a, b = mean * 1e-3, mean * 1e3
@@ -63,12 +81,10 @@ def lengths(workload: str, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
         if p < 1 or o < 1:
             raise TapeoutError(f"workload {workload!r}: prompt and output must be >= 1")
         return np.full(n, p, np.int64), np.full(n, o, np.int64)
-    t = table("workloads")
-    if workload not in t:
-        raise TapeoutError(f"workload {workload!r}: use one of {', '.join(sorted(t))} or fixed:PROMPT:OUTPUT")
-    w = t[workload]
-    return tuple(_clipped_lognormal(rng, n, w[f"{k}_mean"], w[f"{k}_cv"], w[f"{k}_min"], w[f"{k}_max"])
-                 for k in ("prompt", "output"))
+    w = llm_workload(workload)
+    prompt = _clipped_lognormal(rng, n, w["prompt_mean"], w["prompt_cv"], w["prompt_min"], w["prompt_max"])
+    out_max = np.minimum(w["output_max"], w.get("total_max", math.inf) - prompt)   # prompt + output <= total_max
+    return prompt, _clipped_lognormal(rng, n, w["output_mean"], w["output_cv"], w["output_min"], out_max)
 
 
 def arrival_times(n: int, rate: float | None, rng, process: str = "poisson", cv: float = 1.0) -> np.ndarray:
