@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # feature modules, each with register(app); order is the order in --help
-_COMMAND_MODULES = ("chips", "perf", "npu", "serve", "design")
+_COMMAND_MODULES = ("chips", "perf", "npu", "serve", "design", "validate")
 
 
 def _register_all() -> None:
