@@ -20,8 +20,8 @@ Scenarios (SCENARIOS: name -> function of a Case and a Layout, returning every m
 - decode       a decode pool at `batch_per_chip` sequences per chip with `context`-token caches
 - prefill      a prefill pool running `tokens_per_step` tokens per chip per step in `prompt`-token prompts
 
-`batch`, `concurrency` and `tokens_per_step`... count the whole deployment, except the `_per_chip`
-fields; chips beyond one tp x pp x ep replica are data-parallel replicas. A null tp/pp/ep is searched:
+`batch`, `concurrency`, `max_seqs` (per replica) and `requests` count the deployment; `batch_per_chip` and
+`tokens_per_step` are per chip; chips beyond one tp x pp x ep replica are data-parallel replicas. A null tp/pp/ep is searched:
 every split of the chips that fits in memory, the best value of the metric wins (server rows pick the
 layout by offline throughput, then search the rate on it).
 """
@@ -273,10 +273,13 @@ def _server(case: Case, lay: Layout, check_memory: bool = True) -> dict:
                        **_serve_kw(case, lay, seqs))
     m = r.metrics
     out = m["steady_tok_s"]             # completed tokens/s at that rate (MLPerf Server's figure)
-    return {"output_tok_s": out, "total_tok_s": out * (1 + m["input_tokens"] / m["output_tokens"]),
-            "samples_s": rate, "output_tok_s_per_chip": out / m["chips"], "rate_req_s": rate,
-            f"tpot_p{q}_ms": m["tpot_s"][f"p{q}"] * 1e3, f"ttft_p{q}_ms": m["ttft_s"][f"p{q}"] * 1e3,
-            "tpot_ms": m["tpot_s"]["mean"] * 1e3, "ttft_ms": m["ttft_s"]["mean"] * 1e3, "requests": n, "max_seqs": seqs}
+    res = {"output_tok_s": out, "total_tok_s": out * (1 + m["input_tokens"] / m["output_tokens"]),
+           "samples_s": rate, "output_tok_s_per_chip": out / m["chips"], "rate_req_s": rate,
+           f"tpot_p{q}_ms": m["tpot_s"][f"p{q}"] * 1e3, f"ttft_p{q}_ms": m["ttft_s"][f"p{q}"] * 1e3,
+           "tpot_ms": m["tpot_s"]["mean"] * 1e3, "ttft_ms": m["ttft_s"]["mean"] * 1e3, "requests": n, "max_seqs": seqs}
+    if case.row.get("slo_latency_s") is not None:    # checked at the rate found, not searched on
+        res["meets_slo_latency"] = m["e2e_s"][f"p{q}"] <= case.row["slo_latency_s"]
+    return res
 
 
 SCENARIOS = {"offline": _offline, "server": _server, "static": _static, "concurrency": _concurrency,
