@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tapeout.cli import app
 from tapeout.llm.kernels import Batch
 from tapeout.perf.api import estimate, run_batch
-from tapeout.validate import (METRICS, SCENARIOS, _MEMO, gini, layouts, load_rows, predict_row, routing_skew,
+from tapeout.validate import (METRICS, SCENARIOS, clear_memo, gini, layouts, load_rows, predict_row, routing_skew,
                               stats, summarize, validate_rows)
 
 BASE = {"chip": "h100-sxm", "chips": 1, "tp": 1, "pp": 1, "ep": 1, "model": "llama-3.2-1b", "weights": "bf16",
@@ -26,7 +26,7 @@ def row(**kw):
 
 @pytest.fixture(autouse=True)
 def fresh_memo():
-    _MEMO.clear()
+    clear_memo()
 
 
 def test_static_is_estimate():
@@ -109,6 +109,8 @@ def test_layout_search_takes_the_best_that_fits():
     assert lat["layout"]["tp"] == 4
     big = predict_row(row(model="llama-3.1-70b", chips=4, tp=None, scenario="static", batch=1, workload="fixed:128:128"))
     assert big["layout"]["tp"] >= 2                               # 140 GB of bf16 weights need 2+ chips
+    none = predict_row(row(model="llama-3.1-405b", chips=2, tp=None, scenario="static", batch=1, workload="fixed:8:8"))
+    assert none["predicted"] is None and "no layout of 2 chips" in none["reason"]
     ls = layouts(types.SimpleNamespace(row={"tp": None, "pp": None, "ep": None}, chips=8, moe=False), "offline")
     assert len(ls) == 10 and all(8 % (x.tp * x.pp) == 0 and x.ep == 1 for x in ls)
 
@@ -144,7 +146,7 @@ def test_vision_rows_use_the_npu_predictor(monkeypatch):
               metric="samples_s", published=100.0)
     monkeypatch.setitem(sys.modules, "tapeout.npu.vision", None)     # not installed: a reason, no crash
     assert "vision" in predict_row(kw)["reason"]
-    _MEMO.clear()
+    clear_memo()
     calls = []
     fake = types.ModuleType("tapeout.npu.vision")
     fake.predict_throughput = lambda model, chip, dtype, batch: calls.append((model, chip, dtype, batch)) or {"samples_s": 60.0}

@@ -382,6 +382,11 @@ def _stack_key(stack) -> str | None:
 _MEMO: dict = {}
 
 
+def clear_memo() -> None:
+    """Forget memoized rows (after changing a stack or chip file in place)."""
+    _MEMO.clear()
+
+
 def _predict(row: dict, stack) -> tuple[dict, dict]:
     """(settings, metrics) of one row, memoized on its setup fields and the stack."""
     key = (tuple((k, repr(row.get(k))) for k in SETUP_FIELDS), _stack_key(stack))
