@@ -136,6 +136,14 @@ def test_bad_rows_give_one_line_reasons_and_the_rest_runs():
     assert out[-1]["predicted"] > 0 and out[-1]["ratio"] == pytest.approx(out[-1]["predicted"] / 10)
 
 
+def test_undefined_metric_is_a_reason_and_json_gets_no_nan():
+    r = predict_row(row(scenario="offline", workload="fixed:64:1", requests=20, metric="tpot_ms"))
+    assert r["predicted"] is None and "not defined" in r["reason"]
+    ok = predict_row(row(scenario="offline", workload="fixed:64:1", requests=20))
+    assert ok["predicted"] > 0 and ok["details"]["tpot_ms"] is None
+    json.dumps(ok, allow_nan=False)
+
+
 def test_stated_layout_that_the_memory_model_rejects_is_still_predicted():
     r = predict_row(row(model="llama-3.1-8b", scenario="static", batch=512, workload="fixed:4096:4096"))
     assert r["predicted"] > 0 and "does not fit" in r["warning"]

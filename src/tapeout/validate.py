@@ -430,10 +430,14 @@ def predict_row(row: dict, stack=None) -> dict:
         out.update(predicted=None, ratio=None, reason=msg if isinstance(e, TapeoutError) else f"bug: {type(e).__name__}: {msg}")
         return out
     pred = float(res[row["metric"]])
+    details = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in res.items()
+               if k != row["metric"]}          # JSON has no NaN (a TPOT of one-token outputs)
+    out.update(settings, details=details)
+    if not math.isfinite(pred) or pred <= 0:
+        out.update(predicted=None, ratio=None, reason=f"metric {row['metric']!r}: not defined for this row ({pred})")
+        return out
     pub = row.get("published")
-    out.update(settings, predicted=pred,
-               ratio=pred / pub if isinstance(pub, (int, float)) and pub > 0 else None,
-               details={k: v for k, v in res.items() if k != row["metric"]})
+    out.update(predicted=pred, ratio=pred / pub if isinstance(pub, (int, float)) and pub > 0 else None)
     return out
 
 
