@@ -21,7 +21,8 @@ app = typer.Typer(
 )
 
 # feature modules, each with register(app); order is the order in --help
-_COMMAND_MODULES = ("chips", "stacks", "perf", "npu", "serve", "design")
+
+_COMMAND_MODULES = ("chips", "stacks", "perf", "npu", "serve", "design", "validate")
 
 
 def _register_all() -> None:
