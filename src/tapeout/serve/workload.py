@@ -7,9 +7,9 @@
 Length workloads are log-normal distributions from data/serve/workloads.toml (chat, rag,
 sharegpt, sharegpt-1024, mlperf-llama2, mlperf-mixtral, mlperf-llama3.1-405b) or
 `fixed:PROMPT:OUTPUT`; a table with `kind = "vision"` there (imagenet-224) is an image set,
-which the LLM functions here refuse with a clear error. Arrivals: `poisson` (exponential gaps), `gamma`
-(gaps with coefficient of variation `cv`: > 1 is bursty, < 1 smoother), `offline` (all at t = 0,
-as MLPerf's Offline scenario issues every query at once).
+which the LLM functions here refuse with a clear error. Arrivals: `poisson` (exponential
+gaps), `gamma` (gaps with coefficient of variation `cv`: > 1 is bursty, < 1 smoother),
+`offline` (all at t = 0, as MLPerf's Offline scenario issues every query at once).
 """
 from __future__ import annotations
 
