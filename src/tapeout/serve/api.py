@@ -91,19 +91,19 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     its memory fraction, of the whole memory or of what weights leave, per the engine);
     `micro_batches`: in flight over the pp stages (default: the engine's, pp)."""
     spec, c = load_model(model), load_chip(chip)
-    e = engine_settings(engine)
-    max_seqs, max_batched_tokens = max_seqs or e.max_seqs, max_batched_tokens or e.max_batched_tokens
-    block_size, memory_utilization = block_size or e.block_size, memory_utilization or e.memory_fraction
-    slo_ttft, slo_tpot = (slo_ttft or default_slo()[0]), (slo_tpot or default_slo()[1])
+    e = engine_settings(engine).override(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens,
+                                         block_size=block_size, memory_fraction=memory_utilization)
+    ttft0, tpot0 = default_slo()
+    slo_ttft, slo_tpot = ttft0 if slo_ttft is None else slo_ttft, tpot0 if slo_tpot is None else slo_tpot
     if scheduler not in SCHEDULERS:
         raise TapeoutError(f"--scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
-    if max_seqs < 1 or max_batched_tokens < 1 or block_size < 1 or not 0 < memory_utilization <= 1:
+    if e.max_seqs < 1 or e.max_batched_tokens < 1 or e.block_size < 1 or not 0 < e.memory_fraction <= 1:
         raise TapeoutError("max_seqs, max_batched_tokens and block_size must be >= 1, memory_utilization in (0, 1]")
-    par = Parallel(tp, pp, ep, micro_batches or e.micro_batches_per_stage * pp)
+    par = Parallel(tp, pp, ep, e.micro_batches_per_stage * pp if micro_batches is None else micro_batches)
     reqs = _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, prefix_groups, prefix_len)
-    limits = Limits(max_seqs, max_batched_tokens)
+    limits = Limits(e.max_seqs, e.max_batched_tokens)
     model_kw = dict(weights=weights, kv=kv, activations=activations, impl=impl)
-    mem_kw = dict(block_size=block_size, utilization=memory_utilization, basis=e.memory_basis)
+    mem_kw = dict(block_size=e.block_size, utilization=e.memory_fraction, basis=e.memory_basis)
     if disaggregate:
         p_chips, d_chips = disaggregate
         pools = {"prefill": _pool(spec, c, prefill_par or par, p_chips, "prefill", limits, mem_kw, model_kw, prefix_caching, "prefill pool"),
@@ -112,15 +112,15 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
         pools = {"all": _pool(spec, c, par, chips or par.chips, scheduler, limits, mem_kw, model_kw, prefix_caching, "--chips")}
     rec = Sim(reqs, pools, record_steps).run(progress)
     settings = {"model": spec.name, "chip": c.name, "chips": rec.chips, "tp": tp, "pp": pp, "ep": ep,
-                "micro_batches": par.in_flight, "engine": e.name, "memory_fraction": memory_utilization,
+                "micro_batches": par.in_flight, "engine": e.name, "memory_fraction": e.memory_fraction,
                 "memory_basis": e.memory_basis,
                 "scheduler": "disaggregated" if disaggregate else scheduler,
                 "disaggregate": list(disaggregate) if disaggregate else None,
                 "replicas": {k: p.replicas for k, p in pools.items()},
                 "workload": workload if not isinstance(requests, (str, list, tuple)) else "trace",
                 "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
-                "seed": seed, "max_seqs": max_seqs, "max_batched_tokens": max_batched_tokens,
-                "block_size": block_size, "prefix_caching": prefix_caching, **model_kw,
+                "seed": seed, "max_seqs": e.max_seqs, "max_batched_tokens": e.max_batched_tokens,
+                "block_size": e.block_size, "prefix_caching": prefix_caching, **model_kw,
                 "dtypes": {k: vars(p.timer.dtypes) for k, p in pools.items()}}
     memory = {k: {"kv_blocks": p.memory.blocks, "kv_tokens": p.memory.kv_tokens,
                   "weights_bytes_per_chip": p.memory.weights_bytes, "kv_bytes_per_token_per_chip": p.memory.kv_bytes_per_token,

@@ -9,7 +9,7 @@ objective read them from here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import TapeoutError
 from .data import table
@@ -26,6 +26,10 @@ class EngineSettings:
     memory_fraction: float          # of the whole memory ("total") or of what weights + activations leave ("free")
     memory_basis: str
     micro_batches_per_stage: int    # micro-batches in flight = this x pipeline stages
+
+    def override(self, **kw) -> "EngineSettings":
+        """These settings with each keyword that is not None in place of the engine's value."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
 def engine_names() -> tuple[str, ...]:

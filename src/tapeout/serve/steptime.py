@@ -53,7 +53,7 @@ class Parallel:
 
     @property
     def in_flight(self) -> int:
-        return self.micro_batches or self.pp
+        return self.pp if self.micro_batches is None else self.micro_batches
 
     def check(self, spec) -> None:
         for k in ("tp", "pp", "ep", "in_flight"):
