@@ -5,6 +5,7 @@ Llama-2-70B (8x H100 / 8x H200, Offline and Server) and Huawei CloudMatrix384 De
     .venv/bin/python benchmarks/validation.py --quick      # fewer requests per run (~40 s)
     .venv/bin/python benchmarks/validation.py --rows h100-offline,cm-decode --explain
     .venv/bin/python benchmarks/validation.py --at-max-clock   # what-if: no power cap on the clock
+    .venv/bin/python benchmarks/validation.py --mac-energy-scale 0.7   # what-if: 30 % less energy per MAC
 
 Published figures and the setups behind them: src/tapeout/data/serve/validation.toml.
 """
@@ -23,30 +24,14 @@ def _v():
     return table("validation")
 
 
-def _kv_utilization(model, chip, tp, frac, max_seqs):
-    """TensorRT-LLM sizes the KV cache as `frac` of the memory left after weights and activations;
-    the equivalent fraction of all memory for plan_memory."""
-    from tapeout import load_chip
-    from tapeout.llm.kernels import Dtypes
-    from tapeout.llm.spec import load_model
-    from tapeout.serve.kvcache import plan_memory
-    from tapeout.serve.steptime import Parallel
-
-    c = load_chip(chip)
-    m = plan_memory(load_model(model), c, Dtypes("fp8", "fp8", "fp8"), Parallel(tp=tp), utilization=1.0, max_seqs=max_seqs)
-    fixed = m.weights_bytes + m.activation_bytes
-    return (fixed + frac * (c.memory_bytes - fixed)) / c.memory_bytes
-
-
 def mlperf_kw(gpu: str, scenario: str) -> dict:
     v = _v()["mlperf"]
     cfg = v[gpu]
     chip = {"h100": "h100-sxm", "h200": "h200-sxm"}[gpu]
     seqs = int(cfg[f"max_seqs_{scenario}"])
     return dict(model="llama-2-70b", chip=chip, chips=8, tp=int(cfg["tp"]), weights="fp8", kv="fp8", impl="fused",
-                workload="mlperf-llama2", scheduler="chunked", max_seqs=seqs, seed=0,
-                memory_utilization=_kv_utilization("llama-2-70b", chip, int(cfg["tp"]), v["kv_memory_fraction"], seqs),
-                slo_ttft=v["slo"]["ttft_s"], slo_tpot=v["slo"]["tpot_s"])
+                workload="mlperf-llama2", scheduler="chunked", max_seqs=seqs, seed=0, engine="trtllm",
+                memory_utilization=v["kv_memory_fraction"], slo_ttft=v["slo"]["ttft_s"], slo_tpot=v["slo"]["tpot_s"])
 
 
 def mlperf_offline(gpu: str, quick: bool, requests=None) -> dict:
@@ -146,18 +131,11 @@ def explain() -> dict:
         "910c prefill 4096 ep16": ("deepseek-r1", "ascend-910c", Batch(prefill=((4096, 0),)), dict(ep=16, weights="int8", kv="int8")),
     }
     from tapeout import load_chip
-    from tapeout.llm.kernels import build_step
-    from tapeout.llm.spec import load_model
-    from tapeout.perf.api import _dtypes
-    from tapeout.perf.step import run_kernels
 
     out = {}
     for name, (model, chip, batch, kw) in cases.items():
         st = run_batch(model, chip, batch, **kw)
-        c = load_chip(chip)
-        ks = build_step(load_model(model), batch, _dtypes(kw.get("weights", "bf16"), kw.get("kv"), None, c), "fused",
-                        kw.get("tp", 1), kw.get("ep", 1))
-        at_max = run_kernels(c, ks, clock_hz=c.max_clock_hz).seconds     # the same step without the power cap
+        at_max = run_batch(model, chip, batch, clock_hz=load_chip(chip).max_clock_hz, **kw).seconds  # no power cap
         out[name] = {"ms": st.seconds * 1e3, "clock_ghz": st.clock_hz / 1e9, "ms_at_max_clock": at_max * 1e3,
                      "by_kind_ms": {k: round(v * 1e3, 2) for k, v in st.by_kind().items()},
                      "by_bound_ms": {k: round(v * 1e3, 2) for k, v in st.by_bound().items()}}
@@ -169,16 +147,27 @@ def use_max_clock() -> None:
     performance model solves for (swaps the seam's run_batch; the serving layer is unchanged)."""
     import tapeout.perf.api as api
     from tapeout import load_chip
-    from tapeout.llm.kernels import build_step
-    from tapeout.llm.spec import load_model
-    from tapeout.perf.step import run_kernels
 
-    def run_batch(model, chip, batch, *, weights="bf16", kv=None, activations=None, impl="fused", tp=1, ep=1):
-        c = load_chip(chip)
-        ks = build_step(load_model(model), batch, api._dtypes(weights, kv, activations, c), impl, tp, ep)
-        return run_kernels(c, ks, clock_hz=c.max_clock_hz)
+    run = api.run_batch
+
+    def run_batch(model, chip, batch, **kw):
+        return run(model, chip, batch, **{**kw, "clock_hz": load_chip(chip).max_clock_hz})
 
     api.run_batch = run_batch
+
+
+def scale_mac_energy(k: float) -> None:
+    """What-if: every chip's energy per MAC x k (the power-capped clock rises as k falls). The H100 fit's
+    GEMM power points used Gaussian random operands; GEMM power depends on the operands' values by up
+    to ~40 % (Gregersen, Patel, Choukse, 'Input-Dependent Power Usage in GPUs', SC24 workshops,
+    arXiv:2409.18324): this shows what such a difference would do, it is not a fitted correction."""
+    from dataclasses import replace
+
+    import tapeout.energy as en
+
+    build = en._build
+    en._build = lambda chip: (lambda e: replace(e, mac_pj={d: v * k for d, v in e.mac_pj.items()}))(build(chip))
+    en._CACHE.clear()
 
 
 ROWS = {
@@ -204,10 +193,14 @@ def main() -> None:
     ap.add_argument("--explain", action="store_true", help="per-kernel breakdown of the dominant steps")
     ap.add_argument("--sensitivity", action="store_true", help="offline H100/H200 at MLPerf mean input 250/400/600")
     ap.add_argument("--at-max-clock", action="store_true", help="what-if: steps at the max clock (no power cap)")
+    ap.add_argument("--mac-energy-scale", type=float, default=None,
+                    help="what-if: energy per MAC x this factor (data-dependent GEMM power), not a fit")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.at_max_clock:
         use_max_clock()
+    if args.mac_energy_scale is not None:
+        scale_mac_energy(args.mac_energy_scale)
     v = _v()
     results = {}
     print(f"| row | published | predicted | predicted / published | details |\n|---|---:|---:|---:|---|")

@@ -112,10 +112,15 @@ def serve_cmd(
     seed: int = typer.Option(0, "--seed"),
     scheduler: str = typer.Option("continuous", "--scheduler", "-s", help="static | continuous | chunked"),
     disaggregate: Optional[str] = typer.Option(None, "--disaggregate", help="PREFILL:DECODE chips on separate pools"),
-    max_seqs: int = typer.Option(256, "--max-seqs", help="sequences per batch"),
-    max_tokens: int = typer.Option(8192, "--max-batched-tokens", help="tokens per step"),
-    block_size: int = typer.Option(16, "--block-size", help="KV cache block (tokens)"),
-    mem_util: float = typer.Option(0.9, "--mem-util", help="fraction of chip memory for weights + KV + activations"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="vllm | trtllm: default limits and memory plan "
+                                                                 "(data/serve/engines.toml; default vllm)"),
+    max_seqs: Optional[int] = typer.Option(None, "--max-seqs", help="sequences per batch (default: the engine's)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens", help="tokens per step (default: the engine's)"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="KV cache block, tokens (default: the engine's)"),
+    mem_util: Optional[float] = typer.Option(None, "--mem-util", help="the engine's memory fraction: of all chip memory "
+                                                                      "(vllm, default 0.9) or of what weights leave (trtllm)"),
+    micro_batches: Optional[int] = typer.Option(None, "--micro-batches", help="micro-batches in flight over the pp "
+                                                                              "stages (default pp)"),
     prefix_caching: bool = typer.Option(False, "--prefix-caching", help="share cached prefix blocks"),
     prefix_groups: int = typer.Option(0, "--prefix-groups", help="shared prefixes among the generated requests"),
     prefix_len: int = typer.Option(0, "--prefix-len", help="tokens of each shared prefix"),
@@ -124,8 +129,8 @@ def serve_cmd(
     impl: Optional[str] = typer.Option(None, "--impl", help="fused or pytorch-cudagraph (default: the stack's)"),
     stack: Optional[str] = typer.Option(None, "--stack", help="software stack (default: the chip's deployed stack; "
                                         "see `tapeout stacks`)"),
-    slo_ttft: float = typer.Option(2.0, "--slo-ttft", help="TTFT SLO (s)"),
-    slo_tpot: float = typer.Option(0.1, "--slo-tpot", help="TPOT SLO (s)"),
+    slo_ttft: Optional[float] = typer.Option(None, "--slo-ttft", help="TTFT SLO in s (default 2)"),
+    slo_tpot: Optional[float] = typer.Option(None, "--slo-tpot", help="TPOT SLO in s (default 0.1)"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="'rate': sweep request rates; 'max-rate': find the "
                                                                "highest rate whose p99 TTFT/TPOT meet the SLO"),
     rates: Optional[str] = typer.Option(None, "--rates", help="rates for --sweep rate, e.g. 1,2,4,8 (default: around capacity)"),
@@ -140,8 +145,8 @@ def serve_cmd(
     kw = dict(chips=chips, tp=tp, pp=pp, ep=ep, workload=workload, arrival=arrival, cv=cv, seed=seed,
               scheduler=scheduler, max_seqs=max_seqs, max_batched_tokens=max_tokens, block_size=block_size,
               memory_utilization=mem_util, prefix_caching=prefix_caching, prefix_groups=prefix_groups,
-              prefix_len=prefix_len, disaggregate=_parse_pd(disaggregate), weights=weights, kv=kv, impl=impl, stack=stack,
-              slo_ttft=slo_ttft, slo_tpot=slo_tpot)
+              prefix_len=prefix_len, disaggregate=_parse_pd(disaggregate), weights=weights, kv=kv, impl=impl,
+              stack=stack, slo_ttft=slo_ttft, slo_tpot=slo_tpot, engine=engine, micro_batches=micro_batches)
     if sweep:
         return _sweep(model, chip, sweep, rates, rate, duration, requests, out, as_json, csv_out, kw)
     if rate is None and not offline and trace_in is None:
@@ -186,7 +191,7 @@ def _sweep(model, chip, what, rates, rate, duration, requests, out, as_json, csv
         if as_json:
             print_json({"max_rate": best, "result": r.to_dict()})
         else:
-            console.print(f"highest rate meeting p99 TTFT <= {kw['slo_ttft']:g} s and TPOT <= {kw['slo_tpot'] * 1e3:g} ms: "
+            console.print(f"highest rate meeting p99 TTFT <= {r.metrics['slo']['ttft_s']:g} s and TPOT <= {r.metrics['slo']['tpot_s'] * 1e3:g} ms: "
                           f"[bold]{best:.3g} req/s[/]")
             _summary(r)
         if csv_out:

@@ -40,16 +40,23 @@ from .design import Infeasible
 GRID = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
+def _engines():
+    """The serving defaults (SLOs, engine limits): data/serve/engines.toml."""
+    from ..serve import engines
+
+    return engines
+
+
 @dataclass(frozen=True)
 class Workload:
     model: str
     traffic: str = "chat"                 # data/serve/workloads.toml name or fixed:PROMPT:OUTPUT
     layouts: tuple[tuple[int, int], ...] = ((1, 1),)   # candidate (tp, ep) of one replica
     weights: tuple[str, ...] = ("bf16",)
-    slo_ttft_s: float = 2.0
-    slo_tpot_s: float = 0.1
-    max_seqs: int = 256                   # per replica (the serving engine's limit)
-    max_batched_tokens: int = 8192
+    slo_ttft_s: float = field(default_factory=lambda: _engines().default_slo()[0])
+    slo_tpot_s: float = field(default_factory=lambda: _engines().default_slo()[1])
+    max_seqs: int = field(default_factory=lambda: _engines().engine_settings().max_seqs)   # per replica (the engine's limit)
+    max_batched_tokens: int = field(default_factory=lambda: _engines().engine_settings().max_batched_tokens)
     requests: int = 2000                  # simulated evaluator: requests per run
     scheduler: str = "chunked"            # simulated evaluator: the serving engine's scheduler
     label: str = ""

@@ -21,6 +21,7 @@ from ..errors import TapeoutError
 from ..llm.spec import load_model
 from ..stack import stack_for
 from .engine import POLICIES, Limits
+from .engines import default_slo, engine_settings
 from .kvcache import plan_memory
 from .metrics import summarize
 from .sim import Pool, Sim
@@ -78,24 +79,33 @@ def _pool(spec, chip, par, chips, policy, limits, mem_kw, model_kw, prefix_cachi
 def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: int = 1, ep: int = 1,
           requests=None, rate: float | None = None, duration_s: float | None = None, workload: str = "chat",
           arrival: str = "poisson", cv: float = 1.0, offline: bool = False, seed: int = 0,
-          scheduler: str = "continuous", max_seqs: int = 256, max_batched_tokens: int = 8192,
-          block_size: int = 16, memory_utilization: float = 0.9, prefix_caching: bool = False,
+          scheduler: str = "continuous", max_seqs: int | None = None, max_batched_tokens: int | None = None,
+          block_size: int | None = None, memory_utilization: float | None = None, prefix_caching: bool = False,
           prefix_groups: int = 0, prefix_len: int = 0, disaggregate: tuple[int, int] | None = None,
           prefill_par: Parallel | None = None, decode_par: Parallel | None = None,
           weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str | None = None,
-          slo_ttft: float = 2.0, slo_tpot: float = 0.1, progress=None, record_steps: bool = True,
-          stack: str | None = None) -> ServeResult:
-    """Simulate serving; `requests` is a count, a list of Request, or a trace file (CSV / JSONL)."""
+          slo_ttft: float | None = None, slo_tpot: float | None = None, progress=None, record_steps: bool = True,
+          engine: str | None = None, micro_batches: int | None = None, stack: str | None = None) -> ServeResult:
+    """Simulate serving; `requests` is a count, a list of Request, or a trace file (CSV / JSONL).
+
+    Unset limits and memory plan are `engine`'s (data/serve/engines.toml; `memory_utilization` is
+    its memory fraction, of the whole memory or of what weights leave, per the engine);
+    `micro_batches`: in flight over the pp stages (default: the engine's, pp); `stack`: the software
+    stack (default: the chip's deployed stack)."""
     spec, c = load_model(model), load_chip(chip)
+    e = engine_settings(engine).override(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens,
+                                         block_size=block_size, memory_fraction=memory_utilization)
+    ttft0, tpot0 = default_slo()
+    slo_ttft, slo_tpot = ttft0 if slo_ttft is None else slo_ttft, tpot0 if slo_tpot is None else slo_tpot
     if scheduler not in SCHEDULERS:
         raise TapeoutError(f"--scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
-    if max_seqs < 1 or max_batched_tokens < 1 or block_size < 1 or not 0 < memory_utilization <= 1:
+    if e.max_seqs < 1 or e.max_batched_tokens < 1 or e.block_size < 1 or not 0 < e.memory_fraction <= 1:
         raise TapeoutError("max_seqs, max_batched_tokens and block_size must be >= 1, memory_utilization in (0, 1]")
-    par = Parallel(tp, pp, ep)
+    par = Parallel(tp, pp, ep, e.micro_batches_per_stage * pp if micro_batches is None else micro_batches)
     reqs = _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, prefix_groups, prefix_len)
-    limits = Limits(max_seqs, max_batched_tokens)
+    limits = Limits(e.max_seqs, e.max_batched_tokens)
     model_kw = dict(weights=weights, kv=kv, activations=activations, impl=impl, stack=stack_for(c, stack))
-    mem_kw = dict(block_size=block_size, utilization=memory_utilization)
+    mem_kw = dict(block_size=e.block_size, utilization=e.memory_fraction, basis=e.memory_basis)
     if disaggregate:
         p_chips, d_chips = disaggregate
         pools = {"prefill": _pool(spec, c, prefill_par or par, p_chips, "prefill", limits, mem_kw, model_kw, prefix_caching, "prefill pool"),
@@ -104,13 +114,15 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
         pools = {"all": _pool(spec, c, par, chips or par.chips, scheduler, limits, mem_kw, model_kw, prefix_caching, "--chips")}
     rec = Sim(reqs, pools, record_steps).run(progress)
     settings = {"model": spec.name, "chip": c.name, "chips": rec.chips, "tp": tp, "pp": pp, "ep": ep,
+                "micro_batches": par.in_flight, "engine": e.name, "memory_fraction": e.memory_fraction,
+                "memory_basis": e.memory_basis,
                 "scheduler": "disaggregated" if disaggregate else scheduler,
                 "disaggregate": list(disaggregate) if disaggregate else None,
                 "replicas": {k: p.replicas for k, p in pools.items()},
                 "workload": workload if not isinstance(requests, (str, list, tuple)) else "trace",
                 "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
-                "seed": seed, "max_seqs": max_seqs, "max_batched_tokens": max_batched_tokens,
-                "block_size": block_size, "prefix_caching": prefix_caching,
+                "seed": seed, "max_seqs": e.max_seqs, "max_batched_tokens": e.max_batched_tokens,
+                "block_size": e.block_size, "prefix_caching": prefix_caching,
                 **model_kw, "stack": model_kw["stack"].name, "impl": impl or model_kw["stack"].impl,
                 "dtypes": {k: vars(p.timer.dtypes) for k, p in pools.items()}}
     memory = {k: {"kv_blocks": p.memory.blocks, "kv_tokens": p.memory.kv_tokens,

@@ -45,10 +45,17 @@ class Plan:
     decode: bool = False
 
 
+def _engine_default(key: str):
+    from .engines import engine_settings
+
+    return lambda: getattr(engine_settings(), key)
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_seqs: int = 256               # sequences in the running batch (vLLM max_num_seqs)
-    max_batched_tokens: int = 8192    # tokens in one step (vLLM max_num_batched_tokens)
+    """An engine's batch limits (default: the default engine's, data/serve/engines.toml)."""
+    max_seqs: int = field(default_factory=_engine_default("max_seqs"))                      # sequences in the running batch
+    max_batched_tokens: int = field(default_factory=_engine_default("max_batched_tokens"))  # tokens in one step
 
 
 class Engine:

@@ -1,8 +1,11 @@
 """Paged KV cache: fixed-size blocks sized from the chip memory left after weights (vLLM-style).
 
-Capacity (per chip, then x ep attention groups in a replica):
+Capacity (per chip, then x ep attention groups in a replica), as the engine plans it
+(`data/serve/engines.toml` memory_basis):
 
-    blocks = floor((memory x utilization - weights - activation reserve) / (kv bytes per token x block size))
+    total (vLLM):        kv = memory x utilization - weights - activation reserve
+    free (TensorRT-LLM): kv = (memory - weights - activation reserve) x utilization
+    blocks = floor(kv / (kv bytes per token x block size))
 
 where weights and KV are this chip's share under tp x pp (x ep for routed experts). KV heads are
 split over tp (replicated when tp > kv heads); an MLA latent cache is replicated over tp.
@@ -43,9 +46,16 @@ def _expert_params(spec) -> float:
     return (spec.layers - min(m.dense_layers, spec.layers)) * m.experts * 3 * spec.hidden * m.intermediate
 
 
-def plan_memory(spec, chip, dtypes, par, *, block_size: int = 16, utilization: float = 0.9,
-                max_batched_tokens: int = 8192, max_seqs: int = 256) -> MemoryPlan:
-    """How many KV blocks a replica of `par` (tp x pp x ep chips) holds after weights and activations."""
+def plan_memory(spec, chip, dtypes, par, *, block_size: int | None = None, utilization: float | None = None,
+                max_batched_tokens: int | None = None, max_seqs: int | None = None, basis: str | None = None,
+                engine: str | None = None) -> MemoryPlan:
+    """How many KV blocks a replica of `par` (tp x pp x ep chips) holds after weights and activations;
+    unset settings are `engine`'s (data/serve/engines.toml)."""
+    from .engines import engine_settings
+
+    e = engine_settings(engine)
+    block_size, utilization = block_size or e.block_size, utilization or e.memory_fraction
+    max_batched_tokens, max_seqs, basis = max_batched_tokens or e.max_batched_tokens, max_seqs or e.max_seqs, basis or e.memory_basis
     tp, pp, ep = par.tp, par.pp, par.ep
     experts = _expert_params(spec)
     weights = ((spec.n_params - experts) / (tp * pp) + experts / (tp * pp * ep)) * dtypes.w
@@ -56,15 +66,19 @@ def plan_memory(spec, chip, dtypes, par, *, block_size: int = 16, utilization: f
     kv_tok = math.ceil(spec.layers / pp) * per_layer * dtypes.kvb
     inter = spec.moe.intermediate * spec.moe.top_k if spec.moe else spec.intermediate
     act = max_batched_tokens * (2 * spec.hidden + 3 * inter / tp) * dtypes.a + max_seqs * spec.vocab / tp * 4
-    usable = chip.memory_bytes * utilization
-    free = usable - weights - act
+    if basis == "free":
+        free = (chip.memory_bytes - weights - act) * utilization
+        usable = free + weights + act
+    else:
+        usable = chip.memory_bytes * utilization
+        free = usable - weights - act
     blocks = int(free // (kv_tok * block_size)) * ep
     if blocks < 1:
         gib = 2.0 ** 30
         raise DoesNotFitError(
             f"{spec.name} on {tp * pp * ep}x {chip.name} (tp={tp}, pp={pp}, ep={ep}): weights {weights / gib:.1f} GiB "
             f"+ activations {act / gib:.1f} GiB per chip leave no room for a KV cache in {usable / gib:.1f} GiB "
-            f"({utilization:.0%} of {chip.memory_bytes / gib:.0f} GiB); use more chips, --weights fp8/int4, "
+            f"(of {chip.memory_bytes / gib:.0f} GiB); use more chips, --weights fp8/int4, "
             f"or a smaller --max-batched-tokens")
     return MemoryPlan(chip.memory_bytes, usable, weights, act, kv_tok, block_size, blocks)
 

@@ -28,25 +28,28 @@ class Pool:
     memory: MemoryPlan
     replicas: int
     policy: str
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     prefix_caching: bool = False
     watermark: float = 0.01
 
 
 class Replica:
-    """tp x pp x ep chips serving one copy of the model: pp virtual engines share its KV blocks, and
-    each pipeline stage runs one micro-batch at a time (so stages idle when engines have none: bubbles)."""
+    """tp x pp x ep chips serving one copy of the model: one virtual engine per micro-batch in flight
+    (`Parallel.in_flight`, default pp) share its KV blocks; each engine's step is one micro-batch through
+    the pp stages, and each stage runs one micro-batch at a time (stages idle while the pipeline fills
+    and drains, or when engines have no work: bubbles; `steptime.pipeline_span`)."""
 
     def __init__(self, sim, index: int, pool: Pool):
         self.index, self.pool = index, pool
         par = pool.timer.par
         self.blocks = BlockManager(pool.memory.blocks, pool.memory.block_size, pool.prefix_caching, pool.watermark)
-        self.engines = [Engine(sim, self, pool.policy, pool.limits) for _ in range(par.pp)]
+        self.engines = [Engine(sim, self, pool.policy, pool.limits) for _ in range(par.in_flight)]
         self.stage_free = [0.0] * par.pp
         self.busy_s = 0.0            # seconds each chip computed (sum of its stage times)
 
     def occupy(self, t: float, stage_s: float, send_s: float) -> float:
-        """Run one step through the pipeline from time t; returns when its last stage ends."""
+        """Run one micro-batch through the pipeline from time t (each stage when it is free, then a send to
+        the next); returns when its last stage ends."""
         start = t
         for j in range(len(self.stage_free)):
             start = max(start, self.stage_free[j])

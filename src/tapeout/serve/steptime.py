@@ -18,8 +18,15 @@ Parallelism inside a replica of tp x pp x ep chips:
 - tp: the model's own tensor-parallel kernels and all-reduces (`run_batch(tp=...)`);
 - ep: attention runs data-parallel over ep groups (each holds 1/ep of the sequences), experts are
   spread over the ep groups with all-to-all dispatch (`run_batch(ep=...)` on one group's share);
-- pp: layers split evenly over pp stages; a stage takes 1/pp of the step, then sends its
-  activations (T + n tokens x hidden) to the next stage (`parallel.transfer_time`).
+- pp: layers split over pp stages (the slowest holds ceil(layers / pp)); a stage takes its layers'
+  share of the step, then sends its activations (T + n tokens x hidden) to the next stage
+  (`parallel.transfer_time`). A replica keeps m micro-batches in flight (`Parallel.micro_batches`,
+  default pp, as vLLM's virtual engines and TensorRT-LLM's micro-batches): each is one engine's
+  step, and m of them started together through idle stages take
+
+      pipeline_span = (m + pp - 1) x stage time + (pp - 1) x send time,
+
+  a bubble of (pp - 1) / (m + pp - 1) of the stages' time (GPipe's fill and drain).
 """
 from __future__ import annotations
 
@@ -38,15 +45,20 @@ class Parallel:
     tp: int = 1
     pp: int = 1
     ep: int = 1
+    micro_batches: int | None = None     # in flight over the pp stages; None: pp (one per stage)
 
     @property
     def chips(self) -> int:
         return self.tp * self.pp * self.ep
 
+    @property
+    def in_flight(self) -> int:
+        return self.pp if self.micro_batches is None else self.micro_batches
+
     def check(self, spec) -> None:
-        for k in ("tp", "pp", "ep"):
+        for k in ("tp", "pp", "ep", "in_flight"):
             if getattr(self, k) < 1:
-                raise TapeoutError(f"--{k} {getattr(self, k)}: must be >= 1")
+                raise TapeoutError(f"--{k.replace('in_flight', 'micro-batches')} {getattr(self, k)}: must be >= 1")
         if self.ep > 1 and spec.moe is None:
             raise TapeoutError(f"--ep {self.ep}: {spec.name} is a dense model (expert parallelism needs MoE)")
         if self.pp > spec.layers:
@@ -70,7 +82,7 @@ def snap(x: float, r: float, exact_below: int = 32) -> float:
 
 
 class StepTimer:
-    """Memoized (seconds, joules per chip) of one step (one pipeline stage when pp > 1)."""
+    """Memoized (seconds, joules per chip) of one step (of its slowest pipeline stage when pp > 1)."""
 
     def __init__(self, model, chip, par: Parallel = Parallel(), *, weights: str = "bf16", kv: str | None = None,
                  activations: str | None = None, impl: str | None = None, resolution: int = 32,
@@ -134,7 +146,7 @@ class StepTimer:
         pp = self.par.pp
         if pp == 1:
             return sec, joule
-        return sec / pp, joule / pp
+        return sec * math.ceil(self.spec.layers / pp) / self.spec.layers, joule / pp
 
     def _rows(self, n: int) -> tuple[int, int, float]:
         if n <= self.exact_rows:
@@ -167,6 +179,14 @@ class StepTimer:
         return transfer_time(self.chip, tokens * self.spec.hidden * self._act_bytes / self.par.tp)
 
 
+def pipeline_span(stage_s: float, send_s: float, pp: int, m: int) -> float:
+    """Seconds for m micro-batches started together to pass pp idle stages (each stage_s, then a send)."""
+    return (m + pp - 1) * stage_s + (pp - 1) * send_s
+
+
+def bubble_fraction(pp: int, m: int) -> float:
+    """Idle share of the stages' time while m micro-batches fill and drain pp stages (sends aside)."""
+    return (pp - 1) / (m + pp - 1)
 
 
 def attention_pairs(new: int, cached: int) -> int:
