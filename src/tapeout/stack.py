@@ -11,7 +11,9 @@ from there, in a few parameters with a physical meaning:
   kernels), plus `step_overhead_s` (host time per engine step: scheduling, sampling, Python),
   `comm_efficiency` and `comm_latency_s` (collectives: fraction of link bandwidth, fixed cost);
 - `meta.kernels`: the fused kernels it has (`flash_attention`, `paged_attention`, `mla`,
-  `grouped_moe`, `fused_norm`, `graphs`); a missing one runs the unfused way;
+  `grouped_moe`, `fused_norm`, `graphs`), and `dynamic_shapes` (kernels sized to the actual
+  context; without it a static batch decodes over its whole compiled length, as ahead-of-time
+  compiled graphs with sequence-length buckets do); a missing one runs the unfused way;
 - `meta.formats`: the number formats its matrix kernels run natively (others fall back to a
   wider format the chip has, weight-only where the weights are narrower).
 
@@ -35,7 +37,7 @@ from .llm.kernels import Kernel
 from .perf.params import PerfParams, load_params
 from .sourced import DataFileError, Quantity, load_table, values
 
-KERNELS = ("flash_attention", "paged_attention", "mla", "grouped_moe", "fused_norm", "graphs")
+KERNELS = ("flash_attention", "paged_attention", "mla", "grouped_moe", "fused_norm", "graphs", "dynamic_shapes")
 IMPLS = ("fused", "pytorch-cudagraph")
 _META = ("name", "vendor", "software", "description", "inherit", "impl", "kernels", "formats")
 

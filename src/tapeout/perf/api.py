@@ -165,7 +165,9 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     if check_memory:
         check_fit(mem, c, spec)
     pre = _run(c, spec, Batch.of("prefill", batch, prompt), dt, s, impl, tp, ep, moe_skew)
-    dec = _run(c, spec, Batch.of("decode", batch, prompt + output // 2), dt, s, impl, tp, ep, moe_skew)
+    # a stack without dynamic shapes decodes over its compiled length (prompt + output), not the cache so far
+    ctx = prompt + output // 2 if s.has("dynamic_shapes") else prompt + output
+    dec = _run(c, spec, Batch.of("decode", batch, ctx), dt, s, impl, tp, ep, moe_skew)
     e2e = pre.seconds + (output - 1) * dec.seconds
     settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": impl or s.impl,
                 "stack": s.name, "tp": tp, "ep": ep, "moe_skew": moe_skew}
