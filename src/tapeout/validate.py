@@ -122,10 +122,10 @@ def resolve_stack(chip, stack):
 def routing_skew(spec, routing: str | None) -> float:
     """Zipf exponent of expert popularity for `routing`: balanced (uniform) or default (data/serve/routing.toml:
     the exponent whose per-expert load over the model's experts has the measured Gini coefficient)."""
-    if spec.moe is None or routing in (None, "balanced"):
-        return 0.0
-    if routing != "default":
+    if routing not in (None, "balanced", "default"):
         raise TapeoutError(f"routing {routing!r}: use balanced or default")
+    if spec.moe is None or routing != "default":
+        return 0.0
     from .serve.data import table
 
     kind = "mla" if spec.mla else ("mha" if spec.kv_heads == spec.heads else "gqa")
@@ -139,6 +139,7 @@ def gini(x: list[float]) -> float:
     return sum((2 * i - n + 1) * v for i, v in enumerate(xs)) / (n * total) if total else 0.0
 
 
+@lru_cache(maxsize=None)
 def _zipf_for_gini(experts: int, target: float) -> float:
     lo, hi = 0.0, 8.0
     for _ in range(50):
