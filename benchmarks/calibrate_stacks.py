@@ -59,7 +59,7 @@ IDEAL = {"mma_efficiency": 0.9, "attention_mma_efficiency": 0.75, "dram_efficien
          "step_overhead_s": 0.0}
 TIME_SCALE = {"comm_latency_s": 20e-6, "step_overhead_s": 1e-3}   # prior width of the times
 PRIOR = 0.05      # weight of the prior residuals against one row's log ratio
-NFEV = 40         # least-squares evaluations per start (each: every row predicted once)
+NFEV = 15         # least-squares iterations where rows are simulated (each: every row predicted 4 times)
 GENERATIONS = 15  # differential-evolution generations where every row is analytical
 
 
@@ -93,7 +93,7 @@ class fast_sims:
     objective; every figure printed afterwards uses validate's full sizes and every row."""
     def __enter__(self):
         self.saved = V.OFFLINE_WAVES, V.OFFLINE_MIN_REQUESTS
-        V.OFFLINE_WAVES, V.OFFLINE_MIN_REQUESTS = 2, 400
+        V.OFFLINE_WAVES, V.OFFLINE_MIN_REQUESTS = 1, 200
 
     def __exit__(self, *exc):
         V.OFFLINE_WAVES, V.OFFLINE_MIN_REQUESTS = self.saved
@@ -106,7 +106,7 @@ CHEAP = ("static", "latency", "decode", "prefill")   # analytical scenarios: mil
 def fit(rows, stack, start: dict | None = None) -> dict:
     """The stack's free parameters minimizing mean |log(predicted/published)| plus a weak prior towards
     IDEAL: a global search (differential evolution) where every row is analytical, else least squares
-    (soft-L1) from two starts, on fewer simulated requests (fast_sims)."""
+    (soft-L1) on three of them with fewer simulated requests (fast_sims)."""
     with fast_sims():
         rows = [r for r in rows if r["scenario"] != "server"]
         if all(r["scenario"] in CHEAP for r in rows):
@@ -134,24 +134,32 @@ def _global(rows, stack) -> dict:
     return dict(zip(FREE, de.x))
 
 
-def _local(rows, stack, start: dict | None) -> dict:
+SIMULATED_FREE = ("mma_efficiency", "dram_efficiency", "step_overhead_s")
+
+
+def _local(rows, stack, start: dict | None, free=SIMULATED_FREE) -> dict:
+    """Least squares on `free`, the rest at `start` or the prior. Where rows are simulated, on the three
+    parameters such rows constrain best (matrix and DRAM efficiency, host time per step): the collective
+    and attention terms stay at the prior (a simulated row costs seconds; a search over all six would
+    take hours)."""
     from scipy.optimize import least_squares
 
-    lo, hi = _bounds()
-    scale = np.array([TIME_SCALE.get(k, 0.1) for k in FREE])
+    fixed = {**IDEAL, **(start or {})}
+    lo = np.array([FREE[k][0] for k in free])
+    hi = np.array([FREE[k][1] for k in free])
+    scale = np.array([TIME_SCALE.get(k, 0.1) for k in free])
+
+    def values(x):
+        return {**fixed, **dict(zip(free, x))}
 
     def resid(x):
-        return np.concatenate([log_ratios(rows, stack, dict(zip(FREE, x))), _prior(x)])
-    starts = [start] if start else []
-    starts += [{"mma_efficiency": 0.7, "attention_mma_efficiency": 0.6, "dram_efficiency": 0.8, "comm_efficiency": 0.7,
-                "comm_latency_s": 20e-6, "step_overhead_s": 1e-3}, IDEAL]
-    best = None
-    for s in starts:
-        r = least_squares(resid, np.clip(_x(s), lo + 1e-9, hi - 1e-9), bounds=(lo, hi), loss="soft_l1", f_scale=0.1,
-                          x_scale=scale, diff_step=0.05, max_nfev=NFEV)
-        if best is None or r.cost < best.cost:
-            best = r
-    return dict(zip(FREE, best.x))
+        return np.concatenate([log_ratios(rows, stack, values(x)), _prior(_x(values(x)))])
+    guess = {"mma_efficiency": 0.7, "attention_mma_efficiency": 0.6, "dram_efficiency": 0.8, "comm_efficiency": 0.7,
+             "comm_latency_s": 20e-6, "step_overhead_s": 1e-3}
+    x0 = np.clip(np.array([guess[k] for k in free]), lo + 1e-9, hi - 1e-9)
+    r = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.1, x_scale=scale, diff_step=0.1,
+                      max_nfev=NFEV)
+    return values(r.x)
 
 
 def rows_by_stack(rows) -> dict[str, list]:
@@ -199,7 +207,8 @@ def leave_one_chip_out(groups: dict, fitted: dict) -> dict[str, list]:
         siblings = [r for r in groups[name] if r["chip"] != chip]
         train = siblings or [r for n, rows in groups.items() for r in rows if r["chip"] != chip and r["scenario"] in CHEAP]
         stack = load_stack(name)
-        values = fit(train, stack, fitted.get(name))
+        with fast_sims():   # the pooled stack: a local fit of all six (its rows are analytical)
+            values = fit(train, stack) if siblings else _local(train, stack, None, tuple(FREE))
         out[chip] = [predict_row(r, stack=with_values(stack, values)) for r in mine]
         out[chip + "_how"] = "siblings" if siblings else "pooled"
     return out
