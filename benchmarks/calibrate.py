@@ -38,7 +38,7 @@ FREE = {
     "dram_efficiency": (0.7, 0.98),
     "tiled_dram_efficiency": (0.6, 0.98),
     "kv_dram_efficiency": (0.6, 0.98),
-    "core_dram_bytes_per_cycle": (4.0, 128.0),
+    "gemm_inflight_bytes": (1024.0, 262144.0),
     "l2_bytes_per_cycle_per_core": (16.0, 256.0),
     "launch_s": (1e-6, 8e-6),
     "queued_launch_s": (0.2e-6, 2e-6),
@@ -50,7 +50,7 @@ FREE = {
     "softmax_read_passes": (1.0, 5.0),
     "softmax_row_block_bytes": (1024.0, 131072.0),
     "attention_block_latency_s": (0.1e-6, 4e-6),
-    "decode_core_bytes_per_cycle": (2.0, 128.0),
+    "decode_inflight_bytes": (1024.0, 262144.0),
     "attention_vector_ops": (0.0, 6.0),
 }
 
