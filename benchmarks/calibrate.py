@@ -42,7 +42,7 @@ FREE = {
     "l2_bytes_per_cycle_per_core": (16.0, 256.0),
     "launch_s": (1e-6, 8e-6),
     "queued_launch_s": (0.2e-6, 2e-6),
-    "tile_latency_s": (0.2e-6, 2e-6),
+    "tile_latency_s": (0.2e-6, 5e-6),
     "dram_latency_s": (0.2e-6, 1.5e-6),
     "split_latency_s": (0.0, 8e-6),
     "row_block_bytes": (1024.0, 65536.0),
@@ -50,7 +50,6 @@ FREE = {
     "softmax_read_passes": (1.0, 5.0),
     "softmax_row_block_bytes": (1024.0, 131072.0),
     "attention_block_latency_s": (0.1e-6, 4e-6),
-    "decode_inflight_bytes": (1024.0, 262144.0),
     "attention_vector_ops": (0.0, 6.0),
 }
 

@@ -240,7 +240,7 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
     if k.kind in ("norm", "softmax", "fused_norm"):
         passes = {"norm": p.norm_read_passes, "softmax": p.softmax_read_passes}.get(k.kind, 1.0)
         row_in = k.bytes_read / max(rows, 1)
-        slots = chip.cores.count * p.blocks_per_core
+        slots = chip.cores.count * (p.softmax_blocks_per_core if k.kind == "softmax" else p.blocks_per_core)
         # re-reads of a row follow its first read: they hit the shared buffer while the rows in
         # flight fit in the part of it that streaming leaves alone, else they go to DRAM again
         extra = k.bytes_read * (passes - 1)

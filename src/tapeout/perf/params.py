@@ -33,7 +33,8 @@ class PerfParams:
     row_block_bytes: float         # bytes one row-block (norm/softmax) keeps in flight per DRAM latency
     softmax_row_block_bytes: float  # the same for softmax kernels
     fused_row_block_bytes: float   # the same for a tuned engine's fused add+norm kernel (one read pass)
-    blocks_per_core: int           # thread blocks resident on one core at a time
+    blocks_per_core: int           # thread blocks of a norm kernel resident on one core at a time
+    softmax_blocks_per_core: int   # the same for a softmax kernel (one wide block per row)
     attention_q_block: int         # query rows per flash-attention block
     attention_vector_ops: float    # vector-lane operations per attention score besides the exp (online softmax)
     attention_kv_block: int        # keys per flash-attention block iteration
