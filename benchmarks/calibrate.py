@@ -7,6 +7,9 @@
 Only parameters with a physical meaning are fitted (achievable fractions of peak, the bytes a
 core keeps in flight, launch gaps, pipeline-fill latency, passes over the input of norms and
 softmax); the structure (tiles, split-K, waves, the power-limited clock) comes from the model.
+Parameters the file cannot pin are derived from the kernels' code or quoted, with their source
+in the family file, and not fitted (flash-decoding's in-flight bytes, softmax blocks per core,
+the stride-alignment rule and the fallback kernels' rate, the split heuristics).
 The objective is the squared log error of every entry, each section weighted equally, with a
 soft-L1 loss so that no single entry dominates. The result is written to
 src/tapeout/data/perf/<family>.toml (review the diff) with its provenance.

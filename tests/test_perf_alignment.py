@@ -62,12 +62,12 @@ def test_stream_in_full_waves_is_bandwidth_bound_and_the_tail_is_inflight_bound(
     h, p = load_chip("h100-sxm"), load_params("hopper")
     per_slot = p.decode_inflight_bytes / p.dram_latency_s
     bw = h.cores.count * per_slot / 2  # the memory, not the cores, limits a full wave
-    t_full = K.core_stream_s(h, p, h.cores.count, 1e6, h.cores.count, p.decode_inflight_bytes, bw)
+    t_full = K.core_stream_s(p, h.cores.count, 1e6, h.cores.count, p.decode_inflight_bytes, bw)
     assert t_full == pytest.approx(h.cores.count * 1e6 / bw)
     # one unit alone: its own in-flight bytes per round trip, however much bandwidth there is
-    assert K.core_stream_s(h, p, 1, 1e6, h.cores.count, p.decode_inflight_bytes, 1e18) == pytest.approx(1e6 / per_slot)
+    assert K.core_stream_s(p, 1, 1e6, h.cores.count, p.decode_inflight_bytes, 1e18) == pytest.approx(1e6 / per_slot)
     # doubling the bandwidth helps full waves until the in-flight bytes bind
-    t2 = K.core_stream_s(h, p, h.cores.count, 1e6, h.cores.count, p.decode_inflight_bytes, 4 * bw)
+    t2 = K.core_stream_s(p, h.cores.count, 1e6, h.cores.count, p.decode_inflight_bytes, 4 * bw)
     assert t2 == pytest.approx(h.cores.count * 1e6 / (h.cores.count * per_slot))
 
 
@@ -83,6 +83,15 @@ def test_row_kernels_with_few_rows_are_paced_by_inflight_bytes_not_bandwidth():
     k = memory_kernel({"op": "rms_norm", "rows": 256, "cols": 152064, "dtype": "bfloat16"})
     t = {c: run_kernels(load_chip(c), [k], queued=True).seconds for c in ("h100-sxm", "h200-sxm")}
     assert t["h200-sxm"] == pytest.approx(t["h100-sxm"], rel=0.02)
+
+
+def test_large_softmax_is_paced_by_its_row_blocks_not_by_bandwidth():
+    # two 1024-thread blocks per SM, each holding one row: the H200's extra bandwidth does not help
+    soft = memory_kernel({"op": "softmax", "rows": 32768, "cols": 8192, "dtype": "bfloat16"})
+    add = memory_kernel({"op": "add", "elements": 32768 * 8192, "dtype": "bfloat16"})
+    t = {c: [run_kernels(load_chip(c), [k], queued=True).seconds for k in (soft, add)] for c in ("h100-sxm", "h200-sxm")}
+    assert t["h200-sxm"][0] == pytest.approx(t["h100-sxm"][0], rel=0.05)
+    assert t["h100-sxm"][1] / t["h200-sxm"][1] > 1.3  # a plain stream does follow the bandwidth
 
 
 def test_split_kv_heuristic_comes_from_the_params():

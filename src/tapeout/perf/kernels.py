@@ -40,7 +40,7 @@ def _dram_bw(chip: Chip, efficiency: float) -> float:
     return (chip.dram.bandwidth_bytes_per_s or chip.shared_buffer.bandwidth_bytes_per_s) * efficiency
 
 
-def core_stream_s(chip: Chip, p: PerfParams, units: float, unit_bytes: float, slots: float,
+def core_stream_s(p: PerfParams, units: float, unit_bytes: float, slots: float,
                   inflight_bytes: float, bw: float) -> float:
     """Seconds to stream `units` pieces of work of `unit_bytes` each from DRAM, `slots` at a time.
 
@@ -159,7 +159,7 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
                 dram += partials
             # the whole chip's DRAM bandwidth, and each core pulling its tiles' weights (from DRAM or,
             # reused by other tiles, the shared buffer) with the bytes it keeps in flight
-            mem = max(dram / bw, core_stream_s(chip, p, tiles, tn * ks * w_b, cores, p.gemm_inflight_bytes, INF))
+            mem = max(dram / bw, core_stream_s(p, tiles, tn * ks * w_b, cores, p.gemm_inflight_bytes, INF))
             # each wave fills its pipeline (first loads) and drains (last stores): one DRAM round trip,
             # plus the rest of the prologue while the K loop is still short of its full depth
             fill = p.dram_latency_s + (p.tile_latency_s - p.dram_latency_s) * min(1.0, ks / (p.tile_k * p.pipeline_stages))
@@ -200,7 +200,7 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
         waves = math.ceil(units * splits / cores)
         # each split streams its share of the cache with the bytes one core keeps in flight; the
         # cores of a wave share the chip's bandwidth (more bandwidth per core: faster per core)
-        mem = core_stream_s(chip, p, units * splits, mem_bytes / (units * splits), cores,
+        mem = core_stream_s(p, units * splits, mem_bytes / (units * splits), cores,
                             p.decode_inflight_bytes, _dram_bw(chip, p.kv_dram_efficiency))
         # a combine kernel follows a split: its own launch and pipeline fill
         return cyc, mem, (waves + (splits > 1)) * p.tile_latency_s, 2 if splits > 1 else 1
@@ -249,7 +249,7 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
         row_bytes = (k.bytes_read * passes + k.bytes_written) / max(rows, 1)
         inflight = {"norm": p.row_block_bytes, "softmax": p.softmax_row_block_bytes}.get(k.kind, p.fused_row_block_bytes)
         # each row block's loads (DRAM or shared buffer) are paced by what it keeps in flight
-        row_limit = core_stream_s(chip, p, rows, row_bytes, slots, inflight, INF)
+        row_limit = core_stream_s(p, rows, row_bytes, slots, inflight, INF)
     mem = max(nbytes / _dram_bw(chip, eff)
               + extra / chip.shared_buffer.bandwidth_bytes_per_s, row_limit)
     cyc = k.flops / max(chip.cores.vector.flops_per_cycle * chip.cores.count, 1.0)
