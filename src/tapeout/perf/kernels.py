@@ -40,6 +40,25 @@ def _dram_bw(chip: Chip, efficiency: float) -> float:
     return (chip.dram.bandwidth_bytes_per_s or chip.shared_buffer.bandwidth_bytes_per_s) * efficiency
 
 
+def core_stream_s(p: PerfParams, units: float, unit_bytes: float, slots: float,
+                  inflight_bytes: float, bw: float) -> float:
+    """Seconds to stream `units` pieces of work of `unit_bytes` each from DRAM, `slots` at a time.
+
+    Little's law: one slot (a thread block, or a core) keeps `inflight_bytes` in flight per DRAM
+    round trip, so it streams at most inflight_bytes / dram_latency_s; the slots active together
+    share the chip's achievable bandwidth `bw`. Full waves run at min(bw, slots x per-slot rate);
+    the tail wave has fewer slots, each of which gets more of the bandwidth (up to its own limit).
+    A chip with more bandwidth per core (same cores, same in-flight bytes) thus streams faster
+    until the in-flight bytes, not the DRAM, set the pace."""
+    if units <= 0 or unit_bytes <= 0:
+        return 0.0
+    slots = max(1.0, slots)
+    per_slot = inflight_bytes / p.dram_latency_s
+    full, tail = divmod(math.ceil(units), int(math.ceil(slots)))
+    t = full * slots * unit_bytes / min(bw, slots * per_slot)
+    return t + (tail * unit_bytes / min(bw, tail * per_slot) if tail else 0.0)
+
+
 _CACHES: dict[int, dict] = {}
 
 
@@ -95,6 +114,15 @@ def _gemm_dram_bytes(chip: Chip, M: float, N: int, K: int, groups: float, in_b: 
     return max(compulsory, groups * M * N * K * (in_b + w_b) / T)
 
 
+def tma_aligned(p: PerfParams, N: int, K: int, in_b: float, w_b: float, out_b: float) -> bool:
+    """Whether C[M,N] = A[M,K] @ B[N,K]^T (row-major, as torch's F.linear) has the row strides the
+    chip's fast GEMM kernels need: TMA descriptors and wgmma operands take only strides that are
+    multiples of `tma_alignment_bytes` (16 B on Hopper: 8 bf16 or 16 fp8 elements). A's and B's
+    rows are K long, C's N long; M is free. 0 disables the rule."""
+    a = p.tma_alignment_bytes
+    return not a or all(abs(n * b / a - round(n * b / a)) < 1e-6 for n, b in ((K, in_b), (K, w_b), (N, out_b)))
+
+
 def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
     d = _mma_dtype(chip, dtype)
     sys_cyc = _systolic_cycles(chip, M, N, K, groups)
@@ -104,12 +132,12 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
         cyc = sys_cyc / max(pack, 1.0) / p.mma_efficiency
         dram = _gemm_dram_bytes(chip, M, N, K, groups, in_b, w_b, out_b)
         return cyc, dram / _dram_bw(chip, p.tiled_dram_efficiency), p.tile_latency_s, 1
-    macs = chip.macs_per_cycle(d) * p.mma_efficiency
+    aligned = tma_aligned(p, N, K, in_b, w_b, out_b)
+    macs = chip.macs_per_cycle(d) * (p.mma_efficiency if aligned else p.unaligned_mma_efficiency)
     cores, f0 = chip.cores.count, chip.max_clock_hz
     l2 = p.l2_bytes_per_cycle_per_core
     l2_bytes = chip.shared_buffer.bytes
     bw = _dram_bw(chip, p.tiled_dram_efficiency)
-    core_bw = p.core_dram_bytes_per_cycle * f0
     base_dram = _gemm_dram_bytes(chip, M, N, K, groups, in_b, w_b, out_b)
     g = max(1, math.ceil(groups))
     best = (INF, 0.0, 0.0, 1, INF)
@@ -120,17 +148,18 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
         mt, nt = math.ceil(M / tm), math.ceil(N / tn)
         s = 1
         # split K only while it adds parallelism the cores can use
-        while s <= p.max_split_k and (s == 1 or (K / s >= 2 * p.tile_k and mt * nt * g * s <= 2 * cores)):
+        while s <= p.max_split_k and (s == 1 or (K / s >= 2 * p.tile_k and mt * nt * g * s <= p.split_k_waves * cores)):
             tiles = mt * nt * s * g
             waves = math.ceil(tiles / cores)
             ks = math.ceil(K / s / p.tile_k) * p.tile_k
             cyc = waves * max(tm * tn * ks / macs, (min(tm, M) + tn) * ks * in_b / l2)
             dram = base_dram
             partials = 2 * s * M * N * 4 * groups if s > 1 else 0.0  # fp32 partial sums, reduced in the kernel
-            if partials > l2_bytes / 2:  # they stay in the shared buffer unless it is too small
+            if partials > l2_bytes * p.l2_resident_fraction:  # they stay in the shared buffer unless it is too small
                 dram += partials
-            # the whole chip's DRAM bandwidth, and each core pulling its tiles' weights at most core_bw
-            mem = max(dram / bw, waves * tn * ks * w_b / core_bw)
+            # the whole chip's DRAM bandwidth, and each core pulling its tiles' weights (from DRAM or,
+            # reused by other tiles, the shared buffer) with the bytes it keeps in flight
+            mem = max(dram / bw, core_stream_s(p, tiles, tn * ks * w_b, cores, p.gemm_inflight_bytes, INF))
             # each wave fills its pipeline (first loads) and drains (last stores): one DRAM round trip,
             # plus the rest of the prologue while the K loop is still short of its full depth
             fill = p.dram_latency_s + (p.tile_latency_s - p.dram_latency_s) * min(1.0, ks / (p.tile_k * p.pipeline_stages))
@@ -143,13 +172,13 @@ def _gemm_cost(chip, p, M, N, K, groups, dtype, in_b, w_b, out_b):
 
 
 @functools.lru_cache(maxsize=4096)
-def kv_splits(units: int, kv_blocks: int, cores: int, max_splits: int = 128) -> int:
-    """Split-KV factor of flash-decoding: the fewest splits whose waves over the cores come within
-    85 % of the best wave efficiency (each split needs at least one KV block)."""
+def kv_splits(units: int, kv_blocks: int, slots: int, within: float, max_splits: int) -> int:
+    """Split-KV factor of flash-decoding: the fewest splits whose waves over the `slots` come
+    within `within` of the best wave efficiency (each split needs at least one KV block)."""
     cands = range(1, max(1, min(max_splits, kv_blocks)) + 1)
-    eff = {s: units * s / cores / math.ceil(units * s / cores) for s in cands}
+    eff = {s: units * s / slots / math.ceil(units * s / slots) for s in cands}
     best = max(eff.values())
-    return next(s for s in cands if eff[s] >= 0.85 * best)
+    return next(s for s in cands if eff[s] >= within * best)
 
 
 def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
@@ -161,17 +190,18 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
     mem_bytes = k.bytes_read + k.bytes_written
     if Sq == 1:  # decode: stream the KV cache, split over KV blocks to occupy the cores
         group = hq / hkv
-        rows = max(16.0, group)
+        rows = max(float(p.mma_min_rows), group)  # the MMA instruction's minimum rows, padded
         units = B * hkv  # query heads sharing a KV head ride together (GQA packing)
         blocks = math.ceil(Skv / (2 * p.attention_kv_block))  # decode walks the cache in double-width blocks
-        splits = kv_splits(units, blocks, 2 * cores)  # two decoding blocks resident per core
+        splits = kv_splits(units, blocks, p.decode_blocks_per_core * cores, p.kv_split_within, p.max_kv_splits)
         splits = math.ceil(blocks / math.ceil(blocks / splits))  # whole KV blocks per split
         active = min(cores, units * splits)
         cyc = (units * rows * Skv * (dqk + dv) / macs + B * hq * Skv * (1 / sfu + p.attention_vector_ops / chip.cores.vector.lanes)) / active
         waves = math.ceil(units * splits / cores)
-        per_cta = mem_bytes / (units * splits)
-        # each split streams its share of the cache at most at what one decode block keeps in flight
-        mem = max(mem_bytes / _dram_bw(chip, p.kv_dram_efficiency), waves * per_cta / (p.decode_core_bytes_per_cycle * chip.max_clock_hz))
+        # each split streams its share of the cache with the bytes one core keeps in flight; the
+        # cores of a wave share the chip's bandwidth (more bandwidth per core: faster per core)
+        mem = core_stream_s(p, units * splits, mem_bytes / (units * splits), cores,
+                            p.decode_inflight_bytes, _dram_bw(chip, p.kv_dram_efficiency))
         # a combine kernel follows a split: its own launch and pipeline fill
         # a GPU pays a pipeline fill per wave of thread blocks; an NPU's DMA engines prefetch the next
         # unit's cache behind the current one, so only the first fill shows
@@ -191,8 +221,8 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
     longest = bq * Skv
     blocks = B * hq * nq
     # list scheduling of query blocks over the cores: the total work spread evenly, plus a tail of
-    # about half the longest block (blocks finish unevenly); fewer blocks than cores: the longest
-    cyc = (pairs_total / cores + 0.5 * longest) * per_pair if blocks > cores else longest * per_pair
+    # a fraction of the longest block (blocks finish unevenly); fewer blocks than cores: the longest
+    cyc = (pairs_total / cores + p.list_tail_fraction * longest) * per_pair if blocks > cores else longest * per_pair
     # the longest block walks its KV blocks in order (from the shared buffer, where every query block
     # of a head reuses them): a latency floor when the loads are not hidden
     chain = math.ceil(Skv / p.attention_kv_block) * p.attention_block_latency_s
@@ -212,13 +242,17 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
     extra = 0.0
     if k.kind in ("norm", "softmax", "fused_norm"):
         passes = {"norm": p.norm_read_passes, "softmax": p.softmax_read_passes}.get(k.kind, 1.0)
-        extra = k.bytes_read * (passes - 1)  # re-reads: from the shared buffer if the tensor fits there
-        if k.bytes_read > chip.shared_buffer.bytes:
+        row_in = k.bytes_read / max(rows, 1)
+        slots = chip.cores.count * (p.softmax_blocks_per_core if k.kind == "softmax" else p.blocks_per_core)
+        # re-reads of a row follow its first read: they hit the shared buffer while the rows in
+        # flight fit in the part of it that streaming leaves alone, else they go to DRAM again
+        extra = k.bytes_read * (passes - 1)
+        if min(rows, slots) * row_in > chip.shared_buffer.bytes * p.l2_resident_fraction:
             nbytes, extra = nbytes + extra, 0.0
         row_bytes = (k.bytes_read * passes + k.bytes_written) / max(rows, 1)
-        waves = math.ceil(rows / (chip.cores.count * p.blocks_per_core))
         inflight = {"norm": p.row_block_bytes, "softmax": p.softmax_row_block_bytes}.get(k.kind, p.fused_row_block_bytes)
-        row_limit = waves * row_bytes / inflight * p.dram_latency_s
+        # each row block's loads (DRAM or shared buffer) are paced by what it keeps in flight
+        row_limit = core_stream_s(p, rows, row_bytes, slots, inflight, INF)
     mem = max(nbytes / _dram_bw(chip, eff)
               + extra / chip.shared_buffer.bandwidth_bytes_per_s, row_limit)
     cyc = k.flops / max(chip.cores.vector.flops_per_cycle * chip.cores.count, 1.0)

@@ -23,7 +23,7 @@ class PerfParams:
     dram_efficiency: float         # achievable fraction of peak DRAM bandwidth of streaming (elementwise) kernels
     tiled_dram_efficiency: float   # the same for tiled kernels (GEMM, attention) streaming their operands
     kv_dram_efficiency: float      # the same for flash-decoding's read-only stream of the KV cache
-    core_dram_bytes_per_cycle: float  # DRAM bytes per core-cycle one core can keep streaming (Little's law)
+    gemm_inflight_bytes: float     # operand bytes one core's GEMM tile keeps in flight from DRAM (Little's law)
     l2_bytes_per_cycle_per_core: float  # shared-buffer (L2) operand bandwidth per core per cycle
     launch_s: float                # gap between two kernels launched one by one from the host
     queued_launch_s: float         # the same inside a CUDA graph / an NPU's command queue
@@ -33,12 +33,22 @@ class PerfParams:
     row_block_bytes: float         # bytes one row-block (norm/softmax) keeps in flight per DRAM latency
     softmax_row_block_bytes: float  # the same for softmax kernels
     fused_row_block_bytes: float   # the same for a tuned engine's fused add+norm kernel (one read pass)
-    blocks_per_core: int           # thread blocks resident on one core at a time
+    blocks_per_core: int           # thread blocks of a norm kernel resident on one core at a time
+    softmax_blocks_per_core: int   # the same for a softmax kernel (one wide block per row)
     attention_q_block: int         # query rows per flash-attention block
     attention_vector_ops: float    # vector-lane operations per attention score besides the exp (online softmax)
     attention_kv_block: int        # keys per flash-attention block iteration
     attention_block_latency_s: float  # one prefill KV-block iteration when its loads (from L2) are not hidden
-    decode_core_bytes_per_cycle: float  # KV-cache bytes per cycle one flash-decoding block streams from DRAM
+    decode_inflight_bytes: float   # KV-cache bytes one core's flash-decoding blocks keep in flight from DRAM
+    decode_blocks_per_core: int    # flash-decoding blocks resident per core (the split heuristic's slots)
+    kv_split_within: float         # split-KV picks the fewest splits within this fraction of the best wave efficiency
+    max_kv_splits: int             # most KV splits flash-decoding uses
+    mma_min_rows: int              # rows of the smallest MMA instruction (fewer query rows are padded)
+    list_tail_fraction: float      # tail of list-scheduled blocks, x the longest block
+    split_k_waves: int             # split-K only while the tiles fill at most this many waves of the cores
+    l2_resident_fraction: float    # part of the shared buffer that holds a kernel's reused data while others stream
+    tma_alignment_bytes: int       # row strides fast GEMM kernels need (TMA/wgmma); 0: no rule
+    unaligned_mma_efficiency: float  # fraction of the matrix units' peak a GEMM with unaligned strides sustains
     norm_read_passes: float        # times a norm kernel reads its input
     softmax_read_passes: float     # times a softmax kernel reads its input
     gemm_tiles: tuple              # candidate output tiles (rows, cols) of a GEMM kernel
