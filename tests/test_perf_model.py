@@ -137,7 +137,9 @@ def test_estimate_and_compare_json(tmp_path):
                         "h100-sxm,h20,tapeout-n7", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)["results"]
-    assert [x["chip"] for x in res] == ["h100-sxm", "h20", "tapeout-n7"]
+    assert [x["chip"] for x in res] == ["h100-sxm", "h100-sxm", "h20", "h20", "tapeout-n7", "tapeout-n7"]
+    assert [x["settings"]["stack"] for x in res[::2]] == ["nvidia-trtllm", "nvidia-trtllm", "cann"]
+    assert all(x["settings"]["stack"] == "ideal" for x in res[1::2])
     assert all(x["ttft_s"] > 0 and x["tpot_s"] > 0 for x in res)
 
 

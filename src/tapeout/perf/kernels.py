@@ -59,6 +59,16 @@ def core_stream_s(p: PerfParams, units: float, unit_bytes: float, slots: float,
     return t + (tail * unit_bytes / min(bw, tail * per_slot) if tail else 0.0)
 
 
+def _inflight(chip: Chip, p: PerfParams, nominal: float) -> float:
+    """Bytes one core keeps in flight. A GPU's SM: the kernel's (nominal). An NPU's DMA engines are
+    sized to cover its DRAM's bandwidth-latency product, else the chip could not reach its own memory
+    bandwidth: at least that product shared over the cores (a 2-core Gaudi keeps far more per core
+    than a 128 KiB default)."""
+    if chip.cores.matrix.dataflow == "simt":
+        return nominal
+    return max(nominal, _dram_bw(chip, 1.0) * p.dram_latency_s / max(chip.cores.count, 1))
+
+
 _CACHES: dict[int, dict] = {}
 
 
@@ -201,7 +211,7 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
         # each split streams its share of the cache with the bytes one core keeps in flight; the
         # cores of a wave share the chip's bandwidth (more bandwidth per core: faster per core)
         mem = core_stream_s(p, units * splits, mem_bytes / (units * splits), cores,
-                            p.decode_inflight_bytes, _dram_bw(chip, p.kv_dram_efficiency))
+                            _inflight(chip, p, p.decode_inflight_bytes), _dram_bw(chip, p.kv_dram_efficiency))
         # a combine kernel follows a split: its own launch and pipeline fill
         # a GPU pays a pipeline fill per wave of thread blocks; an NPU's DMA engines prefetch the next
         # unit's cache behind the current one, so only the first fill shows
