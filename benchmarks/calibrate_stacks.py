@@ -214,13 +214,30 @@ def leave_one_chip_out(groups: dict, fitted: dict) -> dict[str, list]:
     return out
 
 
-def main() -> None:
+def print_rows(rows, groups, fitted) -> None:
+    """Every published row with the shipped (or just fitted) stack: the held-out chips' and the
+    Hanguang's too, which no fit saw."""
+    print(f"\n{'row':7s} {'chip':12s} {'scenario':9s} {'model':15s} {'published':>10s} {'predicted':>10s} {'ratio':>6s}  used in fit")
+    fitted_ids = {r["id"] for rs in groups.values() for r in rs}
+    for r in rows:
+        stack = next((load_stack(n) for n, rs in groups.items() if r in rs), None)
+        p = predict_row(r, stack=with_values(stack, fitted[stack.name]) if stack else None)
+        pred = f"{p['predicted']:10.4g}" if p["predicted"] else f"{'-':>10s}"
+        ratio = f"{p['ratio']:6.2f}" if p.get("ratio") else "     -"
+        why = "yes" if r["id"] in fitted_ids else ("held out" if r["chip"] in HELD_OUT else
+                                                     "no (predicted from the simulated chip)" if r["chip"] in NOT_FITTED else "no")
+        print(f"{r['id']:7s} {r['chip']:12s} {r['scenario']:9s} {r['model']:15s} {r['published']:10.4g} {pred} {ratio}  "
+              f"{why}{'' if p['predicted'] else ': ' + str(p.get('reason'))[:80]}")
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="fit and print; write nothing")
     ap.add_argument("--report", action="store_true", help="no fit: print the shipped stacks' figures")
     ap.add_argument("--stacks", default="", help="comma-separated stacks to fit (default: all with rows)")
     ap.add_argument("--no-loco", action="store_true", help="skip the leave-one-chip-out refits")
-    a = ap.parse_args()
+    ap.add_argument("--rows", action="store_true", help="also list every published row's prediction")
+    a = ap.parse_args(argv)
     rows = json.loads(PUBLISHED.read_text())["results"]
     groups = rows_by_stack(rows)
     if a.stacks:
@@ -248,6 +265,8 @@ def main() -> None:
             lo = summarize(loco[chip])["all"] if chip in loco else None
             lo_txt = f"{lo['geomean']:8.2f} {lo['mape_pct']:7.1f}%  ({loco[chip + '_how']})" if lo else "-"
             print(f"{chip:14s} {name:16s} {_line(ins)}   {lo_txt}")
+    if a.rows:
+        print_rows(rows, groups, fitted)
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 

@@ -6,6 +6,8 @@ Llama-2-70B (8x H100 / 8x H200, Offline and Server) and Huawei CloudMatrix384 De
     .venv/bin/python benchmarks/validation.py --rows h100-offline,cm-decode --explain
     .venv/bin/python benchmarks/validation.py --at-max-clock   # what-if: no power cap on the clock
     .venv/bin/python benchmarks/validation.py --mac-energy-scale 0.7   # what-if: 30 % less energy per MAC
+    .venv/bin/python benchmarks/validation.py --published  # other vendors' published results: every chip
+                                                           # in-sample and leave-one-chip-out, every row (~5 min)
 
 Published figures and the setups behind them: src/tapeout/data/serve/validation.toml.
 """
@@ -195,8 +197,16 @@ def main() -> None:
     ap.add_argument("--at-max-clock", action="store_true", help="what-if: steps at the max clock (no power cap)")
     ap.add_argument("--mac-energy-scale", type=float, default=None,
                     help="what-if: energy per MAC x this factor (data-dependent GEMM power), not a fit")
+    ap.add_argument("--published", action="store_true",
+                    help="only the other vendors' published results (src/tapeout/data/calibration/published.json): "
+                         "per chip in-sample and leave-one-chip-out, every row (benchmarks/calibrate_stacks.py --report)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.published:
+        import calibrate_stacks
+
+        calibrate_stacks.main(["--report", "--rows"])
+        return
     if args.at_max_clock:
         use_max_clock()
     if args.mac_energy_scale is not None:
