@@ -34,11 +34,13 @@ from ..errors import TapeoutError
 
 SPACES = ("dram", "shared", "sram")
 QUEUES = ("dma", "mxu", "vec")
-# ISA dtype name -> numpy dtype ("u8" carries packed int4 pairs, low nibble first)
+# ISA dtype name -> numpy dtype ("u8" carries packed int4 / e2m1 pairs, low nibble first;
+# "fp4" is an unpacked e2m1 value per byte, "e8m0" an unsigned power-of-two scale)
 DTYPES = {
     "fp32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16),
     "fp8": np.dtype(ml_dtypes.float8_e4m3fn), "int8": np.dtype(np.int8), "int32": np.dtype(np.int32),
     "u8": np.dtype(np.uint8), "fp8e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "fp4": np.dtype(ml_dtypes.float4_e2m1fn), "e8m0": np.dtype(ml_dtypes.float8_e8m0fnu),
 }
 DTYPE_NAMES = tuple(DTYPES)
 # vector functions: name -> arity (operands a, b, c) and unit ("alu" or "sfu": special functions)
@@ -57,6 +59,7 @@ VFUNCS = {
 }
 VFUNC_NAMES = tuple(VFUNCS)
 RFUNCS = ("sum", "max", "min", "absmax", "argmax", "argmin")
+NIBBLES = ("int4", "e2m1")   # how Dequant4 reads a 4-bit code: two's complement -8..7, or fp4 e2m1
 WORD_BYTES = 96  # every instruction encodes to one fixed-width little-endian word of this size
 
 
@@ -296,13 +299,15 @@ class Scan:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Dequant4:
-    """int4 weight-only dequantisation with group scales (queue: vec).
+    """4-bit weight dequantisation with group (block) scales: int4 or fp4 e2m1 (queue: vec).
 
         for r in range(rows): for c in range(cols):
             byte = u8[a_addr + r*(cols//2) + c//2]
-            q = signed4(byte & 0xF if c % 2 == 0 else byte >> 4)          # -8..7
-            d[d_addr + r*d_rs + c] = cast(d_dtype, q * f32(s[s_addr + (r // group)*s_rs + c]))
+            nib = byte & 0xF if c % 2 == 0 else byte >> 4
+            q = signed4(nib) if code == int4 else e2m1(nib)      # -8..7, or 0 0.5 1 1.5 2 3 4 6 (bit 3: sign)
+            d[d_addr + r*d_rs + c] = cast(d_dtype, (q * f32(s[s_addr + (r // group)*s_rs + c])) * imm)
 
+    imm is the per-tensor scale (NVFP4), 1 otherwise; both products in fp32.
     Time: ceil(rows*cols / lanes) on the ALU.
     """
     rows: int = _e("u32")
@@ -315,6 +320,8 @@ class Dequant4:
     s_addr: int = _e("u32")
     s_dtype: str = _e("dtype")
     s_rs: int = _e("i32")
+    code: str = _e("nibble", "int4")
+    imm: float = _e("f32", 1.0)
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
@@ -338,7 +345,7 @@ QUEUE_OF = {Dma: "dma", Gather: "dma", Matmul: "mxu", Vec: "vec", Reduce: "vec",
             Scan: "vec"}
 _OPCODE_OF = {cls: op for op, cls in OPCODES.items()}
 _MNEMONIC = {cls.__name__.lower(): cls for cls in OPCODES.values()}
-_ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS}
+_ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS, "nibble": NIBBLES}
 _STRUCT = {"u8": "B", "u32": "I", "i32": "i", "u64": "Q", "f32": "f", **{k: "B" for k in _ENUMS}}
 
 
@@ -497,5 +504,5 @@ def reference_markdown() -> str:
                 "```", *textwrap.dedent(rest).strip("\n").splitlines(), "```", "",
                 "Fields: " + ", ".join(f"`{n}`:{k}" for n, k in fields_of(cls)), ""]
     out += ["Enums: space " + ", ".join(SPACES) + "; dtype " + ", ".join(DTYPE_NAMES) + "; vector func "
-            + ", ".join(VFUNC_NAMES) + "; reduce func " + ", ".join(RFUNCS) + "."]
+            + ", ".join(VFUNC_NAMES) + "; reduce func " + ", ".join(RFUNCS) + "; nibble " + ", ".join(NIBBLES) + "."]
     return "\n".join(out) + "\n"

@@ -4,7 +4,8 @@
   reductions, softmax, norms, dynamic quantisation), double-buffered, rows split over cores.
 - `gemm`: tiled GEMM on the systolic arrays: output tiles split over cores, K in chunks,
   operand tiles double-buffered (and reused while resident), fused elementwise epilogue,
-  int8/fp8 (quantised activations x quantised weights) and int4 weight-only (Dequant4).
+  int8/fp8 (quantised activations x quantised weights) and 4-bit weight-only: int4 or fp4 e2m1
+  with block scales (Dequant4).
 - `attention`: flash-style attention per (batch, head): online softmax over key chunks.
 Every kernel ends with a barrier: the next one may read what any core wrote.
 """
@@ -186,7 +187,9 @@ class GemmJob:
     w: View           # K x N (or packed int4 K x N/2 when w_scales is set)
     out: View         # M x N
     epilogue: list    # (func, operand View (M x N broadcast) | None, imm, acc_is_b)
-    w_scales: View | None = None   # int4: (K/group) x N
+    w_scales: View | None = None   # 4-bit weights: (K/group) x N
+    w_code: str = "int4"           # how Dequant4 reads the packed codes: int4 or e2m1 (fp4)
+    w_imm: float = 1.0             # per-tensor scale applied by Dequant4 (NVFP4)
 
 
 def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0):
@@ -260,7 +263,8 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
                     _load(s, p, job.w.box((k0, n0 // 2), (k, n // 2)), None)
                     _load(s, sc, job.w_scales.box((k0 // group, n0), (-(-k // group), n)), None)
                     s.emit(lambda **wt: Dequant4(rows=k, cols=n, group=group, d_addr=w.addr, d_dtype=in_dtype, d_rs=n,
-                                                 a_addr=p.addr, s_addr=sc.addr, s_dtype=job.w_scales.dtype, s_rs=n, **wt),
+                                                 a_addr=p.addr, s_addr=sc.addr, s_dtype=job.w_scales.dtype, s_rs=n,
+                                                 code=job.w_code, imm=job.w_imm, **wt),
                            reads=[p, sc], writes=[w])
                     w.key = (id(job.w), k0, n0, k, n)
             else:

@@ -222,12 +222,15 @@ def exec_scan(m: Memory, c: int, i: Scan):
 
 def exec_dequant4(m: Memory, c: int, i: Dequant4):
     packed = m.view("sram", c, i.a_addr, "u8", (i.rows, i.cols // 2), (i.cols // 2, 1))
-    q = np.empty((i.rows, i.cols), np.int8)
-    q[:, 0::2] = (packed & 0xF).astype(np.int8)
-    q[:, 1::2] = (packed >> 4).astype(np.int8)
-    q = np.where(q > 7, q - 16, q).astype(np.float32)
+    nib = np.empty((i.rows, i.cols), np.uint8)
+    nib[:, 0::2], nib[:, 1::2] = packed & 0xF, packed >> 4
+    if i.code == "e2m1":
+        q = nib.view(DTYPES["fp4"]).astype(np.float32)
+    else:
+        q = np.where(nib > 7, nib.astype(np.int16) - 16, nib).astype(np.float32)
     s = _operand(m, c, -(-i.rows // i.group), i.cols, i.s_addr, i.s_dtype, i.s_rs, 1)
     r = q * np.repeat(s, i.group, axis=0)[:i.rows]
+    r = r * np.float32(i.imm) if i.imm != 1.0 else r
     m.view("sram", c, i.d_addr, i.d_dtype, (i.rows, i.cols), (i.d_rs, 1))[...] = cast(r, i.d_dtype)
 
 
