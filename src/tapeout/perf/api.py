@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..chip import Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
-from ..llm.kernels import Batch, Dtypes, build_step
+from ..llm.kernels import FP4, Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
 from .step import StepTime, run_kernels
 
@@ -27,8 +27,9 @@ GiB = 2.0 ** 30
 def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip) -> Dtypes:
     """The dtypes of weights, activations and KV cache as serving engines pick them on `chip`."""
     act = activations
-    if act is None:  # 8-bit weights run 8-bit GEMMs where the chip has them (W8A8, as serving engines do)
-        act = weights if weights in ("fp8", "int8") and chip.supports(weights) else "bf16"
+    if act is None:  # 8-bit (FP4) weights run 8-bit (FP4) GEMMs where the chip has them (W8A8, W4A4), else weight-only
+        key = "fp4" if weights in FP4 else weights
+        act = weights if weights in ("fp8", "int8", *FP4) and chip.supports(key) else "bf16"
     return Dtypes(weights=weights, activations=act, kv=kv or ("fp8" if weights == "fp8" and chip.supports("fp8") else "bf16"))
 
 
