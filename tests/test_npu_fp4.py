@@ -78,3 +78,36 @@ def test_block_mode_quantizes_every_gemm_weight(fmt):
     assert sum(isinstance(i, Dequant4) for s in npu.program.streams for i in s) >= 2
     dense = evaluate(prog, xs)[0]
     assert 0.02 < np.linalg.norm(want - dense) / np.linalg.norm(dense) < 0.3     # FP4's own error, not zero
+
+
+def test_native_fp4_multipliers_speed_up_the_array(tmp_path):
+    """A chip file with macs_per_cycle.fp4 (4x bf16 here) runs Matmuls on FP4 weights (w_fp4=1) at
+    that rate: 4x the columns per fold; tapeout-n7 (no fp4 MACs) at the bf16 rate. Same result."""
+    from importlib import resources
+
+    from tapeout.npu.isa import Matmul
+    from tapeout.npu.sim import Timing, _matmul_cost
+    text = (resources.files("tapeout") / "chips" / "tapeout-n7.toml").read_text()
+    path = tmp_path / "n7-fp4.toml"
+    path.write_text(text.replace('name = "tapeout-n7"', 'name = "n7-fp4"').replace("int8 = 32768", "int8 = 32768\nfp4 = 65536", 1))
+    fast = tapeout.load_chip(str(path))
+    mm = dict(acc_addr=0, a_addr=0, w_addr=0, M=256, K=256, N=512, lda=256, ldw=512, ldc=512, in_dtype="bf16",
+              acc_dtype="fp32")
+    n7, n7_fp4 = (_matmul_cost(Timing.from_chip(c), Matmul(**mm, w_fp4=1))[0] for c in (CHIP, fast))
+    assert n7 == _matmul_cost(Timing.from_chip(CHIP), Matmul(**mm))[0] == 4 * n7_fp4   # folds 2 x 4 -> 2 x 1
+    prog, xs = _program("mxfp4", 64, 512, 256, 2)
+    outs = [tapeout.compile(prog, chip=c, dtype="bf16")(xs)[0] for c in (CHIP, fast)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_shape_only_weights_stay_packed():
+    """Count-only runs (shape-only weights, as tapeout.npu.llm uses) take the packed FP4 path too."""
+    import ml_dtypes
+    b = Builder("abstract")
+    x = b.input((1, 512), "bf16", name="x")
+    w = b.const(np.broadcast_to(np.zeros((), ml_dtypes.bfloat16), (1024, 512)), name="w")
+    prog = b.build(b.linear(x, w))
+    npu = tapeout.compile(prog, chip=CHIP, dtype="mxfp4")
+    assert any(isinstance(i, Dequant4) for s in npu.program.streams for i in s)
+    x_reads = npu.stats["bytes"]["dram"] - 1024 * 512 * (0.5 + 1 / 32) - 1024 * 2   # weights once, y once
+    assert x_reads % (512 * 2) == 0 and 1 <= x_reads // (512 * 2) <= CHIP.cores.count    # x once per core at most

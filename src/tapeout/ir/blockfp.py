@@ -152,8 +152,17 @@ def _weight_slot(prog, e, block) -> int | None:
     return k if len(w.shape) == 2 and w.dtype in ("f32", "bf16", "f16") and kdim % block == 0 else None
 
 
+def _shape_only(w: np.ndarray, f: BlockFormat, axis: int) -> Quantized:
+    """Zero-stride stand-ins (a shape-only weight, as count-only NPU runs use) of w's quantized form."""
+    sshape = tuple(d // f.block if i == axis else d for i, d in enumerate(w.shape))
+    zero = lambda dt, shape: np.broadcast_to(np.ones((), DTYPES[dt]), shape)
+    return Quantized(zero("f4e2m1", w.shape), zero(f.scale_dtype, sshape), 1.0, f, axis)
+
+
 def _dequant_eqn(consts, w: Var, f: BlockFormat, axis: int, dtype):
-    qt = quantize(consts[w.name], f, axis)
+    arr = consts[w.name]
+    abstract = arr.size > 1 and not any(arr.strides)
+    qt = _shape_only(arr, f, axis) if abstract else quantize(arr, f, axis)
     qn, sn = f"{w.name}_{f.name}_q", f"{w.name}_{f.name}_s"
     consts[qn], consts[sn] = qt.q, qt.scale
     avals = [(qt.q.shape, "f4e2m1"), (qt.scale.shape, f.scale_dtype)]

@@ -322,11 +322,16 @@ def _fused_here(cc, i):
 def _lower(cc, i, e):
     op = e.op
     ins = e.inputs
-    if all(not hasattr(a, "name") or a.name in cc.val for a in ins) \
-            and _foldable(cc, e):
+    consts = all(not hasattr(a, "name") or a.name in cc.val for a in ins)
+    if consts and op == "dequantize" and ins[0].dtype == "f4e2m1":
+        cc.fp4[e.outputs[0].name] = e            # GEMMs read it packed (_linear_like); others the folded value
+        if _foldable(cc, e):
+            _fold(cc, e)
+        else:
+            cc.val[e.outputs[0].name] = None     # shape-only
+        return
+    if consts and _foldable(cc, e):
         _fold(cc, e)
-        if op == "dequantize" and ins[0].dtype == "f4e2m1":
-            cc.fp4[e.outputs[0].name] = e        # GEMMs read it packed (_linear_like); others the folded value
         return
     if op in VIEWS:
         VIEWS[op](cc, e)
@@ -608,25 +613,32 @@ def _quant_weight(w, qdt, qmax, nk):
 def _fp4_weight(cc, wname, nk):
     """Packed form of a GEMM weight that is `dequantize` of constant e2m1 data with block scales along
     K: (e2m1 codes [K, N/2] two per byte, scales [K/g, N], their ISA dtype, g, tensor scale, the GEMM's
-    input type), or None (the folded dense value is used then)."""
+    input type), or None (the folded dense value is used then). Shape-only weights give None data."""
     if wname is None or wname[0] not in cc.fp4 or wname[0] in cc.env:
         return None
     e = cc.fp4[wname[0]]
-    q, s = (np.asarray(cc.val[a.name]) if hasattr(a, "name") else None for a in e.inputs[:2])
-    if len(e.inputs) > 2 or q is None or s is None or q.ndim != 2:
+    if len(e.inputs) > 2 or not all(hasattr(a, "name") for a in e.inputs) or len(e.inputs[0].shape) != 2:
         return None
+    q, s = (cc.val[a.name] for a in e.inputs)
+    qs, ss = e.inputs[0].shape, e.inputs[1].shape or (1, 1)
     if not wname[1]:                                   # linear: w[N, K]; matmul: b[K, N]
-        q, s = q.T, (s.T if s.ndim == 2 else s)
-    K, N = q.shape
-    s = s.reshape(1, 1) if s.ndim == 0 else s
-    if N % 2 or K % s.shape[0] or s.shape[1] not in (1, N) or (K, N) != (nk[1], nk[0]):
+        q, s, qs, ss = _t(q), _t(s), qs[::-1], ss[::-1]
+    K, N = qs
+    if N % 2 or K % ss[0] or ss[1] not in (1, N) or (K, N) != (nk[1], nk[0]):
         return None
     sdt = {"f8e4m3": "fp8", "f8e8m0": "e8m0"}.get(e.inputs[1].dtype, "fp32")
-    codes = np.ascontiguousarray(q).astype(DTYPES["fp4"]).view(np.uint8) & 0xF
-    packed = np.ascontiguousarray(codes[:, 0::2] | (codes[:, 1::2] << 4))
-    scales = np.ascontiguousarray(np.broadcast_to(s, (s.shape[0], N)).astype(np.float32).astype(DTYPES[sdt]))
+    packed = scales = None
+    if q is not None and s is not None:
+        codes = np.ascontiguousarray(q).astype(DTYPES["fp4"]).view(np.uint8) & 0xF
+        packed = np.ascontiguousarray(codes[:, 0::2] | (codes[:, 1::2] << 4))
+        s = np.asarray(s).reshape(ss)
+        scales = np.ascontiguousarray(np.broadcast_to(s, (ss[0], N)).astype(np.float32).astype(DTYPES[sdt]))
     dt = isa_dtype(e.outputs[0].dtype, cc.act)          # the IR's weight type (bf16/fp16) is the array's
-    return packed, scales, sdt, K // s.shape[0], e.params["tensor_scale"], dt if dt in ("bf16", "fp16") else cc.act
+    return packed, scales, sdt, K // ss[0], e.params["tensor_scale"], dt if dt in ("bf16", "fp16") else cc.act
+
+
+def _t(a):
+    return None if a is None else np.asarray(a).T
 
 
 def _quant_int4(w, g, nk):

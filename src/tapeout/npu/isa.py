@@ -170,7 +170,8 @@ class Gather:
 class Matmul:
     """Tile GEMM on the weight-stationary systolic array, all operands in SRAM (queue: mxu).
 
-        T = tile_cols(in_dtype)                     # array columns x MACs per PE
+        T = tile_cols(in_dtype)                     # array columns x MACs per PE (tile_cols(fp4) when
+                                                    #   w_fp4 and the chip has fp4 MACs)
         for n0 in range(0, N, T):                   # one fold: weights w[k0:k0+rows, n0:n0+T]
           for k0 in range(0, K, rows):              #   are loaded into the PEs (stationary),
             for m in range(M):                      #   then the M rows of `a` stream through
@@ -178,7 +179,9 @@ class Matmul:
                 s = sum(f32(a[m*lda + k]) * f32(w[k*ldw + n]) for k in range(k0, min(k0 + rows, K)))
                 acc[m*ldc + n] = (acc[m*ldc + n] if (acc_in or k0 > 0) else 0) + s
 
-    in_dtype bf16/fp16/fp8 accumulate in fp32, int8 in int32 (exact). Time: folds =
+    in_dtype bf16/fp16/fp8 accumulate in fp32, int8 in int32 (exact). w_fp4 = 1: the weights are
+    e2m1 codes times their block scales (a dequant4 output, exact in in_dtype), which an array with
+    fp4 multipliers (macs_per_cycle.fp4) takes at its fp4 rate; same sums. Time: folds =
     ceil(K/rows) * ceil(N/T); the weights of the next fold load while rows stream, so the array
     is occupied folds * max(M, rows) cycles and the result is ready rows (first weight load) +
     rows + cols - 2 (skew fill and drain) cycles later; back-to-back Matmuls overlap that latency.
@@ -196,6 +199,7 @@ class Matmul:
     in_dtype: str = _e("dtype")
     acc_dtype: str = _e("dtype")
     acc_in: int = _e("u8", 0)
+    w_fp4: int = _e("u8", 0)
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)

@@ -254,9 +254,10 @@ def _dma_cost(t: Timing, i):
 def _matmul_cost(t: Timing, i: Matmul):
     es, ea = DTYPES[i.in_dtype].itemsize, DTYPES[i.acc_dtype].itemsize
     nbytes = (i.M * i.K + i.K * i.N) * es + i.M * i.N * ea * (2 if i.acc_in else 1)
+    dt = "fp4" if i.w_fp4 and t.geom.pe_macs("fp4") else i.in_dtype      # native fp4 x in_dtype multipliers
     if not t.overlap:
-        return matmul_cycles(t.geom, i.M, i.K, i.N, i.in_dtype, False), 0, {"sram": nbytes}
-    return matmul_occupancy(t.geom, i.M, i.K, i.N, i.in_dtype), matmul_latency(t.geom), {"sram": nbytes}
+        return matmul_cycles(t.geom, i.M, i.K, i.N, dt, False), 0, {"sram": nbytes}
+    return matmul_occupancy(t.geom, i.M, i.K, i.N, dt), matmul_latency(t.geom), {"sram": nbytes}
 
 
 def _vec_cost(t: Timing, i):
