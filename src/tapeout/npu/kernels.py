@@ -184,7 +184,7 @@ def _vec(s, tiles, par, func, dst, srcs, imm, rows, cols):
 @dataclass
 class GemmJob:
     a: View           # M x K
-    w: View           # K x N (or packed int4 K x N/2 when w_scales is set)
+    w: View           # K x N (or packed 4-bit codes K x N/2 when w_scales is set)
     out: View         # M x N
     epilogue: list    # (func, operand View (M x N broadcast) | None, imm, acc_is_b)
     w_scales: View | None = None   # 4-bit weights: (K/group) x N
