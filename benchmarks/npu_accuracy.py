@@ -4,7 +4,10 @@ a 2-layer, hidden-512 Llama and Qwen2 from transformers (random weights), 128 to
 bf16/fp16: all tensors stored in 16 bits, fp32 accumulation and vector math.
 int8: per-token dynamic activation scales x per-channel weight scales, int32 accumulation.
 fp8: the same with e4m3 (+-448) and fp32 accumulation. int4-weights: group-128 weight scales,
-bf16 activations. PyTorch's own bf16 forward is printed as the yardstick.
+bf16 activations. nvfp4 / mxfp4: every GEMM weight block-quantized to e2m1 (NVFP4: blocks of 16,
+e4m3 scales and an fp32 tensor scale; MXFP4: blocks of 32, e8m0 scales; tapeout.ir.blockfp),
+bf16 activations; the "interp" row is the reference interpreter on the same FP4 program.
+PyTorch's own bf16 forward is printed as the yardstick.
 
     .venv/bin/python benchmarks/npu_accuracy.py
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MODES = ("bf16", "fp16", "int8", "fp8", "int4-weights")
+MODES = ("bf16", "fp16", "int8", "fp8", "int4-weights", "nvfp4", "mxfp4")
 
 
 def model(kind: str):
@@ -53,6 +56,10 @@ def main():
             e, a = metrics(prog(ids)[0], ref)
             ok = "" if mode not in ("bf16", "fp16") else ("  PASS" if e < 2e-2 and a >= 0.95 else "  FAIL")
             print(f"{kind:6s} {'npu ' + mode:17s} {e:15.4f} {100 * a:12.1f}%{ok}")
+            if mode in ("nvfp4", "mxfp4"):
+                from tapeout.ir import blockfp, evaluate
+                e, a = metrics(evaluate(blockfp.quantize_weights(prog.ir, mode), ids.numpy())[0], ref)
+                print(f"{kind:6s} {'interp ' + mode:17s} {e:15.4f} {100 * a:12.1f}%")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,40 @@ def _dequant(q, s_shape, zp=False):
     return one("dequantize", q, s, *z, tol="ulp")
 
 
+def _fp4_scales(shape, dtype, seed=4):
+    """Block scales as the FP4 formats store them: e4m3 values or e8m0 powers of two."""
+    rng = np.random.default_rng(seed)
+    v = rng.uniform(0.05, 0.5, shape) if dtype == "f8e4m3" else 2.0 ** rng.integers(-4, 1, shape)
+    return C(v.astype(np.float32).astype(DTYPES[dtype]))
+
+
+def _fp4_quant(s_dtype, tensor_scale=1.0):
+    return one("quantize", f(6, 32, lo=-6, hi=6), _fp4_scales((6, 2), s_dtype), dtype="f4e2m1",
+               tensor_scale=tensor_scale)
+
+
+def _fp4_dequant(s_dtype, tensor_scale=1.0):
+    q = np.random.default_rng(6).integers(0, 16, (6, 32)).astype(np.uint8).view(ml_dtypes.float4_e2m1fn)
+    return one("dequantize", q, _fp4_scales((6, 2), s_dtype), dtype="bf16", tensor_scale=tensor_scale)
+
+
+def _fp4_gemm(fmt, op="linear", N=48, K=64):
+    """x[5, K] bf16 times a block-quantized FP4 weight (packed on the NPU, dequantized by Dequant4).
+    Inputs are multiples of 1/8 and the weights' amax makes NVFP4's tensor scale a power of two,
+    so every fp32 sum is exact in any order: the result must be bit-equal."""
+    from tapeout.ir import blockfp
+    w = np.random.default_rng(8).standard_normal((N, K)).astype(np.float32)
+    w *= np.float32(2688 * 2.0 ** -10) / np.abs(w).max()
+    b = Builder(f"{fmt}_{op}")
+    x = b.input((5, K), "bf16", name="x")
+    if op == "linear":
+        y = b.linear(x, blockfp.weight(b, w, fmt, dtype="bf16"))
+    else:
+        y = b.matmul(x, blockfp.weight(b, w.T.copy(), fmt, dtype="bf16", axis=0))
+    xs = (np.random.default_rng(9).integers(-16, 17, (5, K)) / 8).astype(np.float32)
+    return Case(b.build(y), (xs,))
+
+
 def _reshape_of_transpose():
     b = Builder("rt")
     x = b.input((4, 6), "f32", name="x")
@@ -206,14 +240,16 @@ CASES = {
     "full": [lambda: one("full", shape=(3, 4), value=2.5, dtype="f32"), lambda: one("full", shape=(5,), value=7, dtype="i32")],
     "iota": [lambda: one("iota", shape=(4, 6), dtype="f32", axis=1, start=-2, step=0.5),
              lambda: one("iota", shape=(3, 5), dtype="i64", axis=0, start=3)],
-    "matmul": [lambda: one("matmul", f(20, 48), f(48, 36, seed=1), tol=1.0),
+    "matmul": [lambda: _fp4_gemm("nvfp4", "matmul"), lambda: _fp4_gemm("mxfp4", "matmul"),
+               lambda: one("matmul", f(20, 48), f(48, 36, seed=1), tol=1.0),
                lambda: one("matmul", f(2, 3, 20, 16), f(2, 3, 16, 24, seed=1), tol=1.0),        # bmm
                lambda: one("matmul", f(2, 3, 8, 16), f(16, 12, seed=1), tol=1.0),
                lambda: one("matmul", f(16), f(3, 16, 5, seed=1), tol=1.0),
                lambda: one("matmul", f(6, 16), C(f(16, 10, seed=1)), tol=1.0),
                lambda: one("matmul", ints(6, 40, lo=-128, hi=128, dtype=np.int8),
                            ints(40, 9, lo=-128, hi=128, dtype=np.int8, seed=1))],
-    "linear": [lambda: one("linear", f(2, 7, 64), C(f(48, 64, lo=-0.3, hi=0.3)), C(f(48, seed=1)), tol=1.0),
+    "linear": [lambda: _fp4_gemm("nvfp4"), lambda: _fp4_gemm("mxfp4"),
+               lambda: one("linear", f(2, 7, 64), C(f(48, 64, lo=-0.3, hi=0.3)), C(f(48, seed=1)), tol=1.0),
                lambda: one("linear", f(9, 32), f(20, 32, seed=1), tol=1.0),
                lambda: one("linear", ints(6, 64, lo=-128, hi=128, dtype=np.int8),
                            C(ints(24, 64, lo=-128, hi=128, dtype=np.int8, seed=1)))],
@@ -241,10 +277,12 @@ CASES = {
                   lambda: _attention(6, 10, mask="float", hq=2, hkv=1), lambda: _attention(5, 5, causal=True, hkv=4)],
     "quantize": [lambda: _quant((6, 32), (), "i8"), lambda: _quant((6, 32), (6, 1), "u8", zp=True),
                  lambda: _quant((6, 32), (6, 4), "i4"), lambda: _quant((6, 32), (1, 32), "f8e4m3"),
-                 lambda: _quant((6, 32), (), "f8e5m2")],
+                 lambda: _quant((6, 32), (), "f8e5m2"), lambda: _fp4_quant("f8e8m0"),
+                 lambda: _fp4_quant("f8e4m3", tensor_scale=0.37)],
     "dequantize": [lambda: _dequant(ints(6, 32, lo=-128, hi=128, dtype=np.int8), (6, 1)),
                    lambda: _dequant(ints(6, 32, lo=0, hi=256, dtype=np.uint8), (1, 32), zp=True),
-                   lambda: _dequant(ints(6, 32, lo=-8, hi=8, dtype=ml_dtypes.int4), (6, 4))],
+                   lambda: _dequant(ints(6, 32, lo=-8, hi=8, dtype=ml_dtypes.int4), (6, 4)),
+                   lambda: _fp4_dequant("f8e8m0"), lambda: _fp4_dequant("f8e4m3", tensor_scale=0.37)],
 }
 PARAMS = [(op, k) for op in sorted(CASES) for k in range(len(CASES[op]))]
 

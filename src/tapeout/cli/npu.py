@@ -46,7 +46,7 @@ def _load(model: str, chip: str, dtype: str, phase: str, length: int, layers: Op
 
 _MODEL = typer.Argument(..., help="model.onnx, file.py:factory, or a shipped LLM name (llama-3.1-8b)")
 _CHIP = typer.Option("tapeout-n7", "--chip", help="preset name or chip .toml")
-_DTYPE = typer.Option("bf16", "--dtype", help="bf16, fp16, fp8, int8 or int4-weights")
+_DTYPE = typer.Option("bf16", "--dtype", help="bf16, fp16, fp8, int8, int4-weights, nvfp4 or mxfp4 (FP4 weights)")
 _PHASE = typer.Option("decode", "--phase", help="LLM names only: decode or prefill")
 _LEN = typer.Option(1024, "--length", help="LLM names only: context (decode) or prompt (prefill) tokens")
 _LAYERS = typer.Option(None, "--layers", help="LLM names only: number of layers (default: all)")

@@ -12,7 +12,7 @@ from rich.table import Table
 from .common import console, gib, print_json
 
 _MODEL = typer.Option(..., "--model", "-m", help="shipped model name, config.json path or local HF model folder")
-_WEIGHTS = typer.Option("bf16", "--weights", help="weight dtype: bf16, fp16, fp8, int8, int4 (weight-only)")
+_WEIGHTS = typer.Option("bf16", "--weights", help="weight dtype: bf16, fp16, fp8, int8, int4 (weight-only), nvfp4 / mxfp4 / fp4 (= nvfp4; W4A4 where the chip has fp4 MACs, else weight-only)")
 _KV = typer.Option(None, "--kv", help="KV-cache dtype (default: fp8 with fp8 weights, else bf16)")
 _IMPL = typer.Option(None, "--impl", help="kernel sequence: fused (vLLM/TensorRT-LLM-like) or pytorch-cudagraph "
                      "(default: the stack's)")

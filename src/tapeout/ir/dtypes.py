@@ -2,7 +2,10 @@
 
 Low-precision types are the ml_dtypes ones, which match PyTorch bit for bit:
 f8e4m3 is the "fn" variant (no infinities, max 448; the IR's cast saturates to +-448 like
-PyTorch), f8e5m2 is IEEE-like.
+PyTorch), f8e5m2 is IEEE-like. f4e2m1 (float4_e2m1fn: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives;
+no inf or NaN, casts saturate to +-6) and f8e8m0 (float8_e8m0fnu: unsigned powers of two
+2^-127 .. 2^127 and NaN, no zero) are the element and scale types of the block-scaled FP4
+formats (`tapeout.ir.blockfp`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ DTYPES: dict[str, np.dtype] = {
     "bf16": np.dtype(ml_dtypes.bfloat16),
     "f8e4m3": np.dtype(ml_dtypes.float8_e4m3fn),
     "f8e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "f8e8m0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "f4e2m1": np.dtype(ml_dtypes.float4_e2m1fn),
     "i64": np.dtype(np.int64),
     "i32": np.dtype(np.int32),
     "i16": np.dtype(np.int16),
@@ -26,10 +31,11 @@ DTYPES: dict[str, np.dtype] = {
     "u4": np.dtype(ml_dtypes.uint4),
     "bool": np.dtype(np.bool_),
 }
-FLOATS = frozenset({"f64", "f32", "f16", "bf16", "f8e4m3", "f8e5m2"})
+FLOATS = frozenset({"f64", "f32", "f16", "bf16", "f8e4m3", "f8e5m2", "f8e8m0", "f4e2m1"})
 INTS = frozenset({"i64", "i32", "i16", "i8", "i4", "u8", "u4"})
-# storage size in bits (i4/u4 are 4 bits packed on a chip; numpy stores them in a byte)
-BITS = {"f64": 64, "f32": 32, "f16": 16, "bf16": 16, "f8e4m3": 8, "f8e5m2": 8, "i64": 64,
+# storage size in bits (i4/u4/f4e2m1 are 4 bits packed on a chip; numpy stores them in a byte)
+BITS = {"f64": 64, "f32": 32, "f16": 16, "bf16": 16, "f8e4m3": 8, "f8e5m2": 8, "f8e8m0": 8, "f4e2m1": 4,
+        "i64": 64,
         "i32": 32, "i16": 16, "i8": 8, "i4": 4, "u8": 8, "u4": 4, "bool": 8}
 _BY_NUMPY = {v: k for k, v in DTYPES.items()}
 

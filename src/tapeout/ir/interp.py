@@ -341,8 +341,11 @@ def _blocked(x: np.ndarray, s: np.ndarray, f):
     return f(x.reshape(inter), sb).reshape(x.shape)
 
 
-def _quantize(x, scale, zero_point=None, *, dtype):
-    y = _blocked(x.astype(np.float32), scale.astype(np.float32), np.divide)
+def _quantize(x, scale, zero_point=None, *, dtype, tensor_scale):
+    """ints: clip(RNE(x / s) + zp); floats: RNE(clip(x / s, +-max)), s = f32(scale) * tensor_scale
+    (the product rounded to f32; tensor_scale is 1 except for NVFP4)."""
+    s = scale.astype(np.float32) * np.float32(tensor_scale) if tensor_scale != 1.0 else scale.astype(np.float32)
+    y = _blocked(x.astype(np.float32), s, np.divide)
     if zero_point is not None:
         y = y + _blocked(np.zeros_like(y), zero_point.astype(np.float32), np.add)
     if dtype in FLOATS:
@@ -352,11 +355,13 @@ def _quantize(x, scale, zero_point=None, *, dtype):
     return np.clip(np.nan_to_num(np.round(y), nan=0.0), lo, hi).astype(np.int64).astype(DTYPES[dtype])
 
 
-def _dequantize(q, scale, zero_point=None, *, dtype):
+def _dequantize(q, scale, zero_point=None, *, dtype, tensor_scale):
+    """round_dt(((f32(q) - f32(zp)) * f32(scale)) * f32(tensor_scale)), left to right in f32."""
     y = q.astype(np.float32)
     if zero_point is not None:
         y = _blocked(y, zero_point.astype(np.float32), np.subtract)
-    return _blocked(y, scale.astype(np.float32), np.multiply).astype(DTYPES[dtype])
+    y = _blocked(y, scale.astype(np.float32), np.multiply)
+    return (y * np.float32(tensor_scale) if tensor_scale != 1.0 else y).astype(DTYPES[dtype])
 
 
 # ---- the table ---------------------------------------------------------------------------

@@ -411,7 +411,15 @@ def _quant_shapes(op, avals):
     _need_float(op, sd)
 
 
-def _quantize(op, avals, dtype):
+def _tensor_scale(op, v):
+    """The per-tensor f32 scale (NVFP4's second level; 1.0 for every other format)."""
+    ts = float(np.float32(v))
+    if not (np.isfinite(ts) and ts > 0):
+        _fail(op, f"tensor_scale must be a positive finite f32, got {v!r}")
+    return ts
+
+
+def _quantize(op, avals, dtype, tensor_scale=1.0):
     """x (float), scale (float, blocked), optional zero_point (dtype) -> dtype."""
     _arity(op, avals, 2, 3)
     _need_float(op, avals[0][1])
@@ -420,16 +428,16 @@ def _quantize(op, avals, dtype):
         _fail(op, f"bad quantized dtype {dtype!r}")
     if len(avals) == 3 and avals[2][1] != dtype:
         _fail(op, f"zero_point dtype {avals[2][1]} must be {dtype}")
-    return [(avals[0][0], dtype)], {"dtype": dtype}
+    return [(avals[0][0], dtype)], {"dtype": dtype, "tensor_scale": _tensor_scale(op, tensor_scale)}
 
 
-def _dequantize(op, avals, dtype="f32"):
+def _dequantize(op, avals, dtype="f32", tensor_scale=1.0):
     _arity(op, avals, 2, 3)
     _quant_shapes(op, avals)
     if len(avals) == 3 and avals[2][1] != avals[0][1]:
         _fail(op, f"zero_point dtype {avals[2][1]} must equal input dtype {avals[0][1]}")
     _need_float(op, dtype)
-    return [(avals[0][0], dtype)], {"dtype": dtype}
+    return [(avals[0][0], dtype)], {"dtype": dtype, "tensor_scale": _tensor_scale(op, tensor_scale)}
 
 
 def _with(rule, *a, **kw):

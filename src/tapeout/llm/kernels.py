@@ -19,8 +19,18 @@ from ..errors import TapeoutError
 from .spec import ModelSpec
 
 IMPLEMENTATIONS = ("fused", "pytorch-cudagraph")
-DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5,
+               "nvfp4": 0.5, "mxfp4": 0.5, "fp4": 0.5}
 INT4_GROUP = 128  # int4 weight-only quantization: one bf16 scale per group of 128 weights
+# FP4 block formats (tapeout.ir.blockfp): e2m1 codes + one 1-byte scale per block; "fp4" names NVFP4
+FP4 = {"fp4": "nvfp4", "nvfp4": "nvfp4", "mxfp4": "mxfp4"}
+
+
+def _fp4_bytes(fmt: str) -> float:
+    """Bytes per element of a block-scaled FP4 tensor: half a byte plus its share of the block scale."""
+    from ..ir.blockfp import FORMATS
+    f = FORMATS[FP4[fmt]]
+    return DTYPE_BYTES[fmt] + 1.0 / f.block
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,10 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Dtypes:
+    """Weights, activations and KV cache dtypes. FP4 (nvfp4, mxfp4; fp4 = nvfp4) weights with
+    bf16/fp16/fp8 activations are weight-only: dequantized on the fly, the GEMM runs at the
+    activations' rate on any chip. FP4 activations (W4A4) run FP4 GEMMs and need a chip with
+    cores.matrix.macs_per_cycle.fp4 (perf.kernels._mma_dtype says so in one line otherwise)."""
     weights: str = "bf16"
     activations: str = "bf16"
     kv: str = "bf16"
@@ -57,32 +71,50 @@ class Dtypes:
             if v not in DTYPE_BYTES or v == "fp32" and role != "activations":
                 raise TapeoutError(f"--{role if role != 'activations' else 'act'} {v}: unsupported dtype "
                                    f"(use one of {', '.join(d for d in DTYPE_BYTES if d != 'fp32')})")
+            object.__setattr__(self, role, FP4.get(v, v))
         if self.activations in ("int4",):
             raise TapeoutError("activations cannot be int4 (int4 is weight-only)")
+        if self.activations in FP4 and self.weights != self.activations:
+            raise TapeoutError(f"--act {self.activations} needs --weights {self.activations} (FP4 GEMMs take "
+                               f"both operands in one block format)")
+
+    @staticmethod
+    def _bytes(d: str) -> float:
+        return _fp4_bytes(d) if d in FP4 else DTYPE_BYTES[d]
 
     @property
     def w(self) -> float:
-        b = DTYPE_BYTES[self.weights]
+        b = self._bytes(self.weights)
         return b + 2.0 / INT4_GROUP if self.weights == "int4" else b
 
     @property
     def a(self) -> float:
-        return 2.0 if self.activations in ("fp8", "int8") else DTYPE_BYTES[self.activations]
+        """Bytes of an activation between kernels (8- and 4-bit ones are quantized at the GEMM input)."""
+        return 2.0 if self.activations in ("fp8", "int8", *FP4) else DTYPE_BYTES[self.activations]
 
     @property
     def kvb(self) -> float:
-        return DTYPE_BYTES[self.kv]
+        return self._bytes(self.kv)
 
     @property
     def mma(self) -> str:
-        """The dtype the matrix units run in: 8-bit only when weights and activations are both 8-bit."""
-        if self.weights in ("fp8", "int8") and self.activations == self.weights:
-            return self.weights
+        """The dtype the matrix units run in: 8-bit (fp4) only when weights and activations are both
+        8-bit (fp4); the chip-file key of every FP4 format is fp4."""
+        if self.weights in ("fp8", "int8", *FP4) and self.activations == self.weights:
+            return "fp4" if self.weights in FP4 else self.weights
+        if self.weights in FP4 and self.activations == "fp8":
+            return "fp8"            # W4A8: e2m1 widens exactly to e4m3, the GEMM runs at the fp8 rate
         return "fp16" if self.activations == "fp16" else "bf16"
 
     @property
+    def act_kernels(self) -> str:
+        """The dtype non-GEMM kernels (attention, elementwise) carry: the activations', except FP4
+        activations, which live in bf16 between GEMMs (attention runs in bf16)."""
+        return "bf16" if self.activations in FP4 else self.activations
+
+    @property
     def gemm_in(self) -> float:
-        return DTYPE_BYTES[self.activations] if self.mma in ("fp8", "int8") else self.a
+        return self._bytes(self.activations) if self.mma in ("fp8", "int8", "fp4") else self.a
 
 
 @dataclass(frozen=True)
@@ -123,7 +155,7 @@ class _Builder:
     def add(self, kind, name, flops, rd, wr, shape=(), count=1.0, dtype=None, wbytes=0.0):
         if count > 0:
             self.out.append(Kernel(kind, name, float(flops), float(rd), float(wr), shape,
-                                   dtype or self.dt.activations, float(count), float(wbytes)))
+                                   dtype or self.dt.act_kernels, float(count), float(wbytes)))
 
     # ---- building blocks
     def gemm(self, name, M, N, K, count, groups=1, bias=False, w_bytes=None, dtype=None):

@@ -34,7 +34,8 @@ from .isa import DTYPES, Geometry
 from .kernels import GemmJob, RowProgram, attention, depthwise_conv, gather_rows, gemm, row_kernel
 from .program import Program, Tensor
 
-MODES = ("bf16", "fp16", "fp8", "int8", "int4-weights")
+MODES = ("bf16", "fp16", "fp8", "int8", "int4-weights", "nvfp4", "mxfp4")
+BLOCK_MODES = ("nvfp4", "mxfp4")    # FP4 weight-only: tapeout.ir.blockfp rewrites the GEMM weights first
 INT4_GROUP = 128
 
 UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "reciprocal": "recip", "sin": "sin",
@@ -126,7 +127,7 @@ class Heap:
 def isa_dtype(ir_dtype: str, act: str) -> str:
     return {"f32": act, "f64": act, "bf16": "bf16", "f16": "fp16", "f8e4m3": "fp8", "f8e5m2": "fp8e5m2", "i8": "int8",
             "i16": "int32", "i32": "int32", "i64": "int32", "bool": "int8", "u8": "u8", "i4": "int8",
-            "u4": "int8"}[ir_dtype]
+            "u4": "int8", "f4e2m1": "fp4", "f8e8m0": "e8m0"}[ir_dtype]
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class Compiler:
         self.live: dict = {}           # owner name -> values viewing it not yet dead
         self.owned: dict = {}          # owner name -> its shared-buffer View
         self.fused: dict = {}          # eqn index -> indices of the eqns fused into it
+        self.fp4: dict = {}            # var name -> the dequantize eqn of constant e2m1 data it came from
         self.vars = ir.vars()
         self.outputs = {o.name for o in ir.outputs if hasattr(o, "name")}
 
@@ -241,6 +243,9 @@ def copy_kernel(cc, src: View, dst: View):
 # ----------------------------------------------------------------------------- the walk
 
 def compile_ir(ir, chip, mode: str = "bf16") -> Program:
+    if mode in BLOCK_MODES:
+        from ..ir.blockfp import quantize_weights
+        ir = quantize_weights(ir, mode)
     cc = Compiler(ir, chip, Options(mode))
     inputs = []
     for v in ir.inputs:
@@ -317,8 +322,15 @@ def _fused_here(cc, i):
 def _lower(cc, i, e):
     op = e.op
     ins = e.inputs
-    if all(not hasattr(a, "name") or a.name in cc.val for a in ins) \
-            and _foldable(cc, e):
+    consts = all(not hasattr(a, "name") or a.name in cc.val for a in ins)
+    if consts and op == "dequantize" and ins[0].dtype == "f4e2m1":
+        cc.fp4[e.outputs[0].name] = e            # GEMMs read it packed (_linear_like); others the folded value
+        if _foldable(cc, e):
+            _fold(cc, e)
+        else:
+            cc.val[e.outputs[0].name] = None     # shape-only
+        return
+    if consts and _foldable(cc, e):
         _fold(cc, e)
         return
     if op in VIEWS:
@@ -518,8 +530,9 @@ def _epilogue(cc, i, out_var, shape2d, to2d):
     return ep, cur
 
 
-def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var, wdtype="f32"):
-    """x[..., K] @ W^T with W[N, K] a constant of IR dtype `wdtype` (or a runtime view when wval is a View)."""
+def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var, wdtype="f32", wname=None):
+    """x[..., K] @ W^T with W[N, K] a constant of IR dtype `wdtype` (or a runtime view when wval is a View);
+    `wname`: the IR weight, read packed when it is a dequantized e2m1 constant (`_fp4_weight`)."""
     K = x.shape[-1]
     N = wshape[0]
     M = math.prod(x.shape[:-1])
@@ -530,7 +543,14 @@ def _linear_like(cc, i, e, x: View, wval, wshape, bias, out_var, wdtype="f32"):
     ov = cc.out_view(last)
     o2 = ov.reshape((M, N))
     mode = cc.opts.mode
-    if isinstance(wval, View) or mode in ("bf16", "fp16") or a.dtype != cc.act:
+    fp4 = _fp4_weight(cc, wname, (N, K))
+    if fp4 is not None:
+        packed, scales, sdt, g, ts, dt = fp4
+        pv = cc.place_const(f"{e.outputs[0].name}_w4", packed, "u8", (K, N // 2))
+        sv = cc.place_const(f"{e.outputs[0].name}_w4s", scales, sdt, (K // g, N))
+        gemm(cc, [GemmJob(_as_dtype(cc, a, dt), pv, o2, ep + ep2, w_scales=sv, w_code="e2m1", w_imm=ts)],
+             dt, "fp32", group=g)
+    elif isinstance(wval, View) or mode in ("bf16", "fp16", *BLOCK_MODES) or a.dtype != cc.act:
         dt = _gemm_dtype(cc, a, wval.dtype if isinstance(wval, View) else isa_dtype(wdtype, cc.act))
         w = _as_dtype(cc, wval, dt).transpose((1, 0)) if isinstance(wval, View) else _place_w(cc, e, wval, (K, N), dt)
         gemm(cc, [GemmJob(_as_dtype(cc, a, dt), w, o2, ep + ep2)], dt, "int32" if dt == "int8" else "fp32")
@@ -590,6 +610,37 @@ def _quant_weight(w, qdt, qmax, nk):
     return np.ascontiguousarray(q.T), s.astype(np.float32)
 
 
+def _fp4_weight(cc, wname, nk):
+    """Packed form of a GEMM weight that is `dequantize` of constant e2m1 data with block scales along
+    K: (e2m1 codes [K, N/2] two per byte, scales [K/g, N], their ISA dtype, g, tensor scale, the GEMM's
+    input type), or None (the folded dense value is used then). Shape-only weights give None data."""
+    if wname is None or wname[0] not in cc.fp4 or wname[0] in cc.env:
+        return None
+    e = cc.fp4[wname[0]]
+    if len(e.inputs) > 2 or not all(hasattr(a, "name") for a in e.inputs) or len(e.inputs[0].shape) != 2:
+        return None
+    q, s = (cc.val[a.name] for a in e.inputs)
+    qs, ss = e.inputs[0].shape, e.inputs[1].shape or (1, 1)
+    if not wname[1]:                                   # linear: w[N, K]; matmul: b[K, N]
+        q, s, qs, ss = _t(q), _t(s), qs[::-1], ss[::-1]
+    K, N = qs
+    if N % 2 or K % ss[0] or ss[1] not in (1, N) or (K, N) != (nk[1], nk[0]):
+        return None
+    sdt = {"f8e4m3": "fp8", "f8e8m0": "e8m0"}.get(e.inputs[1].dtype, "fp32")
+    packed = scales = None
+    if q is not None and s is not None:
+        codes = np.ascontiguousarray(q).astype(DTYPES["fp4"]).view(np.uint8) & 0xF
+        packed = np.ascontiguousarray(codes[:, 0::2] | (codes[:, 1::2] << 4))
+        s = np.asarray(s).reshape(ss)
+        scales = np.ascontiguousarray(np.broadcast_to(s, (ss[0], N)).astype(np.float32).astype(DTYPES[sdt]))
+    dt = isa_dtype(e.outputs[0].dtype, cc.act)          # the IR's weight type (bf16/fp16) is the array's
+    return packed, scales, sdt, K // ss[0], e.params["tensor_scale"], dt if dt in ("bf16", "fp16") else cc.act
+
+
+def _t(a):
+    return None if a is None else np.asarray(a).T
+
+
 def _quant_int4(w, g, nk):
     """Group-wise int4: W[n, k] ~ q[k, n] * s[k // g, n], q in -8..7, packed two per byte along n."""
     if w is None:
@@ -617,7 +668,7 @@ def _linear(cc, i, e):
     x, w = e.inputs[0], e.inputs[1]
     bias = e.inputs[2] if len(e.inputs) > 2 else None
     wval = cc.val[w.name] if w.name in cc.val and w.name not in cc.env else cc.view(w)
-    _linear_like(cc, i, e, cc.view(x), wval, w.shape, bias, e.outputs[0], w.dtype)
+    _linear_like(cc, i, e, cc.view(x), wval, w.shape, bias, e.outputs[0], w.dtype, (w.name, False))
 
 
 def _matmul(cc, i, e):
@@ -627,7 +678,7 @@ def _matmul(cc, i, e):
         x = cc.view(a) if len(a.shape) > 1 else cc.view(a).reshape((1, a.shape[0]))
         wv = cc.val[b.name]
         wt = None if wv is None else np.asarray(wv).T
-        _linear_like(cc, i, e, x, wt, (b.shape[1], b.shape[0]), None, out, b.dtype)
+        _linear_like(cc, i, e, x, wt, (b.shape[1], b.shape[0]), None, out, b.dtype, (b.name, True))
         return
     av, bv = cc.view(a), cc.view(b)
     if len(a.shape) == 1:
@@ -912,9 +963,10 @@ def _blocked(v: View, xshape):
 
 
 def _quant(cc, i, e):
-    """quantize: x / scale (+ zero point), clipped to the type's range, then rounded by the store
-    (ints: half to even, NaN -> 0; fp8: RNE); dequantize: (q - zero point) * scale. All in fp32."""
-    x, out = e.inputs[0], e.outputs[0]
+    """quantize: x / (scale * tensor_scale) (+ zero point), clipped to the type's range, then rounded
+    by the store (ints: half to even, NaN -> 0; fp8/fp4: RNE); dequantize: ((q - zero point) * scale)
+    * tensor_scale. All in fp32."""
+    x, out, ts = e.inputs[0], e.outputs[0], e.params["tensor_scale"]
     shape, sv = _blocked(_quant_operand(cc, e.inputs[1]), x.shape)
     xv = cc.view(x)
     loads = {"x": xv.reshape(shape) or cc.materialize(xv).reshape(shape), "s": sv}
@@ -925,10 +977,12 @@ def _quant(cc, i, e):
         dt = out.dtype
         lo, hi = (-float_max(dt), float_max(dt)) if dt in FLOATS else int_range(dt)
         slo, shi = STORE_RANGE.get(isa_dtype(dt, cc.act), (-math.inf, math.inf))
-        ops = [("div", ["x", "s"], 0.0)] + ([("add", [CUR, "z"], 0.0)] if z else []) + \
+        ops = ([("muls", ["s"], ts), ("div", ["x", CUR], 0.0)] if ts != 1.0 else [("div", ["x", "s"], 0.0)]) + \
+            ([("add", [CUR, "z"], 0.0)] if z else []) + \
             ([("maxs", [CUR], float(lo))] if lo > slo else []) + ([("mins", [CUR], float(hi))] if hi < shi else [])
     else:
-        ops = ([("sub", ["x", "z"], 0.0)] if z else []) + [("mul", [CUR if z else "x", "s"], 0.0)]
+        ops = ([("sub", ["x", "z"], 0.0)] if z else []) + [("mul", [CUR if z else "x", "s"], 0.0)] + \
+            ([("muls", [CUR], ts)] if ts != 1.0 else [])
     steps = [("vec", f, "y" if k == len(ops) - 1 else f"t{k}", [f"t{k - 1}" if a is CUR else a for a in srcs], imm)
              for k, (f, srcs, imm) in enumerate(ops)]
     ov = cc.out_view(out)

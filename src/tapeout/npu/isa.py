@@ -34,11 +34,13 @@ from ..errors import TapeoutError
 
 SPACES = ("dram", "shared", "sram")
 QUEUES = ("dma", "mxu", "vec")
-# ISA dtype name -> numpy dtype ("u8" carries packed int4 pairs, low nibble first)
+# ISA dtype name -> numpy dtype ("u8" carries packed int4 / e2m1 pairs, low nibble first;
+# "fp4" is an unpacked e2m1 value per byte, "e8m0" an unsigned power-of-two scale)
 DTYPES = {
     "fp32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16),
     "fp8": np.dtype(ml_dtypes.float8_e4m3fn), "int8": np.dtype(np.int8), "int32": np.dtype(np.int32),
     "u8": np.dtype(np.uint8), "fp8e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "fp4": np.dtype(ml_dtypes.float4_e2m1fn), "e8m0": np.dtype(ml_dtypes.float8_e8m0fnu),
 }
 DTYPE_NAMES = tuple(DTYPES)
 # vector functions: name -> arity (operands a, b, c) and unit ("alu" or "sfu": special functions)
@@ -57,6 +59,7 @@ VFUNCS = {
 }
 VFUNC_NAMES = tuple(VFUNCS)
 RFUNCS = ("sum", "max", "min", "absmax", "argmax", "argmin")
+NIBBLES = ("int4", "e2m1")   # how Dequant4 reads a 4-bit code: two's complement -8..7, or fp4 e2m1
 WORD_BYTES = 96  # every instruction encodes to one fixed-width little-endian word of this size
 
 
@@ -167,7 +170,8 @@ class Gather:
 class Matmul:
     """Tile GEMM on the weight-stationary systolic array, all operands in SRAM (queue: mxu).
 
-        T = tile_cols(in_dtype)                     # array columns x MACs per PE
+        T = tile_cols(in_dtype)                     # array columns x MACs per PE (tile_cols(fp4) when
+                                                    #   w_fp4 and the chip has fp4 MACs)
         for n0 in range(0, N, T):                   # one fold: weights w[k0:k0+rows, n0:n0+T]
           for k0 in range(0, K, rows):              #   are loaded into the PEs (stationary),
             for m in range(M):                      #   then the M rows of `a` stream through
@@ -175,7 +179,9 @@ class Matmul:
                 s = sum(f32(a[m*lda + k]) * f32(w[k*ldw + n]) for k in range(k0, min(k0 + rows, K)))
                 acc[m*ldc + n] = (acc[m*ldc + n] if (acc_in or k0 > 0) else 0) + s
 
-    in_dtype bf16/fp16/fp8 accumulate in fp32, int8 in int32 (exact). Time: folds =
+    in_dtype bf16/fp16/fp8 accumulate in fp32, int8 in int32 (exact). w_fp4 = 1: the weights are
+    e2m1 codes times their block scales (a dequant4 output, exact in in_dtype), which an array with
+    fp4 multipliers (macs_per_cycle.fp4) takes at its fp4 rate; same sums. Time: folds =
     ceil(K/rows) * ceil(N/T); the weights of the next fold load while rows stream, so the array
     is occupied folds * max(M, rows) cycles and the result is ready rows (first weight load) +
     rows + cols - 2 (skew fill and drain) cycles later; back-to-back Matmuls overlap that latency.
@@ -193,6 +199,7 @@ class Matmul:
     in_dtype: str = _e("dtype")
     acc_dtype: str = _e("dtype")
     acc_in: int = _e("u8", 0)
+    w_fp4: int = _e("u8", 0)
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
@@ -296,13 +303,15 @@ class Scan:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Dequant4:
-    """int4 weight-only dequantisation with group scales (queue: vec).
+    """4-bit weight dequantisation with group (block) scales: int4 or fp4 e2m1 (queue: vec).
 
         for r in range(rows): for c in range(cols):
             byte = u8[a_addr + r*(cols//2) + c//2]
-            q = signed4(byte & 0xF if c % 2 == 0 else byte >> 4)          # -8..7
-            d[d_addr + r*d_rs + c] = cast(d_dtype, q * f32(s[s_addr + (r // group)*s_rs + c]))
+            nib = byte & 0xF if c % 2 == 0 else byte >> 4
+            q = signed4(nib) if code == int4 else e2m1(nib)      # -8..7, or 0 0.5 1 1.5 2 3 4 6 (bit 3: sign)
+            d[d_addr + r*d_rs + c] = cast(d_dtype, (q * f32(s[s_addr + (r // group)*s_rs + c])) * imm)
 
+    imm is the per-tensor scale (NVFP4), 1 otherwise; both products in fp32.
     Time: ceil(rows*cols / lanes) on the ALU.
     """
     rows: int = _e("u32")
@@ -315,6 +324,8 @@ class Dequant4:
     s_addr: int = _e("u32")
     s_dtype: str = _e("dtype")
     s_rs: int = _e("i32")
+    code: str = _e("nibble", "int4")
+    imm: float = _e("f32", 1.0)
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
@@ -338,7 +349,7 @@ QUEUE_OF = {Dma: "dma", Gather: "dma", Matmul: "mxu", Vec: "vec", Reduce: "vec",
             Scan: "vec"}
 _OPCODE_OF = {cls: op for op, cls in OPCODES.items()}
 _MNEMONIC = {cls.__name__.lower(): cls for cls in OPCODES.values()}
-_ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS}
+_ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS, "nibble": NIBBLES}
 _STRUCT = {"u8": "B", "u32": "I", "i32": "i", "u64": "Q", "f32": "f", **{k: "B" for k in _ENUMS}}
 
 
@@ -497,5 +508,5 @@ def reference_markdown() -> str:
                 "```", *textwrap.dedent(rest).strip("\n").splitlines(), "```", "",
                 "Fields: " + ", ".join(f"`{n}`:{k}" for n, k in fields_of(cls)), ""]
     out += ["Enums: space " + ", ".join(SPACES) + "; dtype " + ", ".join(DTYPE_NAMES) + "; vector func "
-            + ", ".join(VFUNC_NAMES) + "; reduce func " + ", ".join(RFUNCS) + "."]
+            + ", ".join(VFUNC_NAMES) + "; reduce func " + ", ".join(RFUNCS) + "; nibble " + ", ".join(NIBBLES) + "."]
     return "\n".join(out) + "\n"

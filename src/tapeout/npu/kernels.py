@@ -4,7 +4,8 @@
   reductions, softmax, norms, dynamic quantisation), double-buffered, rows split over cores.
 - `gemm`: tiled GEMM on the systolic arrays: output tiles split over cores, K in chunks,
   operand tiles double-buffered (and reused while resident), fused elementwise epilogue,
-  int8/fp8 (quantised activations x quantised weights) and int4 weight-only (Dequant4).
+  int8/fp8 (quantised activations x quantised weights) and 4-bit weight-only: int4 or fp4 e2m1
+  with block scales (Dequant4).
 - `attention`: flash-style attention per (batch, head): online softmax over key chunks.
 Every kernel ends with a barrier: the next one may read what any core wrote.
 """
@@ -183,27 +184,31 @@ def _vec(s, tiles, par, func, dst, srcs, imm, rows, cols):
 @dataclass
 class GemmJob:
     a: View           # M x K
-    w: View           # K x N (or packed int4 K x N/2 when w_scales is set)
+    w: View           # K x N (or packed 4-bit codes K x N/2 when w_scales is set)
     out: View         # M x N
     epilogue: list    # (func, operand View (M x N broadcast) | None, imm, acc_is_b)
-    w_scales: View | None = None   # int4: (K/group) x N
+    w_scales: View | None = None   # 4-bit weights: (K/group) x N
+    w_code: str = "int4"           # how Dequant4 reads the packed codes: int4 or e2m1 (fp4)
+    w_imm: float = 1.0             # per-tensor scale applied by Dequant4 (NVFP4)
 
 
 def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0):
     M, K = jobs[0].a.shape
     N = jobs[0].out.shape[1]
-    tm, tn, tk = _choose_tiles(cc, M, N, K, len(jobs), in_dtype, acc_dtype, group)
+    fp4 = group and jobs[0].w_code == "e2m1" and cc.geom.pe_macs("fp4")   # native fp4 multipliers
+    tm, tn, tk = _choose_tiles(cc, M, N, K, len(jobs), in_dtype, acc_dtype, group, "fp4" if fp4 else in_dtype)
     tiles = [(j, m0, n0) for j in range(len(jobs)) for n0 in range(0, N, tn) for m0 in range(0, M, tm)]
     for core, (t0, t1) in enumerate(split_even(len(tiles), cc.ncores)):
         _gemm_core(cc, cc.streams[core], jobs, tiles[t0:t1], tm, tn, tk, in_dtype, acc_dtype, group)
     cc.barrier()
 
 
-def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group):
+def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None):
     """Output tile (tm x tn) and K chunk (tk) that fit SRAM and minimise the busiest core's time:
-    ceil(tiles / cores) x max(array cycles, DMA cycles) of one tile, plus a per-tile overhead."""
+    ceil(tiles / cores) x max(array cycles, DMA cycles) of one tile, plus a per-tile overhead.
+    `mac`: the multipliers' type when it differs from in_dtype (fp4 weights on fp4 MACs)."""
     g = cc.geom
-    tc, es, ea = g.tile_cols(in_dtype), DTYPES[in_dtype].itemsize, DTYPES[acc_dtype].itemsize
+    tc, es, ea = g.tile_cols(mac or in_dtype), DTYPES[in_dtype].itemsize, DTYPES[acc_dtype].itemsize
     clk, n = cc.chip.cores.clock_hz, cc.ncores
     w_bpc = (cc.chip.dram.bandwidth_bytes_per_s or cc.chip.shared_buffer.bandwidth_bytes_per_s) / n / clk
     a_bpc = cc.chip.shared_buffer.bandwidth_bytes_per_s / n / clk
@@ -260,13 +265,15 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
                     _load(s, p, job.w.box((k0, n0 // 2), (k, n // 2)), None)
                     _load(s, sc, job.w_scales.box((k0 // group, n0), (-(-k // group), n)), None)
                     s.emit(lambda **wt: Dequant4(rows=k, cols=n, group=group, d_addr=w.addr, d_dtype=in_dtype, d_rs=n,
-                                                 a_addr=p.addr, s_addr=sc.addr, s_dtype=job.w_scales.dtype, s_rs=n, **wt),
+                                                 a_addr=p.addr, s_addr=sc.addr, s_dtype=job.w_scales.dtype, s_rs=n,
+                                                 code=job.w_code, imm=job.w_imm, **wt),
                            reads=[p, sc], writes=[w])
                     w.key = (id(job.w), k0, n0, k, n)
             else:
                 _load(s, w, job.w.box((k0, n0), (k, n)), (id(job.w), k0, n0, k, n))
             s.emit(lambda **wt: Matmul(acc_addr=ab.addr, a_addr=a.addr, w_addr=w.addr, M=m, K=k, N=n, lda=k, ldw=n,
-                                       ldc=n, in_dtype=in_dtype, acc_dtype=acc_dtype, acc_in=int(ki > 0), **wt),
+                                       ldc=n, in_dtype=in_dtype, acc_dtype=acc_dtype, acc_in=int(ki > 0),
+                                       w_fp4=int(group > 0 and job.w_code == "e2m1"), **wt),
                    reads=[a, w], writes=[ab])
             kslot += 1
         _epilogue(s, job, ab, acc_dtype, ep[t % 2], obuf[t % 2], m0, n0, m, n)

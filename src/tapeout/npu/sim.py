@@ -222,12 +222,15 @@ def exec_scan(m: Memory, c: int, i: Scan):
 
 def exec_dequant4(m: Memory, c: int, i: Dequant4):
     packed = m.view("sram", c, i.a_addr, "u8", (i.rows, i.cols // 2), (i.cols // 2, 1))
-    q = np.empty((i.rows, i.cols), np.int8)
-    q[:, 0::2] = (packed & 0xF).astype(np.int8)
-    q[:, 1::2] = (packed >> 4).astype(np.int8)
-    q = np.where(q > 7, q - 16, q).astype(np.float32)
+    nib = np.empty((i.rows, i.cols), np.uint8)
+    nib[:, 0::2], nib[:, 1::2] = packed & 0xF, packed >> 4
+    if i.code == "e2m1":
+        q = nib.view(DTYPES["fp4"]).astype(np.float32)
+    else:
+        q = np.where(nib > 7, nib.astype(np.int16) - 16, nib).astype(np.float32)
     s = _operand(m, c, -(-i.rows // i.group), i.cols, i.s_addr, i.s_dtype, i.s_rs, 1)
     r = q * np.repeat(s, i.group, axis=0)[:i.rows]
+    r = r * np.float32(i.imm) if i.imm != 1.0 else r
     m.view("sram", c, i.d_addr, i.d_dtype, (i.rows, i.cols), (i.d_rs, 1))[...] = cast(r, i.d_dtype)
 
 
@@ -251,9 +254,10 @@ def _dma_cost(t: Timing, i):
 def _matmul_cost(t: Timing, i: Matmul):
     es, ea = DTYPES[i.in_dtype].itemsize, DTYPES[i.acc_dtype].itemsize
     nbytes = (i.M * i.K + i.K * i.N) * es + i.M * i.N * ea * (2 if i.acc_in else 1)
+    dt = "fp4" if i.w_fp4 and t.geom.pe_macs("fp4") else i.in_dtype      # native fp4 x in_dtype multipliers
     if not t.overlap:
-        return matmul_cycles(t.geom, i.M, i.K, i.N, i.in_dtype, False), 0, {"sram": nbytes}
-    return matmul_occupancy(t.geom, i.M, i.K, i.N, i.in_dtype), matmul_latency(t.geom), {"sram": nbytes}
+        return matmul_cycles(t.geom, i.M, i.K, i.N, dt, False), 0, {"sram": nbytes}
+    return matmul_occupancy(t.geom, i.M, i.K, i.N, dt), matmul_latency(t.geom), {"sram": nbytes}
 
 
 def _vec_cost(t: Timing, i):

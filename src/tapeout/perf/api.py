@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..chip import Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
-from ..llm.kernels import Batch, Dtypes, build_step
+from ..llm.kernels import FP4, Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
 from ..stack import Stack, lower, stack_for
 from .step import StepTime, run_kernels
@@ -31,8 +31,9 @@ def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip
     natively, else they are weight-only (dequantized to bf16 for the matmul)."""
     native = lambda d: chip.supports(d) and (stack is None or stack.native(d))  # noqa: E731
     act = activations
-    if act is None:
-        act = weights if weights in ("fp8", "int8") and native(weights) else "bf16"
+    if act is None:  # 8-bit (FP4) weights run 8-bit (FP4) GEMMs where the chip and stack have them (W8A8, W4A4), else weight-only
+        key = "fp4" if weights in FP4 else weights
+        act = weights if weights in ("fp8", "int8", *FP4) and native(key) else "bf16"
     return Dtypes(weights=weights, activations=act, kv=kv or ("fp8" if weights == "fp8" and native("fp8") else "bf16"))
 
 

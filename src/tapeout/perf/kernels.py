@@ -20,6 +20,7 @@ import math
 import weakref
 
 from ..chip import Chip
+from ..errors import TapeoutError
 from ..llm.kernels import Kernel
 from .params import PerfParams
 
@@ -27,11 +28,15 @@ INF = float("inf")
 
 
 def _mma_dtype(chip: Chip, dtype: str) -> str:
-    """The dtype the matrix unit runs: `dtype` if supported, else the nearest wider one it has."""
+    """The dtype the matrix unit runs: `dtype` if supported, else the nearest wider one it has.
+    fp4 (both GEMM operands FP4) has no fallback: weight-only FP4 runs at the activations' type."""
     for d in {"fp8": ("fp8", "fp16", "bf16"), "int8": ("int8", "fp8", "bf16", "fp16"), "fp16": ("fp16", "bf16"),
-              "bf16": ("bf16", "fp16"), "int4": ("int4", "int8", "fp8", "bf16")}.get(dtype, (dtype, "bf16")):
+              "bf16": ("bf16", "fp16"), "int4": ("int4", "int8", "fp8", "bf16"), "fp4": ("fp4",)}.get(dtype, (dtype, "bf16")):
         if chip.supports(d):
             return d
+    if dtype == "fp4":
+        raise TapeoutError(f"{chip.name}: fp4 activations need FP4 matrix units (cores.matrix.macs_per_cycle.fp4); "
+                           f"FP4 weights alone run with bf16 or fp8 activations")
     return max(chip.cores.matrix.macs_per_cycle, key=chip.cores.matrix.macs_per_cycle.get)
 
 
