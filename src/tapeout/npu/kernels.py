@@ -243,7 +243,7 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
     acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(2)]
     ep = [sram.alloc(tm * tn * 4) for _ in range(2)]
     obuf = [sram.alloc(tm * tn * 4) for _ in range(2)]
-    kslot = 0
+    kslot, pending = 0, None
     for t, (j, m0, n0) in enumerate(tiles):
         job = jobs[j]
         K = job.a.shape[1]
@@ -269,7 +269,11 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
                                        ldc=n, in_dtype=in_dtype, acc_dtype=acc_dtype, acc_in=int(ki > 0), **wt),
                    reads=[a, w], writes=[ab])
             kslot += 1
-        _epilogue(s, job, ab, acc_dtype, ep[t % 2], obuf[t % 2], m0, n0, m, n)
+        if pending:                   # the previous tile's epilogue after this tile's loads and matmuls, so
+            _epilogue(*pending)       # the in-order DMA queue fetches ahead and the array and vector unit overlap
+        pending = (s, job, ab, acc_dtype, ep[t % 2], obuf[t % 2], m0, n0, m, n)
+    if pending:
+        _epilogue(*pending)
 
 
 def _load(s, buf: Buf, src: View, key):
@@ -282,6 +286,8 @@ def _load(s, buf: Buf, src: View, key):
 def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n):
     cur, cur_dt = ab, acc_dtype
     for func, opnd, imm, acc_is_b in job.epilogue:
+        if func == "copy" and opnd is None:             # identity: every step reads its source as fp32
+            continue
         kw, reads = {}, [cur]
         if opnd is not None:
             o = opnd.box((m0, n0), (m, n))
