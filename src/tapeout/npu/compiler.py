@@ -690,10 +690,7 @@ def _conv2d(cc, i, e):
         depthwise_conv(cc, xv, _weight_view(cc, e, w, (O, kh * kw)), bv, cc.out_view(out), (kh, kw), p["stride"],
                        p["dilation"])
         return
-    (sh, sw), (dh, dw) = p["stride"], p["dilation"]
-    s0, s1, s2, s3 = xv.strides
-    win = View(xv.space, xv.addr, xv.dtype, (N, Ho, Wo, C, kh, kw), (s0, s2 * sh, s3 * sw, s1, s2 * dh, s3 * dw))
-    cols = cc.materialize(win).reshape((N, Ho * Wo, g, K))
+    cols = _im2col(cc, xv, (Ho, Wo), (kh, kw), p["stride"], p["dilation"]).reshape((N, Ho * Wo, g, K))
     wv = _weight_view(cc, e, w, (g, og, K), (0, 2, 1), dt)                 # (g, K, og)
     if g == 1:
         _conv_gemm(cc, i, e, cols.reshape((N * Ho * Wo, K)), wv.reshape((K, O)), bv)
@@ -709,6 +706,24 @@ def _conv2d(cc, i, e):
                                     wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)), o, ep))
         gemm(cc, jobs, dt, "int32" if dt == "int8" else "fp32")
     _release(cc, cols, xv if xv is not cc.env.get(x.name) else None)
+
+
+def _im2col(cc, xv: View, out_hw, kernel, stride, dilation) -> View:
+    """cols[n, ho, wo, c, i, j] = x[n, c, ho*sh + i*dh, wo*sw + j*dw] (x padded): one DMA per (tap,
+    image), each a 3-D strided copy of the [Ho, Wo, C] window plane, spread over the cores."""
+    N, C = xv.shape[:2]
+    (Ho, Wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
+    s0, s1, s2, s3 = xv.strides
+    cols = cc.alloc((N, Ho, Wo, C, kh, kw), xv.dtype)
+    jobs = [(i, j, n) for i in range(kh) for j in range(kw) for n in range(N)]
+    for k, (i, j, n) in enumerate(jobs):
+        src = View(xv.space, xv.addr + (n * s0 + i * dh * s2 + j * dw * s3) * xv.esize, xv.dtype, (Ho, Wo, C),
+                   (s2 * sh, s3 * sw, s1))
+        dst = View(cols.space, cols.addr + ((n * Ho * Wo * C) * kh * kw + i * kw + j) * cols.esize, cols.dtype,
+                   (Ho, Wo, C), (Wo * C * kh * kw, C * kh * kw, kh * kw))
+        dma_copy(cc.streams[k % cc.ncores], src, dst)
+    cc.barrier()
+    return cols
 
 
 def _conv_gemm(cc, i, e, a: View, w: View, bv):
