@@ -51,8 +51,8 @@ class Arch:
 class _Net:
     """Builds conv units into `b` in f32 or int8; weights from a seeded generator by layer name."""
 
-    def __init__(self, b: Builder, dtype: str, seed: int, abstract: bool, scales: dict | None):
-        self.b, self.dtype, self.seed, self.abstract = b, dtype, seed, abstract
+    def __init__(self, b: Builder, arch: "Arch", dtype: str, seed: int, abstract: bool, scales: dict | None):
+        self.b, self.arch, self.dtype, self.seed, self.abstract = b, arch, dtype, seed, abstract
         self.scales = scales or {}
         self.acts: dict = {}                      # layer name -> f32 activation (for calibration)
 
@@ -74,10 +74,12 @@ class _Net:
         shape = (cout, x.shape[1], k, k)
         w, bias = self.weight(name, shape, gain) or (None, None)
         if self.dtype == "f32":
+            last = "relu" if relu else "add" if residual is not None else "conv"      # carries the layer's name
             y = self.b.conv2d(x, self.const(w, f"{name}_w", shape, "f32"),
-                              self.const(bias, f"{name}_b", (cout,), "f32"), stride=stride, padding=k // 2)
-            y = y if residual is None else self.b.add(y, residual)
-            y = self.b.relu(y, name=name) if relu else self.b.add(y, 0.0, name=name)
+                              self.const(bias, f"{name}_b", (cout,), "f32"), stride=stride, padding=k // 2,
+                              name=name if last == "conv" else None)
+            y = y if residual is None else self.b.add(y, residual, name=name if last == "add" else None)
+            y = self.b.relu(y, name=name) if relu else y
             self.acts[name] = y
             return y
         return self._conv_int8(x, name, w, bias, shape, stride, relu, residual, keep_f32)
@@ -104,13 +106,13 @@ class _Net:
         return out
 
     def scale(self, name) -> float:
+        """The int8 scale of tensor `name`; uncalibrated, 1/16 (any value times the same)."""
         return float(self.scales.get(name, 1.0 / 16))
 
     def shortcut(self, x, name, cout, stride, out_name):
         """The block's shortcut in the scale of its output `out_name` (f32), or x itself in f32."""
         if x.shape[1] != cout or stride != 1:
-            return self.conv(x, name, cout, 1, stride, relu=False, keep_f32=out_name) if self.dtype == "int8" else \
-                self.conv(x, name, cout, 1, stride, relu=False)
+            return self.conv(x, name, cout, 1, stride, relu=False, keep_f32=out_name)     # f32 ignores keep_f32
         if self.dtype == "f32":
             return x
         return self.b.mul(self.b.cast(x, dtype="f32"), self.scale(x.name) / self.scale(out_name))
@@ -154,8 +156,7 @@ def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, s
     if dtype not in ("f32", "int8"):
         raise TapeoutError(f"resnet50 dtype {dtype!r}: f32 or int8")
     b = Builder(f"resnet50-{dtype}")
-    net = _Net(b, dtype, seed, abstract, scales)
-    net.arch = arch
+    net = _Net(b, arch, dtype, seed, abstract, scales)
     xdt = "f32" if dtype == "f32" else "i8"
     first = pieces[0]
     if first[0] == "stem":
