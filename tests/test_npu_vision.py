@@ -98,16 +98,17 @@ def test_int8_resnet_on_the_npu_tracks_the_interpreter_and_f32():
     assert rel(ref, evaluate(resnet50(2, "f32", arch=SMALL), x)[0]) < 0.2      # static int8 stays near f32
 
 
-def test_int8_conv_is_exact_on_the_npu():
+@pytest.mark.parametrize("groups,cin,cout", [(1, 5, 7), (2, 6, 4), (6, 6, 6)])
+def test_int8_conv_is_exact_on_the_npu(groups, cin, cout):
     from tapeout.ir import Builder
     from tapeout.npu.api import compile as npu_compile
     rng = np.random.default_rng(3)
     b = Builder("qconv")
-    x = b.input((2, 5, 9, 9), "i8", name="x")
-    w = b.const(rng.integers(-127, 128, (7, 5, 3, 3)).astype(np.int8), name="w")
-    y = b.conv2d(x, w, stride=2, padding=1, acc_dtype="i32", dtype="i32")
+    x = b.input((2, cin, 9, 9), "i8", name="x")
+    w = b.const(rng.integers(-127, 128, (cout, cin // groups, 3, 3)).astype(np.int8), name="w")
+    y = b.conv2d(x, w, stride=2, padding=1, groups=groups, acc_dtype="i32", dtype="i32")
     prog = b.build(b.cast(b.relu(b.mul(b.cast(y, dtype="f32"), 0.01)), dtype="i8"))
-    xi = rng.integers(-127, 128, (2, 5, 9, 9)).astype(np.int8)
+    xi = rng.integers(-127, 128, (2, cin, 9, 9)).astype(np.int8)
     ref = evaluate(prog, xi)[0]
     ours = npu_compile(prog, chip="hanguang-800", dtype="int8")(xi)[0]
     assert np.array_equal(ours, ref.astype(np.int64))
