@@ -146,6 +146,8 @@ class Compiler:
         self.streams = [Stream() for _ in range(self.ncores)]
         self.act = "fp16" if opts.mode == "fp16" else "bf16"
         self.dram, self.shared = Heap(chip.dram.bytes or chip.shared_buffer.bytes), Heap(chip.shared_buffer.bytes)
+        if not (chip.dram.bytes or chip.shared_buffer.bytes):   # the cores' local memories hold it all (hanguang-800):
+            self.dram = self.shared = Heap(chip.cores.count * chip.cores.sram.bytes)   # one capacity for both spaces
         self.env: dict = {}            # var name -> View
         self.val: dict = {}            # var name -> numpy value (constants; None if abstract)
         self.consts: list = []
@@ -167,6 +169,8 @@ class Compiler:
             if a is not None:
                 return View.contiguous("shared", a, dtype, tuple(shape))
         a = self.dram.alloc(n)
+        if a is None:
+            raise UnsupportedOpError(f"npu compiler: {self.op_name}: {n} more bytes do not fit the chip's memory")
         return View.contiguous("dram", a, dtype, tuple(shape))
 
     def place_const(self, name, arr, dtype, shape=None) -> View:
@@ -717,8 +721,10 @@ def _attention(cc, i, e):
 
 
 def _conv2d(cc, i, e):
-    """im2col through a strided DMA view, then one GEMM per (image, group) on the array; with one
-    input channel per group (depthwise) the vector unit runs the taps instead (kernels.depthwise_conv)."""
+    """im2col through a strided DMA view, then one GEMM per (image, group) on the array, with the
+    single-use elementwise chain after it fused as the epilogue; int8 x int8 operands multiply as
+    int8 into int32. With one input channel per group (depthwise) the vector unit runs the taps
+    instead (kernels.depthwise_conv)."""
     p = e.params
     x, w, out = e.inputs[0], e.inputs[1], e.outputs[0]
     N, C, H, W = x.shape
@@ -726,7 +732,8 @@ def _conv2d(cc, i, e):
     g, og, K = p["groups"], O // p["groups"], cg * kh * kw
     _, _, Ho, Wo = out.shape
     (pt, pb), (pl, pr) = p["padding"]
-    xv = _as_dtype(cc, cc.view(x), cc.act)
+    dt = "int8" if x.dtype == w.dtype == "i8" else cc.act
+    xv = _as_dtype(cc, cc.view(x), dt)
     if pt or pb or pl or pr:
         xv = _pad_view(cc, xv, ((0, 0), (0, 0), (pt, pb), (pl, pr)), 0.0)
     bv = cc.view(e.inputs[2]) if len(e.inputs) > 2 else None
@@ -734,34 +741,83 @@ def _conv2d(cc, i, e):
         depthwise_conv(cc, xv, _weight_view(cc, e, w, (O, kh * kw)), bv, cc.out_view(out), (kh, kw), p["stride"],
                        p["dilation"])
         return
-    (sh, sw), (dh, dw) = p["stride"], p["dilation"]
+    cols = _im2col(cc, xv, (Ho, Wo), (kh, kw), p["stride"], p["dilation"]).reshape((N, Ho * Wo, g, K))
+    wv = _weight_view(cc, e, w, (g, og, K), (0, 2, 1), dt)                 # (g, K, og)
+    if g == 1:
+        _conv_gemm(cc, i, e, cols.reshape((N * Ho * Wo, K)), wv.reshape((K, O)), bv)
+    else:
+        ov = cc.out_view(out)
+        jobs = []
+        for n in range(N):
+            for gi in range(g):
+                b = bv.box((gi * og,), (og,)) if bv is not None else None
+                ep = [("add", View(b.space, b.addr, b.dtype, (Ho * Wo, og), (0, b.strides[0])), 0.0, False)] if b else []
+                o = ov.box((n, gi * og, 0, 0), (1, og, Ho, Wo)).reshape((og, Ho * Wo)).transpose((1, 0))
+                jobs.append(GemmJob(cols.box((n, 0, gi, 0), (1, Ho * Wo, 1, K)).reshape((Ho * Wo, K)),
+                                    wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)), o, ep))
+        gemm(cc, jobs, dt, "int32" if dt == "int8" else "fp32")
+    _release(cc, cols, xv if xv is not cc.env.get(x.name) else None)
+
+
+def _im2col(cc, xv: View, out_hw, kernel, stride, dilation) -> View:
+    """cols[n, ho, wo, c, i, j] = x[n, c, ho*sh + i*dh, wo*sw + j*dw] (x padded): one DMA per (tap,
+    image), each a 3-D strided copy of the [Ho, Wo, C] window plane, spread over the cores."""
+    N, C = xv.shape[:2]
+    (Ho, Wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
     s0, s1, s2, s3 = xv.strides
-    win = View(xv.space, xv.addr, xv.dtype, (N, Ho, Wo, C, kh, kw), (s0, s2 * sh, s3 * sw, s1, s2 * dh, s3 * dw))
-    cols = cc.materialize(win).reshape((N, Ho * Wo, g, K))
-    wv = _weight_view(cc, e, w, (g, og, K), (0, 2, 1))                     # (g, K, og)
-    ov = cc.out_view(out)
-    jobs = []
-    for n in range(N):
-        for gi in range(g):
-            ep = []
-            if bv is not None:
-                b = bv.box((gi * og,), (og,))
-                ep = [("add", View(b.space, b.addr, b.dtype, (Ho * Wo, og), (0, b.strides[0])), 0.0, False)]
-            o = ov.box((n, gi * og, 0, 0), (1, og, Ho, Wo)).reshape((og, Ho * Wo)).transpose((1, 0))
-            jobs.append(GemmJob(cols.box((n, 0, gi, 0), (1, Ho * Wo, 1, K)).reshape((Ho * Wo, K)),
-                                wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)), o, ep))
-    gemm(cc, jobs, cc.act, "fp32")
+    cols = cc.alloc((N, Ho, Wo, C, kh, kw), xv.dtype)
+    jobs = [(i, j, n) for i in range(kh) for j in range(kw) for n in range(N)]
+    for k, (i, j, n) in enumerate(jobs):
+        src = View(xv.space, xv.addr + (n * s0 + i * dh * s2 + j * dw * s3) * xv.esize, xv.dtype, (Ho, Wo, C),
+                   (s2 * sh, s3 * sw, s1))
+        dst = View(cols.space, cols.addr + ((n * Ho * Wo * C) * kh * kw + i * kw + j) * cols.esize, cols.dtype,
+                   (Ho, Wo, C), (Wo * C * kh * kw, C * kh * kw, kh * kw))
+        dma_copy(cc.streams[k % cc.ncores], src, dst)
+    cc.barrier()
+    return cols
 
 
-def _weight_view(cc, e, w, shape, perm=None) -> View:
-    """A weight reshaped to `shape` (then permuted) in the activation type: a constant placed in
-    DRAM in that layout, or a view of the runtime tensor."""
-    perm = perm or tuple(range(len(shape)))
+def _conv_gemm(cc, i, e, a: View, w: View, bv):
+    """An ungrouped conv as one GEMM over all images (rows = image x output pixel, so small feature
+    maps still fill the array), its single-use elementwise chain fused as the epilogue; the result
+    [N*Ho*Wo, O] (NHWC) is copied to the NCHW output by DMA."""
+    out = e.outputs[0]
+    N, O, Ho, Wo = out.shape
+    M = N * Ho * Wo
+    temps = []
+
+    def to2d(v):                                       # an operand of the output's shape, as [M, O] rows
+        nhwc = v.reshape((N, O, Ho * Wo)).transpose((0, 2, 1))
+        if nhwc.reshape((M, O)) is None:
+            temps.append(cc.materialize(nhwc))
+            return temps[-1].reshape((M, O))
+        return nhwc.reshape((M, O))
+    ep4, last = _epilogue(cc, i, out, None, lambda v: v)
+    ep = [("add", View(bv.space, bv.addr, bv.dtype, (M, O), (0, bv.strides[0])), 0.0, False)] if bv is not None else []
+    ep += [(f, None if v is None else to2d(v), imm, b) for f, v, imm, b in ep4]
+    ov = cc.out_view(last)
+    t = cc.alloc((N, Ho * Wo, O), ov.dtype)
+    gemm(cc, [GemmJob(a, w, t.reshape((M, O)), ep)], w.dtype, "int32" if w.dtype == "int8" else "fp32")
+    copy_kernel(cc, t.transpose((0, 2, 1)), ov.reshape((N, O, Ho * Wo)))
+    _release(cc, t, *temps)
+
+
+def _release(cc, *temps):
+    """Free a kernel's temporaries (padded input, im2col windows) held in the shared space."""
+    for v in temps:
+        if v is not None and v.space == "shared":
+            cc.shared.release(v.addr, v.size * v.esize)
+
+
+def _weight_view(cc, e, w, shape, perm=None, dtype=None) -> View:
+    """A weight reshaped to `shape` (then permuted) in `dtype` (default: the activation type): a
+    constant placed in DRAM in that layout, or a view of the runtime tensor."""
+    perm, dtype = perm or tuple(range(len(shape))), dtype or cc.act
     if w.name in cc.val and w.name not in cc.env:
         arr = cc.val[w.name]
         arr = None if arr is None else np.ascontiguousarray(np.asarray(arr).reshape(shape).transpose(perm))
-        return cc.place_const(f"{e.outputs[0].name}_w", arr, cc.act, tuple(shape[d] for d in perm))
-    return _as_dtype(cc, cc.contiguous(cc.view(w), shape), cc.act).transpose(perm)
+        return cc.place_const(f"{e.outputs[0].name}_w", arr, dtype, tuple(shape[d] for d in perm))
+    return _as_dtype(cc, cc.contiguous(cc.view(w), shape), dtype).transpose(perm)
 
 
 def _pad_view(cc, v: View, pads, value) -> View:
@@ -944,6 +1000,7 @@ def _pool(cc, i, e):
         steps = [("red", "sum", "s", "x", 1.0), ("vec", "mul", "y", ["s", "inv"], 0.0)]
     row_kernel(cc, RowProgram(rv.shape, loads, steps, {"y": o}, dtypes={"y": o.dtype}, kinds={"y": "col"},
                               whole_rows=True))
+    _release(cc, rv, x if x is not cc.env.get(e.inputs[0].name) else None)
 
 
 # ----------------------------------------------------------------------------- quantisation

@@ -21,6 +21,7 @@ from .isa import DTYPES, Dequant4, Gather, Matmul, Reduce, Scan, Vec
 F32 = "fp32"
 NBUF = 3                    # operand tiles in flight per GEMM (triple buffering)
 W_TILE_BYTES = 256 * 1024
+LAG = 2                     # output tiles a GEMM's epilogue trails its matmuls by (hides the array's fill/drain)
 TILE_OVERHEAD = 1000        # cycles per output tile (epilogue, store, pipeline refill) in the tile choice   # weight tile size that keeps several DMAs in flight per output tile
 LOWEST = -3.4028234663852886e38   # fp32's lowest finite value: the running max starts here, so exp(x - max) never
                                   # sees -inf - -inf; masked scores are -inf and get weight 0 (a fully masked row: 0)
@@ -215,7 +216,7 @@ def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None):
     best = None
     for tm in sorted({min(M, t) for t in (16, 32, 64, 128, 256, 512)}):
         for tn in sorted({min(_up(N, tc), k * tc) for k in range(1, 17)}):
-            fixed = 2 * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2
+            fixed = (LAG + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2
             per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
             tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows,
                                  max(g.rows, (W_TILE_BYTES // (tn * es)) // g.rows * g.rows)))
@@ -245,16 +246,16 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
     wbuf = [sram.alloc(tk * tn * es) for _ in range(NBUF)]
     pbuf = [sram.alloc(tk * tn // 2) for _ in range(NBUF)] if group else None
     sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(NBUF)] if group else None
-    acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(2)]
-    ep = [sram.alloc(tm * tn * 4) for _ in range(2)]
-    obuf = [sram.alloc(tm * tn * 4) for _ in range(2)]
-    kslot = 0
+    acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(LAG + 1)]
+    ep = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
+    obuf = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
+    kslot, pending = 0, []
     for t, (j, m0, n0) in enumerate(tiles):
         job = jobs[j]
         K = job.a.shape[1]
         M, N = job.out.shape
         m, n = min(tm, M - m0), min(tn, N - n0)
-        ab = acc[t % 2]
+        ab = acc[t % (LAG + 1)]
         for ki, k0 in enumerate(range(0, K, tk)):
             k = min(tk, K - k0)
             a, w = abuf[kslot % NBUF], wbuf[kslot % NBUF]
@@ -276,7 +277,11 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
                                        w_fp4=int(group > 0 and job.w_code == "e2m1"), **wt),
                    reads=[a, w], writes=[ab])
             kslot += 1
-        _epilogue(s, job, ab, acc_dtype, ep[t % 2], obuf[t % 2], m0, n0, m, n)
+        if len(pending) == LAG:       # tile t-LAG's epilogue after this tile's loads and matmuls, so the
+            _epilogue(*pending.pop(0))  # in-order DMA queue fetches ahead and the array and vector unit overlap
+        pending.append((s, job, ab, acc_dtype, ep[t % (LAG + 1)], obuf[t % (LAG + 1)], m0, n0, m, n))
+    for args in pending:
+        _epilogue(*args)
 
 
 def _load(s, buf: Buf, src: View, key):
@@ -289,6 +294,8 @@ def _load(s, buf: Buf, src: View, key):
 def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n):
     cur, cur_dt = ab, acc_dtype
     for func, opnd, imm, acc_is_b in job.epilogue:
+        if func == "copy" and opnd is None:             # identity: every step reads its source as fp32
+            continue
         kw, reads = {}, [cur]
         if opnd is not None:
             o = opnd.box((m0, n0), (m, n))

@@ -61,6 +61,8 @@ class Timing:
         bpc = {"dram": dram_bw / n / clk, "shared": chip.shared_buffer.bandwidth_bytes_per_s / n / clk,
                "sram": sram_bw}
         lat = {k: int(round(v * clk)) for k, v in p["dma_latency_s"].items()}
+        if not chip.dram.bandwidth_bytes_per_s:          # no DRAM: the "dram" space is on-chip memory
+            lat["dram"] = lat["shared"]
         v = chip.cores.vector
         return Timing(Geometry.from_chip(chip), clk, bpc, lat, v.lanes,
                       v.special_functions_per_cycle or v.lanes / 4, sram_bw, p["vector_pipeline_cycles"],
