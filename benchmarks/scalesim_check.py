@@ -7,7 +7,7 @@ reports the matrix engine's cycles; SCALE-Sim v3 (PyPI scalesim 3.0.0) reports "
 
 The two models differ by design: our array double-buffers weights (the next fold's weights
 shift in while the current fold's rows stream, `matrix_weight_double_buffered` in
-data/npu_timing.json) and back-to-back folds share one skew fill/drain, while SCALE-Sim loads
+data/npu_timing.toml) and back-to-back folds share one skew fill/drain, while SCALE-Sim loads
 each fold's weights, streams and drains it alone: folds * (2R + C + M - 2) - 1 (its last
 cycle's 0-based index). So every shape is also run with our overlap switched off, which must
 reproduce SCALE-Sim to the cycle (up to that -1), and the difference with overlap is printed

@@ -27,6 +27,7 @@ from functools import lru_cache
 
 from ..chip import DRAM_TYPES, Chip, Peaks
 from ..errors import TapeoutError
+from ..sourced import table
 
 
 class Infeasible(Exception):
@@ -35,9 +36,7 @@ class Infeasible(Exception):
 
 @lru_cache(maxsize=None)
 def parts() -> dict:
-    from ..sourced import load_table, values
-
-    return values(load_table("studies/parts.toml"))
+    return table("studies/parts.toml")
 
 
 # ----------------------------------------------------------------------------- knobs
@@ -143,10 +142,8 @@ def check_knob(name: str, where: str) -> None:
 # ----------------------------------------------------------------------------- derived values
 
 def node_size() -> int:
-    """Chips one link fabric connects for a new design (data/serve/network.toml domain.default)."""
-    from ..serve.data import table
-
-    return int(table("network")["domain"]["default"])
+    """Chips one link fabric connects for a new design (data/network.toml domain.default)."""
+    return int(table("network.toml")["domain"]["default"])
 
 
 def _derive_links(c: Chip, base: Chip, params: dict) -> Chip:
@@ -179,7 +176,7 @@ def _derive_core(c: Chip, base: Chip, params: dict) -> Chip:
     lanes = c.cores.vector.lanes if "vector_lanes" in params else max(1, round(v0.lanes * col))
     k = lanes / v0.lanes
     vec = replace(c.cores.vector, lanes=lanes, flops_per_cycle=v0.flops_per_cycle * k,
-                  special_functions_per_cycle=v0.special_functions_per_cycle * k)
+                  special_functions_per_cycle=v0.special_functions_per_cycle and v0.special_functions_per_cycle * k)
     sram = replace(c.cores.sram, bandwidth_bytes_per_cycle=base.cores.sram.bandwidth_bytes_per_cycle * edge)
     per_core_cycle = base.shared_buffer.bandwidth_bytes_per_s / (base.cores.count * base.max_clock_hz)
     buf = replace(c.shared_buffer, bandwidth_bytes_per_s=per_core_cycle * c.cores.count * c.max_clock_hz)

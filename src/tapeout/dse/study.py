@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..chip import Chip, load_chip
+from ..cost import chip_usd_per_hour, usd_per_mtok
 from .design import Infeasible, chip_toml, physicals, point_chip, source_note
-from .evaluate import chip_facts, usd_per_mtok
+from .evaluate import chip_facts, served_costs
 from .objective import EVALUATORS, Served, Workload
 from .pareto import knee
 from .space import Space, canonical, load_space, model_fingerprint
@@ -119,20 +120,15 @@ def _served(entry: Entry, wl: Workload, evaluator: str) -> dict:
         s: Served = EVALUATORS[evaluator](entry.chip, wl)
     except Infeasible as e:
         return {"infeasible": str(e)}
-    d = s.to_dict()
-    cost = entry.facts["cost_usd"]
-    d["tok_s_per_kusd"] = s.tok_s_per_chip / (cost / 1000)
-    d["usd_per_mtok"] = usd_per_mtok(cost, s.power_w, s.tok_s_per_chip)
+    d = served_costs(s, entry.facts["cost_usd"])
     d["usd_per_mtok_price"] = _at_price(entry.chip, s.tok_s_per_chip)
     return d
 
 
 def _at_price(chip, tok_s_per_chip: float) -> float | None:
     """$/Mtok on the serving simulator's basis: rental, else list price, else manufacturing cost (+ energy at TDP)."""
-    from ..serve.metrics import hourly_cost_usd
-
-    usd_h, _ = hourly_cost_usd(chip)
-    return usd_h / (tok_s_per_chip * 3600) * 1e6 if usd_h else None
+    usd_h, _ = chip_usd_per_hour(chip)
+    return usd_per_mtok(usd_h, tok_s_per_chip) if usd_h else None
 
 
 def _task_key(entry: Entry, wl: Workload, evaluator: str) -> str:
