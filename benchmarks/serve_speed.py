@@ -1,4 +1,4 @@
-"""How fast the serving simulator runs: 10,000 requests on one 8-chip replica (issue 5: <= 10 s).
+"""How fast the serving simulator runs: 10,000 requests on one 8-chip replica (goal: <= 10 s).
 
     .venv/bin/python benchmarks/serve_speed.py [--requests 10000] [--model llama-3.1-70b] [--chip h100-sxm]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ChipFileError
-from .sourced import CONFIDENCES, REF_PREFIXES, SOURCE_KEYS, source_problem
+from .sourced import CONFIDENCES, REF_PREFIXES, SOURCE_KEYS, shipped_names, source_problem
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
 KINDS = ("gpu", "npu", "tpu", "lpu")
@@ -472,14 +472,9 @@ def parse_chip(text: str | bytes, path: str = "<string>") -> Chip:
     return chip
 
 
-@lru_cache(maxsize=None)
-def _preset_names() -> tuple[str, ...]:
-    return tuple(sorted(p.name[:-5] for p in resources.files("tapeout.chips").iterdir() if p.name.endswith(".toml")))
-
-
 def preset_names() -> list[str]:
     """Names of the chip presets shipped with tapeout."""
-    return list(_preset_names())
+    return list(shipped_names("tapeout.chips", ".toml"))
 
 
 @lru_cache(maxsize=None)
@@ -504,7 +499,9 @@ def load_chip(spec: "str | Path | Chip") -> Chip:
     if isinstance(spec, Chip):
         return spec
     s = str(spec)
-    if s in _preset_names():
+    if not s.strip():
+        raise ChipFileError(repr(s), "", "empty chip name: give a preset name (`tapeout chips` lists them) or a .toml path")
+    if s in preset_names():
         return _load_preset(s)
     p = Path(s)
     if p.suffix == ".toml" or p.exists() or "/" in s or "\\" in s:

@@ -138,10 +138,10 @@ def quantities(tree: Any, prefix: str = ""):
                 yield from quantities(v, f"{prefix}.{k}".lstrip("."))
 
 
-def data_files(kind: str) -> list[str]:
-    """Relative paths of the tables under data/<kind>/ (energy, area, cost)."""
-    d = resources.files("tapeout") / "data" / kind
-    return sorted(f"{kind}/{p.name}" for p in d.iterdir() if p.name.endswith(".toml"))
+@lru_cache(maxsize=None)
+def shipped_names(package: str, suffix: str) -> tuple[str, ...]:
+    """Sorted names (without `suffix`) of the files shipped in `package`: chip presets, model configs."""
+    return tuple(sorted(p.name[: -len(suffix)] for p in resources.files(package).iterdir() if p.name.endswith(suffix)))
 
 
 def interp_loglog(table: dict[float, float], x: float, what: str) -> float:

@@ -95,7 +95,7 @@ class Space:
 
     def with_evaluator(self, evaluator: str) -> "Space":
         if evaluator not in EVALUATORS:
-            raise TapeoutError(f"--evaluator {evaluator!r}: use one of {', '.join(EVALUATORS)}")
+            raise TapeoutError(f"evaluator {evaluator!r}: use one of {', '.join(EVALUATORS)}")
         return dataclasses.replace(self, evaluator=evaluator)
 
 

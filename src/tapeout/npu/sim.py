@@ -67,7 +67,7 @@ class Timing:
 
 # ----------------------------------------------------------------------------- numerics
 
-INT_RANGE = {"int8": (-128, 127), "u8": (0, 255), "int32": (-2**31, 2**31 - 1)}
+INT_RANGE = {k: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for k, d in DTYPES.items() if d.kind in "iu"}
 
 
 def cast(x: np.ndarray, dtype: str) -> np.ndarray:

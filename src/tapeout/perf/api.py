@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..chip import Chip, load_chip
+from ..chip import DTYPES, Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
 from ..llm.kernels import Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
@@ -26,6 +26,9 @@ GiB = 2.0 ** 30
 
 def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip) -> Dtypes:
     """The dtypes of weights, activations and KV cache as serving engines pick them on `chip`."""
+    for what, d in (("weights", weights), ("kv", kv), ("activations", activations)):
+        if d is not None and d not in DTYPES:
+            raise TapeoutError(f"{what} dtype {d!r}: use one of {', '.join(DTYPES)}")
     act = activations
     if act is None:  # 8-bit weights run 8-bit GEMMs where the chip has them (W8A8, as serving engines do)
         act = weights if weights in ("fp8", "int8") and chip.supports(weights) else "bf16"
@@ -91,7 +94,7 @@ def check_fit(m: Memory, chip: Chip, spec: ModelSpec) -> None:
             f"{spec.name} does not fit on {chip.name}: needs {m.total_bytes / GiB:.1f} GiB "
             f"(weights {m.weights_bytes / GiB:.1f}, KV cache {m.kv_cache_bytes / GiB:.1f}, activations "
             f"{m.activation_bytes / GiB:.1f}), chip has {m.capacity_bytes / GiB:.1f} GiB; try --weights fp8/int4, "
-            f"a smaller batch or more chips (--tp)")
+            f"a smaller batch or more chips (tp)")
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     if batch < 1 or prompt < 1 or output < 1:
         raise TapeoutError("batch, prompt and output must be >= 1")
     c, spec = load_chip(chip), load_model(model)
+    spec.check_parallel(tp, ep)
     dt = dtypes_for(weights, kv, activations, c)
     mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp, ep)
     if check_memory:

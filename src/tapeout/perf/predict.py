@@ -4,8 +4,8 @@
 measured "ms", `errors(...)` gives MAPE, median and max error per section. Entries that cannot be
 predicted get `"predicted_ms": null` and a `"reason"`.
 
-Kernel benchmarks (gemm, attention, memory) are timed as ../shared/calibration/measure_gpu.py
-times them: one launch at a time from the host (triton's do_bench), with a 256 MB cache flush
+Kernel benchmarks (gemm, attention, memory) are timed as `tapeout measure`
+(src/tapeout/perf/measure.py) times them: one launch at a time from the host (triton's do_bench), with a 256 MB cache flush
 before every call that also loads the power budget. LLM steps run from a CUDA graph.
 """
 from __future__ import annotations

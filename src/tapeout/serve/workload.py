@@ -126,14 +126,20 @@ def _field(row: dict, key: str, where: str):
 
 
 def _rows(path: Path):
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TapeoutError(f"{path}: not a text file (a trace is CSV or JSONL)") from None
     if path.suffix in (".jsonl", ".json"):
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    yield f"{path}:{i}", json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise TapeoutError(f"{path}:{i}: not valid JSON: {e}") from None
+                if not isinstance(row, dict):
+                    raise TapeoutError(f"{path}:{i}: not a JSON object with arrival_s, prompt and output")
+                yield f"{path}:{i}", row
     else:
         for i, row in enumerate(csv.DictReader(text.splitlines()), 2):
             yield f"{path}:{i}", row
