@@ -160,3 +160,38 @@ def test_malformed_value_is_one_line_exit_2(path, target, tmp_path, monkeypatch)
         assert not new, (argv, f"left {sorted(map(str, new))}")
 
     check()
+
+
+# ----------------------------------------------------------------------------- cases found by hand
+
+def test_missing_extra_names_the_install(tmp_path):
+    import subprocess
+    import sys
+
+    model = tmp_path / "x.onnx"
+    model.write_bytes(b"not onnx")
+    code = ("import sys; sys.modules['onnx'] = None\n"   # as if the onnx extra were not installed
+            "from tapeout.cli import main; main(sys.argv[1:])")
+    out = subprocess.run([sys.executable, "-c", code, "compile", str(model), "-o", str(tmp_path / "p.asm")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == ["error: this needs onnx, which is not installed: pip install 'tapeout[onnx]'"]
+
+
+def test_tp_must_split_the_kv_heads():
+    code, text = _run(["estimate", "-m", "llama-3.1-8b", "--tp", "3"])
+    assert code == 2 and "tp=3" in text and len(text.strip().splitlines()) == 1
+
+
+def test_rich_markup_and_emoji_codes_print_as_typed():
+    code, text = _run(["serve", "-m", "llama-3.1-8b", "--rate", "1", "--workload", "fixed:abc:1"])
+    assert code == 2 and "'fixed:abc:1'" in text
+
+
+def test_predict_leaves_a_malformed_gemm_unpredicted(tmp_path):
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps({"gemm": [{"M": -1, "N": 0, "K": 64, "dtype": "bf16"}, {"M": 64, "N": 64, "K": 64}]}))
+    code, _ = _run(["predict", str(f), "--chip", "h100-sxm", "--out", str(tmp_path / "p.json")])
+    bad, good = json.loads((tmp_path / "p.json").read_text())["gemm"]
+    assert code == 0 and bad["predicted_ms"] is None and "M: must be a whole number >= 1" in bad["reason"]
+    assert good["predicted_ms"] > 0

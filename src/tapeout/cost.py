@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .area import area_mm2
+from .area import _kind, area_mm2
 from .errors import TapeoutError
 from .sourced import interp_loglog, load_table, table, values
 
@@ -128,8 +128,6 @@ def _package_usd(chip, logic_mm2: float) -> float:
 
 
 def _spare_memory(chip) -> float:
-    from .area import _kind
-
     return _kind(chip)["spare_memory_fraction"]
 
 

@@ -19,6 +19,7 @@ tables with `Quantity` leaves; `values` strips them to plain floats for the mode
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -146,8 +147,6 @@ def shipped_names(package: str, suffix: str) -> tuple[str, ...]:
 
 def interp_loglog(table: dict[float, float], x: float, what: str) -> float:
     """Piecewise log-log interpolation in {x: y}; outside the table's range is an error."""
-    import math
-
     xs = sorted(table)
     if not xs[0] <= x <= xs[-1]:
         raise TapeoutError(f"{what}: {x:g} is outside the data table's range {xs[0]:g}..{xs[-1]:g}")

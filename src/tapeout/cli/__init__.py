@@ -20,6 +20,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+# optional dependency -> the pyproject extra that installs it
+EXTRAS = {"torch": "torch", "onnx": "onnx", "onnxscript": "onnx", "transformers": "hf", "ray": "ray", "matplotlib": "plot"}
+
 # feature modules, each with register(app); order is the order in --help
 _COMMAND_MODULES = ("chips", "perf", "npu", "serve", "design")
 
@@ -56,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(e.format_message() if isinstance(e, click_errors.ClickException) else str(e))
     except Abort:
         _fail("interrupted", 130)
+    except ModuleNotFoundError as e:   # an optional dependency (pyproject extras) that is not installed
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        _fail(f"this needs {e.name}, which is not installed: pip install 'tapeout[{extra}]'")
     sys.exit(code or 0)
 
 

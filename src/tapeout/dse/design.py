@@ -25,7 +25,10 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from ..area import area_mm2
 from ..chip import DRAM_TYPES, Chip, Peaks
+from ..cost import ReticleError, cost_usd, reticle_mm2
+from ..energy import Activity, action_energies, idle_w, power_w
 from ..errors import TapeoutError
 from ..sourced import table
 
@@ -231,15 +234,12 @@ def _base_area(base: Chip) -> float:
     """Model area of the base chip (memoized per Chip object: chips hold dicts, so cannot be hashed)."""
     hit = _BASE_AREA.get(id(base))
     if hit is None or hit[0] is not base:
-        from ..area import area_mm2
 
         hit = _BASE_AREA[id(base)] = (base, area_mm2(base).total_mm2)
     return hit[1]
 
 
 def _idle_w(base: Chip, area: float) -> float:
-    from ..energy import idle_w
-
     return idle_w(base) * area / _base_area(base)
 
 
@@ -260,8 +260,6 @@ def _check_rules(c: Chip, k: Constraints) -> None:
 
 def _power_floor(c: Chip) -> tuple[float, float, str]:
     """(watts, floor clock, dtype) of the matrix units at full rate in their fastest dtype at the lowest clock."""
-    from ..energy import Activity, action_energies, power_w
-
     e = action_energies(c)
     d = max(c.cores.matrix.macs_per_cycle, key=c.cores.matrix.macs_per_cycle.get)
     f = e.floor_clock_hz
@@ -271,9 +269,6 @@ def _power_floor(c: Chip) -> tuple[float, float, str]:
 
 def physicals(c: Chip, base: Chip, k: Constraints) -> tuple[Chip, dict]:
     """(the chip with its idle power set, {area, cost, power facts}) or Infeasible(reason)."""
-    from ..area import area_mm2
-    from ..cost import ReticleError, cost_usd, reticle_mm2
-
     _check_rules(c, k)
     a = area_mm2(c)
     if a.per_die_mm2 > reticle_mm2():

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import time
 
-from ..cost import owned_usd_per_hour, usd_per_mtok
+from ..area import area_mm2
+from ..cost import cost_usd, owned_usd_per_hour, usd_per_mtok
+from ..energy import idle_w
 from .design import Infeasible, physicals, point_chip
 from .objective import EVALUATORS
 
@@ -71,10 +73,6 @@ def evaluate_point(space, params: dict, pid: str) -> dict:
 
 def chip_facts(chip) -> dict:
     """The design facts of an existing chip (its stated die area and the cost model's cost)."""
-    from ..area import area_mm2
-    from ..cost import cost_usd
-    from ..energy import idle_w
-
     a, c = area_mm2(chip), cost_usd(chip)
     return {"die_mm2": c.die_area_mm2, "area_mm2": c.die_area_mm2 * c.dies, "area_model_mm2": a.total_mm2,
             "cost_usd": c.total_usd, "die_yield": c.die_yield, "tdp_w": chip.chip.tdp_w, "idle_w": idle_w(chip),

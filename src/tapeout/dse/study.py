@@ -16,6 +16,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing as mp
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from .evaluate import chip_facts, served_costs
 from .objective import EVALUATORS, Served, Workload
 from .pareto import knee
 from .space import Space, canonical, load_space, model_fingerprint
-from .sweep import SweepResult, read_records, run_sweep
+from .sweep import Appender, SweepResult, read_records, run_sweep
 
 ROLES = (("throughput", "tok_s_per_chip"), ("efficiency", "tok_per_j"), ("value", "tok_s_per_kusd"))
 RESULT_VERSION = 2   # bump when _served's record changes, so cached results are recomputed
@@ -146,7 +149,6 @@ def evaluate_pairs(pairs: list[tuple[Entry, Workload]], evaluator: str, cache: P
                    progress: Callable[[int, int], None] | None = None) -> tuple[dict, int]:
     """({(entry name, workload name): result} for every pair, how many were computed now), reusing and
     appending to the JSONL `cache`."""
-    from .sweep import Appender
 
     have = read_records(cache)
     tasks, out = [], {}
@@ -173,7 +175,6 @@ def _map(tasks, workers: int):
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_run_task, tasks)
         return
-    import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ctx.Pool(min(workers, len(tasks)), initializer=_quiet) as pool:
@@ -182,8 +183,6 @@ def _map(tasks, workers: int):
 
 def _quiet() -> None:
     """Workers ignore Ctrl-C: the parent stops the pool, finished results are already in the cache."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -210,7 +209,6 @@ def run_study(name: str = "inference-7nm", out: Path | str | None = None, *, ful
               workers: int | None = None, ray: str | None = None, requests: int | None = None,
               progress: Callable[[str, int, int], None] | None = None, plots: bool = True) -> StudyResult:
     """Run the whole study (each stage resumes from what out/ already holds) and write its report."""
-    import os
 
     from .report import write_report
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from ..chip import load_chip
 from ..errors import TapeoutError
 from ..ir import Builder
 from ..ir.core import Program
 from ..llm.spec import ModelSpec, load_model, spec_from_config
+from .compiler import compile_ir
+from .sim import simulate
 
 
 def load_spec(model) -> ModelSpec:
@@ -124,9 +127,6 @@ def _abstract_weights(prog):
 def npu_step_stats(model, chip="tapeout-n7", phase="decode", batch=1, length=128, layers=None, dtype="bf16",
                    head=True) -> dict:
     """Count-only simulation of one LLM step on the NPU: the stats dict (cycles, seconds, ...)."""
-    from ..chip import load_chip
-    from .compiler import compile_ir
-    from .sim import simulate
     ir = llama_step(model, phase, batch, length, layers, abstract=True, head=head)
     prog = compile_ir(ir, load_chip(chip), dtype)
     return simulate(prog, (), count_only=True).stats

@@ -93,7 +93,7 @@ def check_fit(m: Memory, chip: Chip, spec: ModelSpec) -> None:
         raise DoesNotFitError(
             f"{spec.name} does not fit on {chip.name}: needs {m.total_bytes / GiB:.1f} GiB "
             f"(weights {m.weights_bytes / GiB:.1f}, KV cache {m.kv_cache_bytes / GiB:.1f}, activations "
-            f"{m.activation_bytes / GiB:.1f}), chip has {m.capacity_bytes / GiB:.1f} GiB; try --weights fp8/int4, "
+            f"{m.activation_bytes / GiB:.1f}), chip has {m.capacity_bytes / GiB:.1f} GiB; try fp8/int4 weights, "
             f"a smaller batch or more chips (tp)")
 
 

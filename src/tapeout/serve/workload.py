@@ -77,12 +77,12 @@ def arrival_times(n: int, rate: float | None, rng, process: str = "poisson", cv:
     if process == "offline":
         return np.zeros(n)
     if not rate or rate <= 0:
-        raise TapeoutError(f"--rate must be > 0 for {process} arrivals (or use offline)")
+        raise TapeoutError(f"rate must be > 0 for {process} arrivals (or serve offline)")
     if process == "poisson" or cv == 1.0:
         gaps = rng.exponential(1.0 / rate, n)
     else:
         if cv <= 0:
-            raise TapeoutError(f"--cv {cv}: must be > 0")
+            raise TapeoutError(f"cv {cv}: the coefficient of variation must be > 0")
         k = 1.0 / (cv * cv)
         gaps = rng.gamma(k, 1.0 / (rate * k), n)
     return np.cumsum(gaps) - gaps[0]
