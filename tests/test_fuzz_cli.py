@@ -72,7 +72,7 @@ CASES = [(path, p.name) for path, cmd in COMMANDS for p in cmd.params
          if _kind(p) != "flag" and p.name not in NOT_FUZZED]
 
 
-def _zero_sfu_chip(tmp: Path) -> str:
+def _zero_sfu_chip() -> str:
     text = (resources.files("tapeout.chips") / "h100-sxm.toml").read_text(encoding="utf-8")
     return text.replace("special_functions_per_cycle = 16", "special_functions_per_cycle = 0")
 
@@ -83,7 +83,7 @@ def _file(tmp: Path, name: str) -> str:
     if content == "dir":
         path.mkdir(exist_ok=True)
     elif content == "zero-sfu":
-        path.write_text(_zero_sfu_chip(tmp))
+        path.write_text(_zero_sfu_chip())
     elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
