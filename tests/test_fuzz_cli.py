@@ -53,8 +53,15 @@ def _commands(group, prefix=()):
 COMMANDS = list(_commands(typer.main.get_command(app)))
 
 
+def _annotation(p):
+    """The Python type of a parameter (typer >= 0.2x keeps it; with plain click, from the click type)."""
+    if hasattr(p, "type_descriptor"):
+        return p.type_descriptor.annotation
+    return {"integer": int, "float": float, "path": Path}.get(p.type.name, str)
+
+
 def _kind(p) -> str:
-    ann = p.type_descriptor.annotation
+    ann = _annotation(p)
     if getattr(p, "is_flag", False):
         return "flag"
     if set(p.opts) & set(OUTPUTS):
@@ -195,3 +202,8 @@ def test_predict_leaves_a_malformed_gemm_unpredicted(tmp_path):
     bad, good = json.loads((tmp_path / "p.json").read_text())["gemm"]
     assert code == 0 and bad["predicted_ms"] is None and "M: must be a whole number >= 1" in bad["reason"]
     assert good["predicted_ms"] > 0
+
+
+def test_no_arguments_prints_the_help_once():
+    code, text = _run([])
+    assert code == 0 and text.count("Usage") == 1 and "estimate" in text

@@ -44,14 +44,19 @@ _register_all()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     from typer import Abort
-    from typer._click import exceptions as click_errors
+
+    try:
+        from typer._click import exceptions as click_errors   # typer >= 0.2x carries its own click
+    except ImportError:
+        from click import exceptions as click_errors
 
     from ..errors import TapeoutError
 
+    no_args = getattr(click_errors, "NoArgsIsHelpError", ())   # click >= 8.2
+
     try:
         code = app(args=argv, standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as e:
-        sys.stdout.write(e.ctx.get_help() + "\n")
+    except no_args:   # `tapeout` alone: typer has printed the help
         code = 0
     except click_errors.UsageError as e:
         _fail(f"{e.format_message()} (see `{_command(e.ctx)} --help`)")
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         if extra is None:
             raise
         _fail(f"this needs {e.name}, which is not installed: pip install 'tapeout[{extra}]'")
-    sys.exit(code or 0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _command(ctx) -> str:
