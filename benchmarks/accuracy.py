@@ -5,7 +5,7 @@
     python benchmarks/accuracy.py --worst 5        # also list the worst entries per section
 
 Prints MAPE, median and max absolute percentage error per section (gemm, attention, memory,
-llm) as `tapeout predict` computes them. Goal (issue 3): MAPE <= 7 % in each section and no
+llm) as `tapeout predict` computes them. Goal: MAPE <= 7 % in each section and no
 entry off by more than 25 % on the H100 calibration file.
 """
 from __future__ import annotations

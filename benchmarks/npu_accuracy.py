@@ -1,4 +1,4 @@
-"""Numerical error of the virtual NPU against PyTorch fp32, per dtype path (issue 4, section 7):
+"""Numerical error of the virtual NPU against PyTorch fp32, per dtype path:
 a 2-layer, hidden-512 Llama and Qwen2 from transformers (random weights), 128 tokens.
 
 bf16/fp16: all tensors stored in 16 bits, fp32 accumulation and vector math.

@@ -4,8 +4,8 @@
 
 Simulates one decoder layer (count-only) on the NPU and costs the same layer with the
 analytical model (tapeout.perf, `fused` kernel sequence) for decode and prefill shapes, and
-prints both with the ratio. Goal (issue 4): within 15 %. The two describe the same chip from
-the same file and share the NPU timing assumptions (data/npu_timing.json, data/perf/default.toml);
+prints both with the ratio. Goal: within 15 %. The two describe the same chip from
+the same file and share the NPU timing assumptions (data/npu_timing.toml, data/perf/default.toml);
 they differ in granularity: the simulator walks every DMA, matmul and vector instruction of
 the compiled program; the model costs whole kernels (tiles, waves, bandwidth, latency floors).
 The per-kernel columns show where the remaining gap comes from.

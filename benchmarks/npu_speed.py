@@ -1,4 +1,4 @@
-"""Speed of the virtual NPU (issue 4, "Done when"):
+"""Speed of the virtual NPU:
 
 1. functional simulation of a 2-layer, hidden-512 Llama (transformers, random weights) forward
    over 128 tokens: compile (torch.export + NPU compiler) + run, target <= 10 s;

@@ -1,4 +1,4 @@
-"""Matrix-engine cycles of one systolic core vs SCALE-Sim (issue 4, section 7).
+"""Matrix-engine cycles of one systolic core vs SCALE-Sim.
 
 For 20 GEMM shapes on weight-stationary arrays of several sizes, the virtual NPU runs one
 Matmul instruction (functionally, on a one-core copy of tapeout-n7 with the array resized) and
@@ -7,7 +7,7 @@ reports the matrix engine's cycles; SCALE-Sim v3 (PyPI scalesim 3.0.0) reports "
 
 The two models differ by design: our array double-buffers weights (the next fold's weights
 shift in while the current fold's rows stream, `matrix_weight_double_buffered` in
-data/npu_timing.json) and back-to-back folds share one skew fill/drain, while SCALE-Sim loads
+data/npu_timing.toml) and back-to-back folds share one skew fill/drain, while SCALE-Sim loads
 each fold's weights, streams and drains it alone: folds * (2R + C + M - 2) - 1 (its last
 cycle's 0-based index). So every shape is also run with our overlap switched off, which must
 reproduce SCALE-Sim to the cycle (up to that -1), and the difference with overlap is printed
@@ -16,8 +16,8 @@ with its cause. Shapes with M >> 2R + C (streaming dominates) agree within 5 %.
 SCALE-Sim needs numpy 1.x, so it runs in a separate venv; its results are cached with the
 config in benchmarks/data/scalesim_results.json:
 
-    python3 -m venv /tmp/ssv && /tmp/ssv/bin/pip install scalesim==3.0.0 numpy==1.26.4 pandas==2.2.3
-    .venv/bin/python benchmarks/scalesim_check.py --regenerate --scalesim-python /tmp/ssv/bin/python
+    python3 -m venv .scalesim-venv && .scalesim-venv/bin/pip install scalesim==3.0.0 numpy==1.26.4 pandas==2.2.3
+    .venv/bin/python benchmarks/scalesim_check.py --regenerate --scalesim-python .scalesim-venv/bin/python
     .venv/bin/python benchmarks/scalesim_check.py          # uses the cached results
 """
 from __future__ import annotations

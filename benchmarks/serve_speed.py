@@ -1,4 +1,4 @@
-"""How fast the serving simulator runs: 10,000 requests on one 8-chip replica (issue 5: <= 10 s).
+"""How fast the serving simulator runs: 10,000 requests on one 8-chip replica (goal: <= 10 s).
 
     .venv/bin/python benchmarks/serve_speed.py [--requests 10000] [--model llama-3.1-70b] [--chip h100-sxm]
 
@@ -22,7 +22,7 @@ def main() -> None:
     import tapeout
 
     t0 = time.perf_counter()
-    r = tapeout.serve(args.model, args.chip, chips=8, tp=8, weights="fp8", workload="chat", requests=args.requests,
+    r = tapeout.simulate_serving(args.model, args.chip, chips=8, tp=8, weights="fp8", workload="chat", requests=args.requests,
                       rate=args.rate or None, offline=not args.rate, scheduler=args.scheduler, seed=0)
     wall = time.perf_counter() - t0
     m = r.metrics

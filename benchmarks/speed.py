@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py
 
-Goals (issue 3): one decode-step estimate of an 80-layer model in <= 5 ms, and >= 1,000
+Goals: one decode-step estimate of an 80-layer model in <= 5 ms, and >= 1,000
 full-model step estimates per second. Each timed call uses a context length not seen
 before, so per-shape memoization cannot hide the work of the step.
 """

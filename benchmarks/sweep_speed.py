@@ -1,4 +1,4 @@
-"""How fast a design-space sweep runs with the analytic estimator (issue 6: >= 1,000 points/min on 2 cores).
+"""How fast a design-space sweep runs with the analytic estimator (goal: >= 1,000 points/min on 2 cores).
 
     .venv/bin/python benchmarks/sweep_speed.py [--points 3000] [--workers 2] [--space inference-7nm]
 
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=3000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--space", default="inference-7nm")
-    ap.add_argument("--goal", type=float, default=1000.0, help="points per minute the issue asks for")
+    ap.add_argument("--goal", type=float, default=1000.0, help="the goal in points per minute")
     args = ap.parse_args()
     from tapeout.dse.space import load_space
     from tapeout.dse.sweep import run_sweep

@@ -80,6 +80,8 @@ CASES = {
                                  '"TSMC 4N is a 5 nm-class process" }',
                                  '"chip.process_node_nm" = { ref = "WP", confidence = "derived" }'),
                              "sources.chip.process_node_nm", r"derived value needs a 'note' saying how"),
+    "zero special-function rate": (sub("special_functions_per_cycle = 16", "special_functions_per_cycle = 0"),
+                                   "cores.vector.special_functions_per_cycle", r"must be positive"),
     "bad confidence": (sub('"cores.vector" = { ref = "WP", confidence = "datasheet" }',
                            '"cores.vector" = { ref = "WP", confidence = "datasheeet" }'),
                        "sources.cores.vector.confidence", r"must be one of .*did you mean 'datasheet'"),
@@ -116,7 +118,7 @@ def test_cli_check_prints_one_line_and_fails(case, tmp_path):
     p = tmp_path / "broken.toml"
     p.write_text(text, encoding="utf-8")
     out = runner.invoke(app, ["chips", "check", str(p)])
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert out.exception is None or isinstance(out.exception, SystemExit)
     lines = out.output.splitlines()
     assert len(lines) == 1, out.output
@@ -149,7 +151,7 @@ def test_real_command_line_several_files_no_traceback(tmp_path):
     paths += [str(tmp_path / "bin.toml"), str(tmp_path / "nope.toml"), "h100-sxm"]
     cmd = [sys.executable, "-c", "import sys; from tapeout.cli import main; main(sys.argv[1:])"]
     out = subprocess.run([*cmd, "chips", "check", *paths], capture_output=True, text=True)
-    assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout
+    assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout
     lines = out.stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == paths
     assert lines[-1].startswith("h100-sxm: ok")

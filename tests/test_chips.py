@@ -283,4 +283,4 @@ def test_docs_example_checks_and_its_broken_variant_fails_as_documented(tmp_path
     p.write_text(example.replace("clock_hz = 1.2e9", "clock_hz = 1.5e9"))
     bad = runner.invoke(app, ["chips", "check", str(p)])
     documented = re.findall(r"my-npu\.toml: peaks\.bf16_flops_per_s: stated .*", DOC)[-1]
-    assert bad.exit_code == 1 and bad.output.strip() == documented.replace("my-npu.toml", str(p))
+    assert bad.exit_code == 2 and bad.output.strip() == documented.replace("my-npu.toml", str(p))

@@ -10,7 +10,7 @@ import torch.nn.functional as F  # noqa: E402
 from tapeout.errors import TapeoutError, UnsupportedOpError  # noqa: E402
 from tapeout.frontends import load  # noqa: E402
 from tapeout.ir import check, evaluate  # noqa: E402
-from tapeout.ir.testing import from_torch  # noqa: E402
+from ir_helpers import from_torch  # noqa: E402
 
 
 class Fn(nn.Module):

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import mutually_broadcastable_shapes  # noqa: E402
 
 from tapeout.ir import OPS  # noqa: E402
 from tapeout.ir.interp import erf  # noqa: E402
-from tapeout.ir.testing import from_torch, run_op, to_torch, ulp_diff  # noqa: E402
+from ir_helpers import from_torch, run_op, to_torch, ulp_diff  # noqa: E402
 
 FAST = settings(max_examples=25, deadline=None)
 LOWP = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16}

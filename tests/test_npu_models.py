@@ -1,6 +1,6 @@
 """Whole models through tapeout.compile, against PyTorch fp32: a GPT-2-style block, a tiny
 Llama and Qwen2 from transformers, a small ResNet-style CNN and the ONNX export of one.
-bf16 criterion (issue 4): relative L2 error < 2e-2 and the same argmax on >= 95 % of positions."""
+bf16 criterion: relative L2 error < 2e-2 and the same argmax on >= 95 % of positions."""
 import numpy as np
 import pytest
 

@@ -23,7 +23,7 @@ import pytest
 import tapeout
 from tapeout.ir import OPS, Builder, evaluate
 from tapeout.ir.dtypes import DTYPES, FLOATS, dtype_name
-from tapeout.ir.testing import ulp_diff
+from ir_helpers import ulp_diff
 from tapeout.npu.compiler import handled_ops
 
 CHIP = tapeout.load_chip("tapeout-n7")

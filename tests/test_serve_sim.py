@@ -165,7 +165,7 @@ def test_user_errors():
         serve(M, C, requests=[Request(0, 0.0, 100, 4_000_000)])
 
 
-def test_tapeout_serve_is_callable_in_any_import_order():
-    import tapeout.serve.metrics  # noqa: F401  (binds the package to tapeout.serve)
+def test_simulate_serving_is_the_public_entry_point():
+    import tapeout.serve.metrics  # noqa: F401  (binds the package tapeout.serve; no clash with the function)
 
-    assert tapeout.serve(M, C, requests=3, rate=1).metrics["requests"] == 3
+    assert tapeout.simulate_serving(M, C, requests=3, rate=1).metrics["requests"] == 3

@@ -16,21 +16,21 @@ from .errors import TapeoutError
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (imported lazily on first access)
+# public name -> (module, name there), imported lazily on first access
 _LAZY = {
-    "estimate": "tapeout.perf.api",
-    "step_time": "tapeout.perf.api",
-    "compile": "tapeout.npu.api",
-    "serve": "tapeout.serve.api",
+    "estimate": ("tapeout.perf.api", "estimate"),
+    "step_time": ("tapeout.perf.api", "step_time"),
+    "compile": ("tapeout.npu.api", "compile"),
+    "simulate_serving": ("tapeout.serve.api", "serve"),
 }
 
 __all__ = ["Chip", "TapeoutError", "load_chip", "preset_names", *_LAZY]
 
 
 def __getattr__(name: str):
-    mod = _LAZY.get(name)
-    if mod is None:
+    if name not in _LAZY:
         raise AttributeError(f"module 'tapeout' has no attribute {name!r}")
-    value = getattr(import_module(mod), name)
+    mod, attr = _LAZY[name]
+    value = getattr(import_module(mod), attr)
     globals()[name] = value
     return value

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ChipFileError
+from .sourced import CONFIDENCES, REF_PREFIXES, SOURCE_KEYS, shipped_names, source_problem
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
-CONFIDENCES = ("datasheet", "reported", "derived", "assumed")
 KINDS = ("gpu", "npu", "tpu", "lpu")
 DRAM_TYPES = ("HBM3e", "HBM3", "HBM2e", "HBM2", "LPDDR5", "LPDDR5X", "GDDR6", "GDDR6X", "GDDR7", "none")
 DATAFLOWS = ("ws", "os", "is", "simt", "unknown")
@@ -78,8 +78,8 @@ class MatrixUnit:
 class VectorUnit:
     lanes: int = _f(1, 1e6)
     flops_per_cycle: float = _f(1, 1e7, doc="fp32 FLOPs per cycle per core (an FMA counts 2)")
-    special_functions_per_cycle: float = _f(0, 1e6, zero_ok=True, default=0,
-                                            doc="exp/rsqrt/... results per cycle per core")
+    special_functions_per_cycle: float | None = _f(1, 1e6, default=None,
+                                                   doc="exp/rsqrt/... results per cycle per core (absent: not stated)")
 
 
 @dataclass(frozen=True)
@@ -340,21 +340,13 @@ class _Loader:
         key = f"sources.{k}"
         if not isinstance(s, dict):
             raise self.err(key, "must be a table {ref = ..., confidence = ..., note = ...}")
-        for extra in set(s) - {"ref", "confidence", "note"}:
-            raise self.err(f"{key}.{extra}", "unknown key" + _did_you_mean(extra, ("ref", "confidence", "note")))
-        for need in ("ref", "confidence"):
-            if need not in s:
-                raise self.err(key, f"missing '{need}'")
-        for part in ("ref", "confidence", "note"):
-            if part in s and not isinstance(s[part], str):
-                raise self.err(f"{key}.{part}", f"must be a string, got {type(s[part]).__name__}")
-        if s["confidence"] not in CONFIDENCES:
-            raise self.err(f"{key}.confidence", f"must be one of {', '.join(CONFIDENCES)}, got {s['confidence']!r}"
-                           + _did_you_mean(s["confidence"], CONFIDENCES))
-        if s["confidence"] in ("derived", "assumed") and not s.get("note", "").strip():
-            how = "a derived value needs a 'note' saying how" if s["confidence"] == "derived" else \
-                "an assumed value needs a 'note' saying why"
-            raise self.err(key, how)
+        for extra in set(s) - set(SOURCE_KEYS):
+            raise self.err(f"{key}.{extra}", "unknown key" + _did_you_mean(extra, SOURCE_KEYS))
+        problem = source_problem(s, None)
+        if problem:
+            sub, reason = problem
+            hint = _did_you_mean(s["confidence"], CONFIDENCES) if sub == "confidence" else ""
+            raise self.err(f"{key}.{sub}" if sub else key, reason + hint)
         return Source(s["ref"], s["confidence"], s.get("note", ""))
 
     def scalar(self, t: Any, v: Any, key: str, meta: dict):
@@ -415,7 +407,7 @@ def _check_sources(chip: Chip, path: str) -> None:
     for key, src in chip.sources.items():
         if key not in keys:
             raise ChipFileError(path, _one_line(f"sources.{key}"), "names no key of the file" + _did_you_mean(key, keys))
-        if src.ref not in chip.references and not src.ref.startswith(("http", "docs/")):
+        if src.ref not in chip.references and not src.ref.startswith(REF_PREFIXES):
             hint = _did_you_mean(src.ref, chip.references) or f" (it has {', '.join(list(chip.references)[:8]) or 'none'})"
             raise ChipFileError(path, _one_line(f"sources.{key}.ref"),
                                 _one_line(f"names reference {src.ref!r}, which the references table lacks{hint}"))
@@ -486,14 +478,9 @@ def parse_chip(text: str | bytes, path: str = "<string>") -> Chip:
     return chip
 
 
-@lru_cache(maxsize=None)
-def _preset_names() -> tuple[str, ...]:
-    return tuple(sorted(p.name[:-5] for p in resources.files("tapeout.chips").iterdir() if p.name.endswith(".toml")))
-
-
 def preset_names() -> list[str]:
     """Names of the chip presets shipped with tapeout."""
-    return list(_preset_names())
+    return list(shipped_names("tapeout.chips", ".toml"))
 
 
 @lru_cache(maxsize=None)
@@ -518,7 +505,9 @@ def load_chip(spec: "str | Path | Chip") -> Chip:
     if isinstance(spec, Chip):
         return spec
     s = str(spec)
-    if s in _preset_names():
+    if not s.strip():
+        raise ChipFileError(repr(s), "", "empty chip name: give a preset name (`tapeout chips` lists them) or a .toml path")
+    if s in preset_names():
         return _load_preset(s)
     p = Path(s)
     if p.suffix == ".toml" or p.exists() or "/" in s or "\\" in s:

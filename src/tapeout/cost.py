@@ -15,6 +15,13 @@ stacks, other memories an organic package; test and assembly as a share plus a b
 (power delivery, PCB) per watt of TDP. Data: src/tapeout/data/cost/*.toml with sources.
 Reported costs and prices (data/cost/reported.toml) ride along for comparison; a price is not a cost.
 
+What an hour of a chip costs its user (data/cost/ownership.toml), for cost per million tokens:
+
+    owned $/h   = price x system factor / (years x 8760 h x utilization) + power x PUE x $/kWh
+    chip $/h    = a published rental price, else owned $/h at the chip's price (chip file, else the
+                  table), else at its manufacturing cost (an in-house chip), at TDP
+    $/Mtok      = $/h / (tokens/s x 3600) x 1e6
+
     >>> from tapeout.chip import load_chip
     >>> 1000 < cost_usd(load_chip("h100-sxm")).total_usd < 10000
     True
@@ -25,9 +32,9 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .area import area_mm2
+from .area import _kind, area_mm2
 from .errors import TapeoutError
-from .sourced import interp_loglog, load_table, values
+from .sourced import interp_loglog, load_table, table, values
 
 CORE_AREA = ("matrix", "vector", "core_sram", "core_extras")
 
@@ -121,8 +128,6 @@ def _package_usd(chip, logic_mm2: float) -> float:
 
 
 def _spare_memory(chip) -> float:
-    from .area import _kind
-
     return _kind(chip)["spare_memory_fraction"]
 
 
@@ -153,3 +158,35 @@ def cost_usd(chip, volume: float | None = None) -> CostBreakdown:
     rep = t["reported"]
     return CostBreakdown(comp, sum(comp.values()), per_die, chip.chip.dies, source, wafer, dpw, y, die_usd, nre,
                          rep["cost_usd"].get(chip.name), rep["price_usd"].get(chip.name, chip.chip.price_usd))
+
+
+# ----------------------------------------------------------------------------- cost of ownership
+
+HOURS_PER_YEAR = 8760
+
+
+def owned_usd_per_hour(price_usd: float, power_w: float) -> float:
+    """USD per chip-hour of a chip bought at `price_usd` drawing `power_w` (data/cost/ownership.toml)."""
+    t = table("cost/ownership.toml")
+    c, e = t["capex"], t["energy"]
+    capex = price_usd * c["system_factor"] / (c["amortization_years"] * HOURS_PER_YEAR * c["utilization"])
+    return capex + power_w / 1000 * e["pue"] * e["usd_per_kwh"]
+
+
+def chip_usd_per_hour(chip) -> tuple[float | None, str]:
+    """(USD per chip-hour, how it was obtained): rental price, else price or manufacturing cost amortized."""
+    t = table("cost/ownership.toml")
+    if chip.name in t["rental_usd_per_hour"]:
+        return t["rental_usd_per_hour"][chip.name], "rental price"
+    price, how = chip.chip.price_usd or t["price_usd"].get(chip.name), "price"
+    if not price:   # an in-house chip: what it costs to make is what it costs its owner
+        try:
+            price, how = cost_usd(chip).total_usd, "manufacturing cost (tapeout.cost)"
+        except TapeoutError as e:   # a chip the cost model cannot build (no area, over the reticle)
+            return None, f"no price for this chip and the cost model cannot build it: {e}"
+    return owned_usd_per_hour(price, chip.chip.tdp_w), f"{how} amortized + energy"
+
+
+def usd_per_mtok(usd_per_hour: float, tok_s: float) -> float:
+    """Dollars per million tokens produced at `tok_s` by what costs `usd_per_hour`."""
+    return usd_per_hour / (tok_s * 3600) * 1e6

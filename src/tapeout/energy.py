@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Mapping
 
+from .chip import load_chip
 from .errors import TapeoutError
 from .sourced import interp_loglog, load_table, values
 
@@ -118,8 +119,6 @@ def _tables() -> dict:
 @lru_cache(maxsize=None)
 def _fit(family: str) -> dict:
     """The fitted table of a GPU family, with `chip` (the Chip it was fitted on) added."""
-    from .chip import load_chip
-
     raw = load_table(FIT_FILES[family])
     return {**values(raw), "chip": load_chip(raw["meta"]["chip"])}
 

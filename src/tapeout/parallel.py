@@ -27,9 +27,9 @@ Topologies (d chips in the domain): `switch` (NVSwitch-style, every chip's full 
 non-blocking switch), `fully-connected` (a direct link group to each of d-1 peers, B/(d-1) each),
 `ring` (two neighbours, B/2 each), `mesh`/`torus` (2-D, four neighbours, B/4 each).
 
-More chips than one domain holds (the domain size comes from data/serve/network.toml) go
+More chips than one domain holds (the domain size comes from data/network.toml) go
 hierarchical: inside each domain over the links, between domains over the network (one NIC per
-chip, data/serve/network.toml), e.g. allreduce = reduce-scatter in the domain, allreduce of the
+chip, data/network.toml), e.g. allreduce = reduce-scatter in the domain, allreduce of the
 1/d shards across domains (every chip on its own NIC, in parallel), all-gather in the domain.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from .chip import Chip
 from .errors import TapeoutError
+from .sourced import table
 
 KINDS = ("allreduce", "allgather", "reducescatter", "alltoall", "p2p")
 ALGORITHMS = ("ring", "tree", "direct", "pairwise", "auto")
@@ -91,10 +92,8 @@ TOPOLOGIES = {
 
 
 def domain_size(chip: Chip) -> int:
-    """Chips one chip-to-chip fabric connects: data/serve/network.toml, else links + 1 for a full mesh, else the default."""
-    from .serve.data import table
-
-    dom = table("network")["domain"]
+    """Chips one chip-to-chip fabric connects: data/network.toml, else links + 1 for a full mesh, else the default."""
+    dom = table("network.toml")["domain"]
     if chip.name in dom:
         return int(dom[chip.name])
     link = chip.links.chip_to_chip
@@ -111,12 +110,10 @@ def link_fabric(chip: Chip, n: int, domain: int | None = None) -> Fabric:
 
 
 def network_fabric(network: str | None = None) -> Fabric:
-    from .serve.data import table
-
-    t = table("network")
+    t = table("network.toml")
     name = network or t["default_network"]["name"]
     if name not in t["network"]:
-        raise TapeoutError(f"network {name!r}: unknown; data/serve/network.toml has {', '.join(t['network'])}")
+        raise TapeoutError(f"network {name!r}: unknown; data/network.toml has {', '.join(t['network'])}")
     net = t["network"][name]
     bw, lat = net["bandwidth_bytes_per_s"], net["latency_s"]
     return Fabric(bw, bw, bw, lat, 1, 1.0)
@@ -167,7 +164,7 @@ def collective_time(chip: Chip, kind: str, nbytes: float, n: int, algorithm: str
                     domain: int | None = None, network: str | None = None) -> float:
     """Seconds for a collective of `nbytes` (see the module docstring for what it counts) across `n` chips.
 
-    `domain`: chips on one link fabric (default: data/serve/network.toml for this chip); more go
+    `domain`: chips on one link fabric (default: data/network.toml for this chip); more go
     hierarchical over `network` (a name in that file). For a p2p, n = 2 (see `transfer_time`)."""
     if kind not in KINDS:
         raise TapeoutError(f"unknown collective {kind!r}: use one of {', '.join(KINDS)}")

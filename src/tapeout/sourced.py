@@ -1,4 +1,6 @@
-"""Data tables in which every number carries its source (`src/tapeout/data/{energy,area,cost}/*.toml`).
+"""Data tables in which every number carries its source (`src/tapeout/data/**/*.toml`): the one
+provenance format and its one validator, for the data tables, the chip files' `[sources]` and the
+NPU timing table.
 
 A quantity is a TOML table with `value`, `ref` (a key of the file's `[references]`, a URL or a
 repository path), `confidence` and, unless the value is quoted as published, a `note` saying how
@@ -17,6 +19,7 @@ tables with `Quantity` leaves; `values` strips them to plain floats for the mode
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +29,8 @@ from typing import Any
 from .errors import TapeoutError
 
 CONFIDENCES = ("datasheet", "reported", "derived", "assumed", "fitted")
+SOURCE_KEYS = ("ref", "confidence", "note")
+REF_PREFIXES = ("http", "src/", "benchmarks/", "docs/")
 _META_KEYS = ("meta", "references")
 
 
@@ -46,24 +51,40 @@ class Quantity:
         return f"{src} [{self.confidence}]" + (f": {self.note}" if self.note else "")
 
 
+def source_problem(t: dict, refs: dict[str, str] | None) -> tuple[str, str] | None:
+    """What breaks the source form {ref, confidence, note} in `t`: (the sub-key, the reason), or None.
+
+    The one check for every sourced number: data tables, chip files' `[sources]`, the NPU timing
+    table. A ref names a key of `refs` (the file's `[references]`) or is a URL or repository path;
+    with `refs=None` the caller checks refs itself (chip files, which suggest near names).
+    """
+    for need in ("ref", "confidence"):
+        if need not in t:
+            return "", f"missing '{need}' (every number needs a source)"
+    for part in SOURCE_KEYS:
+        if part in t and not isinstance(t[part], str):
+            return part, f"must be a string, got {type(t[part]).__name__}"
+    if t["confidence"] not in CONFIDENCES:
+        return "confidence", f"must be one of {', '.join(CONFIDENCES)}, got {t['confidence']!r}"
+    if t["confidence"] not in ("datasheet", "reported") and not t.get("note", "").strip():
+        return "", f"a {t['confidence']} value needs a 'note' saying how"
+    if refs is not None and t["ref"] not in refs and not t["ref"].startswith(REF_PREFIXES):
+        return "ref", f"{t['ref']!r} is not in [references]"
+    return None
+
+
 def _quantity(path: str, key: str, t: dict, refs: dict[str, str]) -> Quantity:
-    extra = set(t) - {"value", "ref", "confidence", "note", "unit"}
+    extra = set(t) - {"value", "unit", *SOURCE_KEYS}
     if extra:
         raise DataFileError(f"{path}: {key}: unknown keys {sorted(extra)} in a quantity")
     v = t["value"]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise DataFileError(f"{path}: {key}.value: must be a number, got {v!r}")
-    for need in ("ref", "confidence"):
-        if need not in t:
-            raise DataFileError(f"{path}: {key}: missing '{need}' (every number needs a source)")
-    if t["confidence"] not in CONFIDENCES:
-        raise DataFileError(f"{path}: {key}.confidence: must be one of {', '.join(CONFIDENCES)}")
-    if t["confidence"] != "datasheet" and t["confidence"] != "reported" and not t.get("note"):
-        raise DataFileError(f"{path}: {key}: a {t['confidence']} value needs a 'note' saying how")
-    ref = str(t["ref"])
-    if ref not in refs and not ref.startswith(("http", "src/", "benchmarks/", "docs/")):
-        raise DataFileError(f"{path}: {key}.ref: {ref!r} is not in [references]")
-    return Quantity(float(v), ref, t["confidence"], str(t.get("note", "")), str(t.get("unit", "")))
+    problem = source_problem(t, refs)
+    if problem:
+        sub, reason = problem
+        raise DataFileError(f"{path}: {key}{'.' + sub if sub else ''}: {reason}")
+    return Quantity(float(v), t["ref"], t["confidence"], t.get("note", ""), str(t.get("unit", "")))
 
 
 def _walk(path: str, prefix: str, node: Any, refs: dict[str, str]) -> Any:
@@ -93,6 +114,12 @@ def load_table(relpath: str) -> dict[str, Any]:
     return out
 
 
+@lru_cache(maxsize=None)
+def table(relpath: str) -> dict[str, Any]:
+    """The table `src/tapeout/data/<relpath>` with plain floats (sources checked on load)."""
+    return values(load_table(relpath))
+
+
 def values(tree: Any) -> Any:
     """The same nested tables with each Quantity replaced by its float value."""
     if isinstance(tree, Quantity):
@@ -112,16 +139,14 @@ def quantities(tree: Any, prefix: str = ""):
                 yield from quantities(v, f"{prefix}.{k}".lstrip("."))
 
 
-def data_files(kind: str) -> list[str]:
-    """Relative paths of the tables under data/<kind>/ (energy, area, cost)."""
-    d = resources.files("tapeout") / "data" / kind
-    return sorted(f"{kind}/{p.name}" for p in d.iterdir() if p.name.endswith(".toml"))
+@lru_cache(maxsize=None)
+def shipped_names(package: str, suffix: str) -> tuple[str, ...]:
+    """Sorted names (without `suffix`) of the files shipped in `package`: chip presets, model configs."""
+    return tuple(sorted(p.name[: -len(suffix)] for p in resources.files(package).iterdir() if p.name.endswith(suffix)))
 
 
 def interp_loglog(table: dict[float, float], x: float, what: str) -> float:
     """Piecewise log-log interpolation in {x: y}; outside the table's range is an error."""
-    import math
-
     xs = sorted(table)
     if not xs[0] <= x <= xs[-1]:
         raise TapeoutError(f"{what}: {x:g} is outside the data table's range {xs[0]:g}..{xs[-1]:g}")

@@ -251,7 +251,7 @@ def chips_diff(a: str = typer.Argument(..., help="first chip (preset or path)"),
 @chips_app.command("check")
 def chips_check(paths: Optional[list[str]] = typer.Argument(
         None, help="chip .toml files or preset names to validate (default: every preset)")):
-    """Validate chip files: one line per file (`FILE: KEY: REASON` when broken); exit 1 if any is broken."""
+    """Validate chip files: one line per file (`FILE: KEY: REASON` when broken); exit 2 if any is broken."""
     from ..chip import load_chip, preset_names
     from ..errors import ChipFileError
 
@@ -267,8 +267,8 @@ def chips_check(paths: Optional[list[str]] = typer.Argument(
         console.print(f"{p}: ok ({c.name}: {si(c.peak_flops(half), 'OP/s' if half.startswith('int') else 'FLOP/s')} {half}, "
                       f"{_binary(c.memory_bytes)} {c.dram.type if c.dram.type != 'none' else 'SRAM'}, "
                       f"{len(c.sources)} sources)", markup=False, highlight=False, soft_wrap=True)
-    if bad:
-        raise typer.Exit(1)
+    if bad:   # a broken file is the user's error: the same exit code as every other one
+        raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:

@@ -37,3 +37,44 @@ def _default(o: Any):
     if hasattr(o, "tolist"):
         return o.tolist()
     return str(o)
+
+
+def output_path(path: Any, option: str, *, folder: bool = False):
+    """`path` (a file the command writes, or a `folder`) checked before any work: a Path, or None.
+
+    Missing parent folders are fine (the command creates them); a path below a regular file, an
+    empty name or a file where a folder is wanted (and the reverse) is the user's error.
+    """
+    from pathlib import Path
+
+    from ..errors import TapeoutError
+
+    if path is None:
+        return None
+    if not str(path).strip():
+        raise TapeoutError(f"{option}: empty path")
+    p = Path(path)
+    if p.exists() and p.is_dir() != folder:
+        raise TapeoutError(f"{option} {path}: is {'a file' if folder else 'a folder'}; name {'a folder' if folder else 'a file'}")
+    above = next(a for a in p.absolute().parents if a.exists())
+    if not above.is_dir():
+        raise TapeoutError(f"{option} {path}: {above} is a file, not a folder")
+    return p
+
+
+def at_least(lo: float, **options: Any) -> None:
+    """Raise for the first option (given as name=value; None is unset) that is not a number >= `lo`."""
+    _bound(lambda v: v >= lo, f">= {lo:g}", options)
+
+
+def above(lo: float, **options: Any) -> None:
+    """Raise for the first option (given as name=value; None is unset) that is not a number > `lo`."""
+    _bound(lambda v: v > lo, f"> {lo:g}", options)
+
+
+def _bound(ok, what: str, options: dict) -> None:
+    from ..errors import TapeoutError
+
+    for name, v in options.items():
+        if v is not None and not ok(v):   # NaN fails every comparison
+            raise TapeoutError(f"--{name.replace('_', '-')} {v}: must be {what}")

@@ -12,7 +12,10 @@ from typing import Callable, Optional
 import typer
 from rich.table import Table
 
-from .common import console, print_json, si
+from ..area import area_mm2
+from ..chip import load_chip
+from ..cost import cost_usd, reticle_mm2
+from .common import at_least, console, output_path, print_json, si
 
 COMMANDS: dict[str, Callable] = {}
 
@@ -30,6 +33,11 @@ def _table(title: str, cols: tuple[str, ...]) -> Table:
         t.add_column(c, justify="left" if i == 0 else "right")
     return t
 
+
+_CHIP = typer.Argument(..., help="preset name or path to a chip .toml")
+_JSON = typer.Option(False, "--json", help="machine-readable output")
+_SPARE = typer.Option(None, "--spare-cores", help="share of cores on the die left disabled (default: the kind's)")
+_VOLUME = typer.Option(None, "--volume", help="units to spread the design NRE over")
 
 # ----------------------------------------------------------------------------- power
 
@@ -57,10 +65,8 @@ def _example(chip, name, a, cf, power_w, sustained_clock_hz) -> dict:
 
 
 @command("power")
-def power_cmd(chip: str = typer.Argument(..., help="preset name or path to a chip .toml"),
-              json_out: bool = typer.Option(False, "--json", help="machine-readable output")):
+def power_cmd(chip: str = _CHIP, json_out: bool = _JSON):
     """Idle and TDP power, DVFS parameters and the energy of each action (pJ at the max clock)."""
-    from ..chip import load_chip
     from ..energy import action_energies
 
     c = load_chip(chip)
@@ -92,28 +98,17 @@ def power_cmd(chip: str = typer.Argument(..., help="preset name or path to a chi
 # ----------------------------------------------------------------------------- area
 
 @command("area")
-def area_cmd(chip: str = typer.Argument(..., help="preset name or path to a chip .toml"),
-             spare_cores: Optional[float] = typer.Option(None, "--spare-cores", help="share of cores on the die left disabled (default: the kind's)"),
-             json_out: bool = typer.Option(False, "--json", help="machine-readable output")):
+def area_cmd(chip: str = _CHIP, spare_cores: Optional[float] = _SPARE, json_out: bool = _JSON):
     """Silicon area by component (mm2), against the chip file's stated die area and the reticle."""
-    from ..area import area_mm2
-    from ..chip import load_chip
-    from ..cost import reticle_mm2
-
     c = load_chip(chip)
-    a = area_mm2(c, spare_core_fraction=spare_cores)
-    reticle = reticle_mm2()
-    if json_out:
-        print_json({"chip": c.name, "area": a, "per_die_mm2": a.per_die_mm2, "stated_die_area_mm2": c.chip.die_area_mm2,
-                    "reticle_mm2": reticle})
-        return
-    t = _table(f"{c.name}: silicon area ({c.chip.process}, {a.dies} die(s), {100 * a.spare_core_fraction:.0f}% spare cores)",
-               ("component", "mm2", "share"))
-    for k, v in a.components.items():
-        if v:
-            t.add_row(k, f"{v:.1f}", f"{100 * v / a.total_mm2:.1f}%")
-    t.add_row("[bold]total[/]", f"[bold]{a.total_mm2:.0f}[/]", "100%")
-    console.print(t)
+    a, reticle = area_mm2(c, spare_core_fraction=spare_cores), reticle_mm2()
+    _show(json_out, {"chip": c.name, "area": a, "per_die_mm2": a.per_die_mm2, "stated_die_area_mm2": c.chip.die_area_mm2,
+                     "reticle_mm2": reticle}, lambda: _print_area(c, a, reticle))
+
+
+def _print_area(c, a, reticle: float) -> None:
+    _breakdown(f"{c.name}: silicon area ({c.chip.process}, {a.dies} die(s), {100 * a.spare_core_fraction:.0f}% spare cores)",
+               "mm2", a.components, a.total_mm2, "{:.1f}")
     if c.chip.die_area_mm2:
         console.print(f"stated die area {c.chip.die_area_mm2:.0f} mm2: model {100 * (a.total_mm2 / c.chip.die_area_mm2 - 1):+.1f}%")
     over = a.per_die_mm2 > reticle
@@ -121,26 +116,33 @@ def area_cmd(chip: str = typer.Argument(..., help="preset name or path to a chip
                   + ("[red]over: split into more dies (chip.dies)[/]" if over else "fits"))
 
 
+def _show(as_json: bool, data: dict, show: Callable[[], None]) -> None:
+    """Print `data` as JSON, or call `show` to print the tables."""
+    print_json(data) if as_json else show()
+
+
+def _breakdown(title: str, unit: str, parts: dict, total: float, fmt: str) -> None:
+    """A table of the non-zero components, each with its share, and the total."""
+    t = _table(title, ("component", unit, "share"))
+    for k, v in parts.items():
+        if v:
+            t.add_row(k, fmt.format(v), f"{100 * v / total:.1f}%")
+    t.add_row("[bold]total[/]", f"[bold]{fmt.format(total)}[/]", "100%")
+    console.print(t)
+
+
 # ----------------------------------------------------------------------------- cost
 
 @command("cost")
-def cost_cmd(chip: str = typer.Argument(..., help="preset name or path to a chip .toml"),
-             volume: Optional[float] = typer.Option(None, "--volume", help="units to spread the design NRE over"),
-             json_out: bool = typer.Option(False, "--json", help="machine-readable output")):
+def cost_cmd(chip: str = _CHIP, volume: Optional[float] = _VOLUME, json_out: bool = _JSON):
     """Manufacturing cost by component (USD), with reported costs and prices where known."""
-    from ..chip import load_chip
-    from ..cost import cost_usd
-
     c = load_chip(chip)
     r = cost_usd(c, volume=volume)
-    if json_out:
-        print_json({"chip": c.name, "cost": r})
-        return
-    t = _table(f"{c.name}: manufacturing cost", ("component", "USD", "share"))
-    for k, v in r.components.items():
-        t.add_row(k, f"{v:,.0f}", f"{100 * v / r.total_usd:.1f}%")
-    t.add_row("[bold]total[/]", f"[bold]{r.total_usd:,.0f}[/]", "100%")
-    console.print(t)
+    _show(json_out, {"chip": c.name, "cost": r}, lambda: _print_cost(c, r))
+
+
+def _print_cost(c, r) -> None:
+    _breakdown(f"{c.name}: manufacturing cost", "USD", r.components, r.total_usd, "{:,.0f}")
     console.print(f"die: {r.die_area_mm2:.0f} mm2 x {r.dies} ({r.area_source}); wafer ${r.wafer_usd:,.0f}, "
                   f"{r.dies_per_wafer:.0f} dies/wafer, yield {100 * r.die_yield:.0f}%, ${r.die_usd:,.0f} per good die")
     if r.reported_cost_usd:
@@ -262,8 +264,11 @@ def sweep_cmd(space: str = typer.Argument(..., help="SPACE.toml, or a study name
     from ..dse.space import load_space
     from ..dse.sweep import run_sweep, write_tables
 
+    output_path(out, "--out", folder=True)
+    at_least(1, workers=workers, sample=sample, top=top)
+    at_least(0, seed=seed)
     sp = load_space(space, "full" if full else None)
-    if evaluator:
+    if evaluator is not None:
         sp = sp.with_evaluator(evaluator)
     bar, update = _progress(f"sweep {sp.name}")
     try:
@@ -310,6 +315,8 @@ def study_cmd(name: str = typer.Argument("inference-7nm", help="a study in tapeo
     serving simulator, and write an HTML report and a Markdown summary."""
     from ..dse.study import run_study
 
+    output_path(out, "--out", folder=True)
+    at_least(1, workers=workers, requests=requests)
     bars: dict = {}
     from rich.progress import Progress
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, print_json, si
+from .common import console, output_path, print_json, si
 
 
 def _load(model: str, chip: str, dtype: str, phase: str, length: int, layers: Optional[int]):
@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
                     out: str = typer.Option("prog.asm", "-o", "--out", help=".asm text, or binary for any other suffix"),
                     phase: str = _PHASE, length: int = _LEN, layers: Optional[int] = _LAYERS):
         """Compile MODEL to NPU instruction streams (assembly text or binary)."""
+        output_path(out, "--out")
         prog, _ = _load(model, chip, dtype, phase, length, layers)
         prog.save(out)
         console.print(f"{prog!r} -> {out}")
@@ -71,6 +72,7 @@ def register(app: typer.Typer) -> None:
         """Simulate MODEL on the NPU (random inputs) and print cycles, utilisation and traffic."""
         import numpy as np
 
+        output_path(trace, "--trace")
         prog, abstract = _load(model, chip, dtype, phase, length, layers)
         if count_only or abstract:
             stats = prog.run(count_only=True)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, gib, print_json
+from .common import above, console, gib, output_path, print_json
 
 _MODEL = typer.Option(..., "--model", "-m", help="shipped model name, config.json path or local HF model folder")
 _WEIGHTS = typer.Option("bf16", "--weights", help="weight dtype: bf16, fp16, fp8, int8, int4 (weight-only), nvfp4 / mxfp4 / fp4 (= nvfp4; W4A4 where the chip has fp4 MACs, else weight-only)")
@@ -22,17 +22,20 @@ _SKEW = typer.Option(0.0, "--moe-skew", help="MoE routing skew: Zipf exponent of
 _EP = typer.Option(1, "--ep", help="expert-parallel chips (MoE)")
 
 
-def predict(file: Path = typer.Argument(..., help="JSON in ../shared/calibration's format ('ms' optional)"),
+def predict(file: Path = typer.Argument(..., help="JSON in the calibration format of src/tapeout/data/calibration/ ('ms' optional)"),
             chip: str = typer.Option(..., "--chip", "-c", help="chip preset or .toml path"),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the JSON with predicted_ms here")):
     """Add "predicted_ms" to every gemm/attention/memory/llm entry; print error statistics."""
     from ..errors import TapeoutError
     from ..perf.predict import SECTIONS, errors, predict_entries
 
+    out = output_path(out, "--out")
     try:
         data = json.loads(file.read_text())
     except FileNotFoundError:
         raise TapeoutError(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise TapeoutError(f"{file}: is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TapeoutError(f"{file}: not valid JSON: {e}") from None
     if not isinstance(data, dict) or not any(isinstance(data.get(s), list) for s in SECTIONS):
@@ -115,8 +118,13 @@ def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout
     from ..perf.api import estimate as est
     from ..stack import stack_for
 
+    from ..errors import TapeoutError
+
+    names = [c.strip() for c in chips.split(",") if c.strip()]
+    if not names:
+        raise TapeoutError(f"--chips {chips!r}: name at least one chip (comma-separated)")
     rs, skipped = [], []
-    for c in [c.strip() for c in chips.split(",") if c.strip()]:
+    for c in names:
         stacks = [stack] if stack else list(dict.fromkeys([stack_for(c).name, "ideal"]))
         try:
             rs += [est(model, c, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew, s))
@@ -168,6 +176,7 @@ def roofline(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip",
     """A roofline plot of every kernel of the prefill and decode steps."""
     from ..perf.plots import roofline_plot
 
+    out = output_path(out, "--out")
     roofline_plot(model, chip, out, **_estimate_kw(batch, prompt, output, weights, kv, impl, 1))
     console.print(f"wrote {out}")
 
@@ -178,6 +187,8 @@ def measure(out: Path = typer.Option(..., "--out", "-o", help="where to write th
     """Measure this machine's NVIDIA GPU in the calibration format (needs PyTorch with CUDA)."""
     from ..perf.measure import measure as run
 
+    out = output_path(out, "--out")
+    above(0, budget_s=budget_s)
     n = run(out, budget_s=budget_s, quick=quick)
     console.print(f"wrote {out}: {n} entries")
 

@@ -9,11 +9,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import console, print_json, si
+from .common import above, at_least, console, output_path, print_json, si
 
 
 def _parse_pd(s: str | None) -> tuple[int, int] | None:
-    if not s:
+    if s is None:
         return None
     from ..errors import TapeoutError
 
@@ -27,7 +27,7 @@ def _parse_pd(s: str | None) -> tuple[int, int] | None:
 
 
 def _rates(s: str | None) -> list[float] | None:
-    if not s:
+    if s is None:
         return None
     from ..errors import TapeoutError
 
@@ -35,7 +35,7 @@ def _rates(s: str | None) -> list[float] | None:
         out = [float(v) for v in s.split(",") if v.strip()]
     except ValueError:
         raise TapeoutError(f"--rates {s!r}: write comma-separated requests/s, e.g. 1,2,4,8") from None
-    if not out or min(out) <= 0:
+    if not out or not min(out) > 0:
         raise TapeoutError(f"--rates {s!r}: rates must be > 0")
     return out
 
@@ -142,13 +142,23 @@ def serve_cmd(
     """Simulate serving MODEL on CHIP: TTFT/TPOT/E2E percentiles, throughput, goodput, energy, cost."""
     from ..serve.api import serve
 
+    out, csv_out, trace_out = (output_path(p, o) for p, o in ((out, "--out"), (csv_out, "--csv"), (trace_out, "--trace")))
+    at_least(1, chips=chips, tp=tp, pp=pp, ep=ep, requests=requests, max_seqs=max_seqs, max_batched_tokens=max_tokens,
+             block_size=block_size)
+    at_least(0, seed=seed, prefix_groups=prefix_groups, prefix_len=prefix_len)
+    above(0, rate=rate, duration=duration, cv=cv, mem_util=mem_util, slo_ttft=slo_ttft, slo_tpot=slo_tpot)
     kw = dict(chips=chips, tp=tp, pp=pp, ep=ep, workload=workload, arrival=arrival, cv=cv, seed=seed,
               scheduler=scheduler, max_seqs=max_seqs, max_batched_tokens=max_tokens, block_size=block_size,
               memory_utilization=mem_util, prefix_caching=prefix_caching, prefix_groups=prefix_groups,
               prefix_len=prefix_len, disaggregate=_parse_pd(disaggregate), weights=weights, kv=kv, impl=impl,
               stack=stack, slo_ttft=slo_ttft, slo_tpot=slo_tpot, engine=engine, micro_batches=micro_batches)
-    if sweep:
-        return _sweep(model, chip, sweep, rates, rate, duration, requests, out, as_json, csv_out, kw)
+    if trace_in is not None and not trace_in.is_file():
+        from ..errors import TapeoutError
+
+        raise TapeoutError(f"--requests-file {trace_in}: no such file")
+    grid = _rates(rates)
+    if sweep is not None:
+        return _sweep(model, chip, sweep, grid, rate, duration, requests, out, as_json, csv_out, kw)
     if rate is None and not offline and trace_in is None:
         from ..errors import TapeoutError
 
@@ -178,10 +188,12 @@ def _emit(r, trace_out, csv_out, as_json) -> None:
         _summary(r)
 
 
-def _sweep(model, chip, what, rates, rate, duration, requests, out, as_json, csv_out, kw):
+def _sweep(model, chip, what, grid, rate, duration, requests, out, as_json, csv_out, kw):
     from ..errors import TapeoutError
     from ..serve.api import max_rate as find_max_rate, serve, sweep as run_sweep
 
+    if what not in ("rate", "max-rate"):
+        raise TapeoutError(f"--sweep {what!r}: use rate or max-rate")
     n = requests or 1000
     if what == "max-rate":
         prog, task = _progress(None, "searching rate")
@@ -197,9 +209,6 @@ def _sweep(model, chip, what, rates, rate, duration, requests, out, as_json, csv
         if csv_out:
             _write_csv([r], csv_out)
         return
-    if what != "rate":
-        raise TapeoutError(f"--sweep {what!r}: use rate or max-rate")
-    grid = _rates(rates)
     if grid is None:
         cap = serve(model, chip, requests=n, offline=True, record_steps=False, **kw).metrics["request_rate"]
         grid = [cap * f for f in (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)]

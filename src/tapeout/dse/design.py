@@ -25,8 +25,12 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from ..area import area_mm2
 from ..chip import DRAM_TYPES, Chip, Peaks
+from ..cost import ReticleError, cost_usd, reticle_mm2
+from ..energy import Activity, action_energies, idle_w, power_w
 from ..errors import TapeoutError
+from ..sourced import table
 
 
 class Infeasible(Exception):
@@ -35,9 +39,7 @@ class Infeasible(Exception):
 
 @lru_cache(maxsize=None)
 def parts() -> dict:
-    from ..sourced import load_table, values
-
-    return values(load_table("studies/parts.toml"))
+    return table("studies/parts.toml")
 
 
 # ----------------------------------------------------------------------------- knobs
@@ -143,10 +145,8 @@ def check_knob(name: str, where: str) -> None:
 # ----------------------------------------------------------------------------- derived values
 
 def node_size() -> int:
-    """Chips one link fabric connects for a new design (data/serve/network.toml domain.default)."""
-    from ..serve.data import table
-
-    return int(table("network")["domain"]["default"])
+    """Chips one link fabric connects for a new design (data/network.toml domain.default)."""
+    return int(table("network.toml")["domain"]["default"])
 
 
 def _derive_links(c: Chip, base: Chip, params: dict) -> Chip:
@@ -179,7 +179,7 @@ def _derive_core(c: Chip, base: Chip, params: dict) -> Chip:
     lanes = c.cores.vector.lanes if "vector_lanes" in params else max(1, round(v0.lanes * col))
     k = lanes / v0.lanes
     vec = replace(c.cores.vector, lanes=lanes, flops_per_cycle=v0.flops_per_cycle * k,
-                  special_functions_per_cycle=v0.special_functions_per_cycle * k)
+                  special_functions_per_cycle=v0.special_functions_per_cycle and v0.special_functions_per_cycle * k)
     sram = replace(c.cores.sram, bandwidth_bytes_per_cycle=base.cores.sram.bandwidth_bytes_per_cycle * edge)
     per_core_cycle = base.shared_buffer.bandwidth_bytes_per_s / (base.cores.count * base.max_clock_hz)
     buf = replace(c.shared_buffer, bandwidth_bytes_per_s=per_core_cycle * c.cores.count * c.max_clock_hz)
@@ -234,15 +234,12 @@ def _base_area(base: Chip) -> float:
     """Model area of the base chip (memoized per Chip object: chips hold dicts, so cannot be hashed)."""
     hit = _BASE_AREA.get(id(base))
     if hit is None or hit[0] is not base:
-        from ..area import area_mm2
 
         hit = _BASE_AREA[id(base)] = (base, area_mm2(base).total_mm2)
     return hit[1]
 
 
 def _idle_w(base: Chip, area: float) -> float:
-    from ..energy import idle_w
-
     return idle_w(base) * area / _base_area(base)
 
 
@@ -263,8 +260,6 @@ def _check_rules(c: Chip, k: Constraints) -> None:
 
 def _power_floor(c: Chip) -> tuple[float, float, str]:
     """(watts, floor clock, dtype) of the matrix units at full rate in their fastest dtype at the lowest clock."""
-    from ..energy import Activity, action_energies, power_w
-
     e = action_energies(c)
     d = max(c.cores.matrix.macs_per_cycle, key=c.cores.matrix.macs_per_cycle.get)
     f = e.floor_clock_hz
@@ -274,9 +269,6 @@ def _power_floor(c: Chip) -> tuple[float, float, str]:
 
 def physicals(c: Chip, base: Chip, k: Constraints) -> tuple[Chip, dict]:
     """(the chip with its idle power set, {area, cost, power facts}) or Infeasible(reason)."""
-    from ..area import area_mm2
-    from ..cost import ReticleError, cost_usd, reticle_mm2
-
     _check_rules(c, k)
     a = area_mm2(c)
     if a.per_die_mm2 > reticle_mm2():

@@ -8,7 +8,7 @@ A record (one JSON line of a sweep's results.jsonl):
 Per workload W: `W.tok_s_per_chip` (output tokens/s per chip at the SLO), `W.tok_per_j` (tokens per
 joule = tokens/s per watt of average chip power), `W.tok_s_per_kusd` (tokens/s per chip per $1,000
 of the chip's manufacturing cost, tapeout.cost), `W.usd_per_mtok` (the chip's manufacturing cost
-amortized as data/serve/cost.toml amortizes a purchase, plus electricity at the average power), and
+amortized as data/cost/ownership.toml amortizes a purchase, plus electricity at the average power), and
 the operating point (batch, TTFT, TPOT, layout). The unprefixed metrics are geometric means over
 the workloads. An infeasible point keeps what was computed before the reason was found.
 """
@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 import time
 
+from ..area import area_mm2
+from ..cost import cost_usd, owned_usd_per_hour, usd_per_mtok
+from ..energy import idle_w
 from .design import Infeasible, physicals, point_chip
 from .objective import EVALUATORS
 
@@ -25,15 +28,12 @@ DESIGN_FACTS = ("die_mm2", "area_mm2", "cost_usd", "die_yield", "tdp_w", "idle_w
 AGGREGATED = ("tok_s_per_chip", "tok_per_j", "tok_s_per_kusd", "usd_per_mtok", "power_w")
 
 
-def usd_per_mtok(cost_usd: float, power_w: float, tok_s_per_chip: float) -> float:
-    """Dollars per million output tokens: the chip's cost amortized and its electricity (serve/cost.toml)."""
-    from ..serve.data import table
-
-    t = table("cost")
-    c, e = t["capex"], t["energy"]
-    hourly = cost_usd * c["system_factor"] / (c["amortization_years"] * 8760 * c["utilization"])
-    hourly += power_w / 1000 * e["pue"] * e["usd_per_kwh"]
-    return hourly / (tok_s_per_chip * 3600) * 1e6
+def served_costs(s, cost_usd: float) -> dict:
+    """`s.to_dict()` plus tokens/s per $1,000 of the chip and $/Mtok of owning it at its average power."""
+    d = s.to_dict()
+    d["tok_s_per_kusd"] = s.tok_s_per_chip / (cost_usd / 1000.0)
+    d["usd_per_mtok"] = usd_per_mtok(owned_usd_per_hour(cost_usd, s.power_w), s.tok_s_per_chip)
+    return d
 
 
 def _geomean(xs: list[float]) -> float:
@@ -47,10 +47,7 @@ def workload_metrics(chip, workloads, evaluator: str, cost_usd: float) -> dict:
     fn = EVALUATORS[evaluator]
     out, per = {}, []
     for wl in workloads:
-        s = fn(chip, wl)
-        d = s.to_dict()
-        d["tok_s_per_kusd"] = s.tok_s_per_chip / (cost_usd / 1000.0)
-        d["usd_per_mtok"] = usd_per_mtok(cost_usd, s.power_w, s.tok_s_per_chip)
+        d = served_costs(fn(chip, wl), cost_usd)
         per.append(d)
         out.update({f"{wl.name}.{k}": v for k, v in d.items()})
     for m in AGGREGATED:
@@ -76,10 +73,6 @@ def evaluate_point(space, params: dict, pid: str) -> dict:
 
 def chip_facts(chip) -> dict:
     """The design facts of an existing chip (its stated die area and the cost model's cost)."""
-    from ..area import area_mm2
-    from ..cost import cost_usd
-    from ..energy import idle_w
-
     a, c = area_mm2(chip), cost_usd(chip)
     return {"die_mm2": c.die_area_mm2, "area_mm2": c.die_area_mm2 * c.dies, "area_model_mm2": a.total_mm2,
             "cost_usd": c.total_usd, "die_yield": c.die_yield, "tdp_w": chip.chip.tdp_w, "idle_w": idle_w(chip),

@@ -32,8 +32,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..errors import DoesNotFitError
+import numpy as np
+
+from ..errors import DoesNotFitError, TapeoutError
+from ..llm.kernels import Batch
+from ..llm.spec import load_model
+from ..perf.api import dtypes_for, run_batch
 from ..perf.step import step_energy_j
+from ..serve.api import max_rate
+from ..serve.data import table
+from ..serve.kvcache import plan_memory
+from ..serve.steptime import Parallel
+from ..serve.workload import lengths
 from .design import Infeasible
 
 # decode batch sizes (sequences per attention group) at which step times are measured
@@ -68,8 +78,8 @@ class Workload:
     def lengths(self) -> tuple[float, float]:
         """Mean (prompt, output) tokens of the traffic."""
         if self.traffic.startswith("fixed:"):
-            p, o = self.traffic.split(":")[1:3]
-            return float(p), float(o)
+            p, o = lengths(self.traffic, 1, np.random.default_rng(0))   # fixed: the one parser, no sampling
+            return float(p[0]), float(o[0])
         from ..serve.workload import llm_workload
 
         w = llm_workload(self.traffic)
@@ -101,16 +111,10 @@ class Served:
                 "weights": self.weights, **self.extra}
 
 
-
-
 class _Layout:
     """Step times of one (model, chip, tp, ep, weights), memoized over the decode grid."""
 
     def __init__(self, spec, chip, wl: Workload, tp: int, ep: int, weights: str):
-        from ..perf.api import dtypes_for
-        from ..serve.kvcache import plan_memory
-        from ..serve.steptime import Parallel
-
         self.spec, self.chip, self.wl, self.tp, self.ep, self.weights = spec, chip, wl, tp, ep, weights
         self.P, self.O = wl.lengths()
         self.dt = dtypes_for(weights, None, None, chip)
@@ -129,9 +133,6 @@ class _Layout:
         self.t_pre, self.e_pre = st.seconds, step_energy_j(chip, st)
 
     def _run(self, prefill=(), decode=()):
-        from ..llm.kernels import Batch
-        from ..perf.api import run_batch
-
         return run_batch(self.spec, self.chip, Batch(prefill=prefill, decode=decode), weights=self.weights,
                          tp=self.tp, ep=self.ep)
 
@@ -194,7 +195,6 @@ class _Layout:
 
 def analytic(chip, wl: Workload) -> Served:
     """The best layout of `wl` on `chip` by the analytic steady-state model, or Infeasible(reasons)."""
-    from ..llm.spec import load_model
 
     spec = load_model(wl.model)
     weights = wl.dtype_for(chip)
@@ -214,7 +214,6 @@ def analytic(chip, wl: Workload) -> Served:
 
 def simulated(chip, wl: Workload, seed: int = 0) -> Served:
     """The best layout of `wl` on `chip` in the serving simulator (max rate meeting the p99 SLO)."""
-    from ..serve.api import max_rate
 
     weights = wl.dtype_for(chip)
     best, reasons = None, []

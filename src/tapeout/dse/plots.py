@@ -29,7 +29,7 @@ def _plt():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise TapeoutError("plots need matplotlib: pip install 'tapeout[plot]' (or pass --no-plots)") from None
+        raise TapeoutError("plots need matplotlib: pip install 'tapeout[plot]' (or turn plots off)") from None
     return plt
 
 

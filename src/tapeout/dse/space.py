@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..chip import Chip, load_chip
 from ..errors import TapeoutError
+from ..llm.spec import load_model
 from .design import Constraints, check_knob, constraints_from
 from .objective import EVALUATORS, Workload
 
@@ -95,7 +96,7 @@ class Space:
 
     def with_evaluator(self, evaluator: str) -> "Space":
         if evaluator not in EVALUATORS:
-            raise TapeoutError(f"--evaluator {evaluator!r}: use one of {', '.join(EVALUATORS)}")
+            raise TapeoutError(f"evaluator {evaluator!r}: use one of {', '.join(EVALUATORS)}")
         return dataclasses.replace(self, evaluator=evaluator)
 
 
@@ -169,7 +170,6 @@ def _workload(path, i: int, d: dict) -> Workload:
             kw["weights"] = tuple([kw["weights"]] if isinstance(kw["weights"], str) else kw["weights"])
     except (TypeError, ValueError):
         raise SpaceError(path, f"workloads[{i}].layouts", "write a list of [tp, ep] pairs, e.g. [[4, 1], [8, 1]]") from None
-    from ..llm.spec import load_model
 
     load_model(kw["model"])   # an unknown model is an error now, not at every point
     w = Workload(**kw)

@@ -16,18 +16,22 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing as mp
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..chip import Chip, load_chip
+from ..cost import chip_usd_per_hour, usd_per_mtok
 from .design import Infeasible, chip_toml, physicals, point_chip, source_note
-from .evaluate import chip_facts, usd_per_mtok
+from .evaluate import chip_facts, served_costs
 from .objective import EVALUATORS, Served, Workload
 from .pareto import knee
 from .space import Space, canonical, load_space, model_fingerprint
-from .sweep import SweepResult, read_records, run_sweep
+from .sweep import Appender, SweepResult, read_records, run_sweep
 
 ROLES = (("throughput", "tok_s_per_chip"), ("efficiency", "tok_per_j"), ("value", "tok_s_per_kusd"))
 RESULT_VERSION = 2   # bump when _served's record changes, so cached results are recomputed
@@ -119,20 +123,15 @@ def _served(entry: Entry, wl: Workload, evaluator: str) -> dict:
         s: Served = EVALUATORS[evaluator](entry.chip, wl)
     except Infeasible as e:
         return {"infeasible": str(e)}
-    d = s.to_dict()
-    cost = entry.facts["cost_usd"]
-    d["tok_s_per_kusd"] = s.tok_s_per_chip / (cost / 1000)
-    d["usd_per_mtok"] = usd_per_mtok(cost, s.power_w, s.tok_s_per_chip)
+    d = served_costs(s, entry.facts["cost_usd"])
     d["usd_per_mtok_price"] = _at_price(entry.chip, s.tok_s_per_chip)
     return d
 
 
 def _at_price(chip, tok_s_per_chip: float) -> float | None:
     """$/Mtok on the serving simulator's basis: rental, else list price, else manufacturing cost (+ energy at TDP)."""
-    from ..serve.metrics import hourly_cost_usd
-
-    usd_h, _ = hourly_cost_usd(chip)
-    return usd_h / (tok_s_per_chip * 3600) * 1e6 if usd_h else None
+    usd_h, _ = chip_usd_per_hour(chip)
+    return usd_per_mtok(usd_h, tok_s_per_chip) if usd_h else None
 
 
 def _task_key(entry: Entry, wl: Workload, evaluator: str) -> str:
@@ -150,7 +149,6 @@ def evaluate_pairs(pairs: list[tuple[Entry, Workload]], evaluator: str, cache: P
                    progress: Callable[[int, int], None] | None = None) -> tuple[dict, int]:
     """({(entry name, workload name): result} for every pair, how many were computed now), reusing and
     appending to the JSONL `cache`."""
-    from .sweep import Appender
 
     have = read_records(cache)
     tasks, out = [], {}
@@ -177,7 +175,6 @@ def _map(tasks, workers: int):
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_run_task, tasks)
         return
-    import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ctx.Pool(min(workers, len(tasks)), initializer=_quiet) as pool:
@@ -186,8 +183,6 @@ def _map(tasks, workers: int):
 
 def _quiet() -> None:
     """Workers ignore Ctrl-C: the parent stops the pool, finished results are already in the cache."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -214,7 +209,6 @@ def run_study(name: str = "inference-7nm", out: Path | str | None = None, *, ful
               workers: int | None = None, ray: str | None = None, requests: int | None = None,
               progress: Callable[[str, int, int], None] | None = None, plots: bool = True) -> StudyResult:
     """Run the whole study (each stage resumes from what out/ already holds) and write its report."""
-    import os
 
     from .report import write_report
 

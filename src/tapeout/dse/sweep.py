@@ -11,8 +11,12 @@ in the file; points whose evaluation was under way when the sweep stopped are ev
 """
 from __future__ import annotations
 
+import csv
 import json
+import multiprocessing as mp
 import os
+import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +98,6 @@ def _init_worker(space: Space, ignore_sigint: bool = False) -> None:
     global _SPACE
     _SPACE = space
     if ignore_sigint:   # Ctrl-C goes to the parent, which stops the pool; workers stay quiet
-        import signal
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -113,7 +116,6 @@ def _local(space: Space, todo, workers: int) -> Iterator[list[dict]]:
         for c in _chunks(todo, 1):
             yield _eval_chunk(c)
         return
-    import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     chunk = 1   # one point per task: each result is written as soon as its point finishes
@@ -130,7 +132,7 @@ def _ray(space: Space, todo, address: str, workers: int) -> Iterator[list[dict]]
     try:
         import ray
     except ImportError:
-        raise TapeoutError("--ray: ray is not installed (pip install 'tapeout[ray]')") from None
+        raise TapeoutError("ray is not installed, so the sweep cannot run on a Ray cluster (pip install 'tapeout[ray]')") from None
     started = not ray.is_initialized()
     if started:
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -206,8 +208,6 @@ def run_sweep(space: Space, out_dir: Path | str | None = None, *, workers: int |
 
 def write_tables(res: SweepResult, top: int | None = None) -> dict[str, Path]:
     """front.csv and ranked.csv next to the results; returns their paths."""
-    import csv
-
     space = res.space
     knobs = [k for k, _ in space.knobs]
     cols = [m for m, _ in space.objectives] + ["cost_usd", "die_mm2", "tdp_w"]
@@ -226,8 +226,6 @@ def write_tables(res: SweepResult, top: int | None = None) -> dict[str, Path]:
 
 def reasons(records: Iterable[dict]) -> dict[str, int]:
     """Counts of infeasibility reasons, with numbers stripped so that similar reasons group."""
-    import re
-
     out: dict[str, int] = {}
     for r in records:
         if not r["feasible"]:

@@ -20,6 +20,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..errors import TapeoutError
 from .core import Literal, Program, Var
 from .dtypes import DTYPES, FLOATS, INTS, compute_dtype, dtype_name, float_max, int_range
 
@@ -417,7 +418,6 @@ def _last_uses(prog: Program) -> dict[int, list[str]]:
 
 
 def _bind_inputs(prog: Program, args) -> dict[str, np.ndarray]:
-    from ..errors import TapeoutError
     if len(args) != len(prog.inputs):
         raise TapeoutError(f"{prog.name}: expects {len(prog.inputs)} inputs, got {len(args)}")
     env = dict(prog.consts)

@@ -12,7 +12,7 @@ from math import ceil, prod
 
 import numpy as np
 
-from ..errors import TapeoutError
+from ..errors import TapeoutError, UnsupportedOpError
 from .dtypes import DTYPES, FLOATS, INTS
 
 Aval = tuple[tuple[int, ...], str]
@@ -468,7 +468,6 @@ def infer(op: str, avals: list[Aval], params: dict) -> tuple[list[Aval], dict]:
     """Output avals and normalized params of `op` applied to `avals`; IRError if ill-formed."""
     rule = RULES.get(op)
     if rule is None:
-        from ..errors import UnsupportedOpError
         raise UnsupportedOpError(f"IR has no op {op!r}")
     try:
         return rule(op, avals, **params)

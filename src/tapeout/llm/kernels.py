@@ -4,8 +4,8 @@ Every kernel carries exact FLOPs and bytes read and written, so the performance,
 serving models all count the same work. Identical layers are built once and carry a `count`.
 
 Two implementations:
-- ``pytorch-cudagraph``: the unfused kernels of a plain PyTorch decoder (as in
-  ../shared/calibration/measure_gpu.py): separate norms and residual adds, RoPE built from
+- ``pytorch-cudagraph``: the unfused kernels of a plain PyTorch decoder (as
+  `tapeout measure`, src/tapeout/perf/measure.py, times them): separate norms and residual adds, RoPE built from
   slicing, `cat` and about ten small kernels, KV-cache writes by copy, SDPA, SiLU then multiply.
 - ``fused``: what a tuned engine (vLLM, TensorRT-LLM) runs: fused add+RMSNorm, RoPE and the
   KV-cache write in one kernel, flash attention / flash-decoding, fused SiLU-multiply.
@@ -191,8 +191,9 @@ def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: s
         raise TapeoutError(f"implementation {impl!r}: use one of {', '.join(IMPLEMENTATIONS)}")
     if batch.tokens <= 0:
         raise TapeoutError("empty batch: no tokens to run")
-    if moe_skew < 0:
+    if not moe_skew >= 0:
         raise TapeoutError(f"moe_skew {moe_skew}: must be >= 0 (0 is uniform routing)")
+    spec.check_parallel(tp, ep)
     b = _Builder(spec, batch, dtypes, impl, tp, ep, moe_skew=moe_skew)
     T = batch.tokens
     b.add("embed", "embedding", 0, T * spec.hidden * b.dt.a + T * 8, T * spec.hidden * b.dt.a, (T, spec.hidden))

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import TapeoutError
+from ..sourced import shipped_names
 
 
 class ModelConfigError(TapeoutError):
@@ -60,6 +61,8 @@ class ModelSpec:
     mla: Mla | None = None
     max_position: int = 0
     activation: str = "silu"  # of the gated MLP (SwiGLU: silu; GeGLU: gelu...); the same shapes either way
+    norm_eps: float = 1e-6        # RMSNorm epsilon (HF LlamaConfig's default when the config omits it)
+    rope_theta: float = 10000.0   # RoPE base (HF LlamaConfig's default when the config omits it)
 
     @property
     def q_dim(self) -> int:
@@ -97,6 +100,20 @@ class ModelSpec:
         router = h * m.experts
         return (m.experts * 3 * h * m.intermediate + shared + router,
                 m.top_k * 3 * h * m.intermediate + shared + router)
+
+    def check_parallel(self, tp: int = 1, ep: int = 1) -> None:
+        """Raise unless `tp` chips split the attention heads (KV heads split or replicated) and `ep` the experts."""
+        for what, n in (("tp", tp), ("ep", ep)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ModelConfigError(f"{self.name}: {what} must be a whole number >= 1, got {n!r}")
+        if self.heads % tp:
+            raise ModelConfigError(f"{self.name}: tensor parallelism tp={tp} does not divide its {self.heads} attention heads")
+        if not self.mla and self.kv_heads % tp and tp % self.kv_heads:
+            raise ModelConfigError(f"{self.name}: tensor parallelism tp={tp} neither divides nor is a multiple of its "
+                                   f"{self.kv_heads} KV heads")
+        if ep > 1 and (self.moe is None or self.moe.experts % ep):
+            raise ModelConfigError(f"{self.name}: expert parallelism ep={ep} needs an MoE model whose experts it divides"
+                                   + (f" ({self.moe.experts} experts)" if self.moe else " (this one is dense)"))
 
     @property
     def n_params(self) -> int:
@@ -155,7 +172,9 @@ def spec_from_config(cfg: dict, name: str, src: str = "<config>") -> ModelSpec:
         qkv_bias=bool(cfg.get("attention_bias", mt == "qwen2" or mt == "qwen2_moe")),
         qk_norm=mt.startswith("qwen3"), moe=moe, mla=mla,
         max_position=int(cfg.get("max_position_embeddings") or 0),
-        activation=str(cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"))
+        activation=str(cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"),
+        norm_eps=float(cfg.get("rms_norm_eps") or ModelSpec.norm_eps),
+        rope_theta=float(cfg.get("rope_theta") or ModelSpec.rope_theta))
     for field in ("hidden", "layers", "heads", "kv_heads", "head_dim", "vocab"):
         if getattr(spec, field) <= 0:
             raise ModelConfigError(f"{src}: {field} must be positive")
@@ -164,14 +183,9 @@ def spec_from_config(cfg: dict, name: str, src: str = "<config>") -> ModelSpec:
     return spec
 
 
-@lru_cache(maxsize=None)
-def _shipped_names() -> tuple[str, ...]:
-    return tuple(sorted(p.name[:-5] for p in resources.files("tapeout.models").iterdir() if p.name.endswith(".json")))
-
-
 def model_names() -> list[str]:
     """Names of the model configs shipped with tapeout."""
-    return list(_shipped_names())
+    return list(shipped_names("tapeout.models", ".json"))
 
 
 @lru_cache(maxsize=None)
@@ -185,7 +199,7 @@ def load_model(spec: "str | Path | ModelSpec") -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec
     s = str(spec)
-    if s in _shipped_names():
+    if s in shipped_names("tapeout.models", ".json"):
         return _load_shipped(s)
     p = Path(s)
     if p.is_dir():

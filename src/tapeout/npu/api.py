@@ -16,6 +16,8 @@ import numpy as np
 
 from ..chip import load_chip
 from ..errors import TapeoutError
+from ..frontends import load
+from ..ir.core import Program as IRProgram
 from .compiler import MODES, compile_ir
 from .sim import Result, simulate, write_trace
 
@@ -24,10 +26,8 @@ DTYPE_ALIASES = {"int4": "int4-weights", "int4w": "int4-weights", "w4": "int4-we
 
 def to_ir(model, example_inputs=None):
     """Any supported model form -> IR Program (frontends are imported only when needed)."""
-    from ..ir.core import Program as IRProgram
     if isinstance(model, IRProgram):
         return model
-    from ..frontends import load
     if isinstance(model, Path):
         model = str(model)
     if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):

@@ -28,7 +28,9 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..ir.core import Program as IRProgram
 from ..ir.dtypes import FLOATS, INTS, float_max, int_range
+from ..ir.interp import avg_pool_divisor, evaluate, pool_pads
 from .emit import Stream, View, dma_copy, split_even
 from .isa import DTYPES, Geometry
 from .kernels import GemmJob, RowProgram, attention, depthwise_conv, gather_rows, gemm, row_kernel
@@ -356,8 +358,6 @@ def _foldable(cc, e) -> bool:
 
 
 def _fold(cc, e):
-    from ..ir.core import Program as IRProgram
-    from ..ir.interp import evaluate
     vars_ = [a for a in e.inputs if hasattr(a, "name")]
     uniq = list({v.name: v for v in vars_}.values())
     p = IRProgram(tuple(uniq), {}, (e,), tuple(e.outputs))
@@ -976,7 +976,6 @@ def _pad(cc, i, e):
 def _pool(cc, i, e):
     """Windows through a strided DMA view, one row per output pixel; pads as the IR's (ceil_mode
     widens the high side); avg divides by the IR's divisor map (count_include_pad rules)."""
-    from ..ir.interp import avg_pool_divisor, pool_pads
     p, out = e.params, e.outputs[0]
     x = cc.view(e.inputs[0])
     N, C, H, W = x.shape

@@ -8,6 +8,7 @@ strides in elements. Reshape/transpose/broadcast/slice of a view are new views (
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -177,12 +178,8 @@ def dma_copy(stream: Stream, src: View, dst: View, reads=(), writes=()):
 
 
 def _ndindex(shape):
-    if not shape:
-        yield ()
-        return
-    for i in range(shape[0]):
-        for rest in _ndindex(shape[1:]):
-            yield (i,) + rest
+    """Every index of `shape` in row-major order (one empty index for a scalar)."""
+    return itertools.product(*map(range, shape))
 
 
 def _dma(stream, src, dst, shape, ss, ds, reads, writes):

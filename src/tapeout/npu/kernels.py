@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
-from .emit import Buf, Sram, View, dma_copy, split_even
+from .emit import Buf, Sram, View, _ndindex, dma_copy, split_even
 from .isa import DTYPES, Dequant4, Gather, Matmul, Reduce, Scan, Vec
 
 F32 = "fp32"
@@ -57,7 +57,7 @@ def box_iter(shape, max_rows: int, max_cols: int):
         inner *= lead[k]
     chunk = max(1, max_rows // inner) if k > 0 else 1
     outer = lead[:k - 1] if k > 0 else ()
-    for idx in _nd(outer):
+    for idx in _ndindex(outer):
         for a in range(0, lead[k - 1] if k > 0 else 1, chunk):
             for c0 in range(0, cols, cc):
                 n = min(chunk, lead[k - 1] - a) if k > 0 else 1
@@ -66,13 +66,6 @@ def box_iter(shape, max_rows: int, max_cols: int):
                 yield starts, sizes
 
 
-def _nd(shape):
-    if not shape:
-        yield ()
-        return
-    for i in range(shape[0]):
-        for r in _nd(shape[1:]):
-            yield (i,) + r
 
 
 @dataclass

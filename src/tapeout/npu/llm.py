@@ -1,8 +1,8 @@
 """Llama-style decoder steps as IR programs, for timing LLMs on the virtual NPU.
 
 `llama_step(config, phase, batch, length, layers)` builds one prefill or decode step in the
-IR (embedding, `layers` decoder layers, final norm, LM head) from a HF-style config (a dict or
-the name of a shipped model, e.g. "llama-3.1-8b"). With abstract=True the weights are
+IR (embedding, `layers` decoder layers, final norm, LM head) from a HF config as tapeout.llm.spec
+reads it (a shipped name such as "llama-3.1-8b", a config.json path or folder, or a config dict). With abstract=True the weights are
 shape-only placeholders (zero-stride arrays), so an 8B model compiles and times in count-only
 mode without materialising 16 GB.
 
@@ -12,23 +12,25 @@ k/v as outputs; prefill runs causal attention over the prompt and writes its k/v
 """
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 import ml_dtypes
 import numpy as np
 
+from ..chip import load_chip
 from ..errors import TapeoutError
 from ..ir import Builder
+from ..ir.core import Program
+from ..llm.spec import ModelSpec, load_model, spec_from_config
+from .compiler import compile_ir
+from .sim import simulate
 
 
-def load_config(model) -> dict:
-    if isinstance(model, dict):
-        return model
-    try:
-        return json.loads((resources.files("tapeout.models") / f"{model}.json").read_text())
-    except FileNotFoundError:
-        raise TapeoutError(f"model {model!r}: no such shipped config in tapeout/models") from None
+def load_spec(model) -> ModelSpec:
+    """A dense Llama-style model (a shipped name, a config.json path or folder, a config dict, a ModelSpec)."""
+    m = spec_from_config(model, "config") if isinstance(model, dict) else load_model(model)
+    if m.moe or m.mla:
+        raise TapeoutError(f"model {m.name}: the NPU LLM step builds dense Llama-style decoders; "
+                           f"this one has {'MoE' if m.moe else 'MLA'} layers")
+    return m
 
 
 def _w(b, shape, name, abstract, rng, scale=None):
@@ -41,17 +43,18 @@ def _w(b, shape, name, abstract, rng, scale=None):
 def llama_step(model, phase: str = "decode", batch: int = 1, length: int = 128, layers: int | None = None,
                abstract: bool = True, head: bool = True, seed: int = 0):
     """The IR of one step. decode: 1 new token per sequence, `length` cached; prefill: `length` tokens."""
-    cfg = load_config(model)
-    H, nh = cfg["hidden_size"], cfg["num_attention_heads"]
-    nkv, inter = cfg.get("num_key_value_heads", nh), cfg["intermediate_size"]
-    D = cfg.get("head_dim") or H // nh
-    V, eps = cfg["vocab_size"], cfg.get("rms_norm_eps", 1e-5)
-    nl = cfg["num_hidden_layers"] if layers is None else layers
+    m = load_spec(model)
+    H, nh, nkv, D, inter, V, eps = m.hidden, m.heads, m.kv_heads, m.head_dim, m.intermediate, m.vocab, m.norm_eps
+    nl = m.layers if layers is None else layers
     if phase not in ("decode", "prefill"):
         raise TapeoutError(f"phase {phase!r}: decode or prefill")
+    for what, v, hi in (("batch", batch, None), ("length", length, None), ("layers", nl, m.layers)):
+        if not 1 <= v <= (hi or v):
+            raise TapeoutError(f"{what}: must be between 1 and {hi} for {m.name}, got {v}" if hi else
+                               f"{what}: must be >= 1, got {v}")
     L = 1 if phase == "decode" else length
     rng = np.random.default_rng(seed)
-    b = Builder(f"{cfg.get('model_type', 'llama')}-{phase}")
+    b = Builder(f"{m.name}-{phase}")
     ids = b.input((batch, L), "i64", name="ids")
     emb = _w(b, (V, H), "embed", abstract, rng, 1.0)
     x = b.gather(emb, ids, axis=0)                                  # [B, L, H]
@@ -59,7 +62,7 @@ def llama_step(model, phase: str = "decode", batch: int = 1, length: int = 128, 
     sin = b.input((L, D), "bf16", name="sin")
     kv_out = []
     for i in range(nl):
-        x, kv = _layer(b, x, i, cfg, (batch, L, H, nh, nkv, D, inter, eps), cos, sin, phase, length, abstract, rng)
+        x, kv = _layer(b, x, i, (batch, L, H, nh, nkv, D, inter, eps), cos, sin, phase, length, abstract, rng)
         kv_out += kv
     outs = [x]
     if head:
@@ -70,7 +73,7 @@ def llama_step(model, phase: str = "decode", batch: int = 1, length: int = 128, 
     return _abstract_weights(prog) if abstract else prog
 
 
-def _layer(b, x, i, cfg, dims, cos, sin, phase, length, abstract, rng):
+def _layer(b, x, i, dims, cos, sin, phase, length, abstract, rng):
     B, L, H, nh, nkv, D, inter, eps = dims
     ones = (lambda n, nm: _w(b, (n,), nm, True, rng)) if abstract else \
         (lambda n, nm: b.const(np.ones(n, np.float32), name=nm, dtype="bf16"))
@@ -103,7 +106,10 @@ def _rope(b, t, cos, sin, D):
     return b.add(b.mul(t, cos), b.mul(rot, sin))
 
 
-def rope_tables(L: int, D: int, theta: float = 10000.0, start: int = 0):
+def rope_tables(model, L: int, start: int = 0):
+    """The cos/sin inputs [L, head_dim] of a step at positions start..start+L-1 (the model's rope_theta)."""
+    m = load_spec(model)
+    D, theta = m.head_dim, m.rope_theta
     inv = 1.0 / theta ** (np.arange(0, D, 2, dtype=np.float64) / D)
     ang = np.outer(np.arange(start, start + L), inv)
     emb = np.concatenate([ang, ang], axis=1)
@@ -112,7 +118,6 @@ def rope_tables(L: int, D: int, theta: float = 10000.0, start: int = 0):
 
 def _abstract_weights(prog):
     """Turn the weight inputs (everything but ids, cos, sin and the caches) into zero-stride consts."""
-    from ..ir.core import Program
     keep = tuple(v for v in prog.inputs if v.name in ("ids", "cos", "sin") or "cache" in v.name)
     consts = {v.name: np.broadcast_to(np.zeros((), ml_dtypes.bfloat16), v.shape)
               for v in prog.inputs if v not in keep}
@@ -122,9 +127,6 @@ def _abstract_weights(prog):
 def npu_step_stats(model, chip="tapeout-n7", phase="decode", batch=1, length=128, layers=None, dtype="bf16",
                    head=True) -> dict:
     """Count-only simulation of one LLM step on the NPU: the stats dict (cycles, seconds, ...)."""
-    from ..chip import load_chip
-    from .compiler import compile_ir
-    from .sim import simulate
     ir = llama_step(model, phase, batch, length, layers, abstract=True, head=head)
     prog = compile_ir(ir, load_chip(chip), dtype)
     return simulate(prog, (), count_only=True).stats

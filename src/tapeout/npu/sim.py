@@ -9,7 +9,7 @@ modelled DRAM, shared buffer and per-core SRAM. Program order is a valid topolog
 records the overlap the queues would achieve. `Barrier` closes a segment: all cores reach it
 before any continues.
 
-Costs, all derived from the chip file plus `data/npu_timing.json`:
+Costs, all derived from the chip file plus `data/npu_timing.toml`:
   Dma      bytes / (bandwidth of the far memory / cores) cycles on the dma queue; the result is
            ready `latency` later (DMAs pipeline: the queue is free while the latency elapses)
   Matmul   folds * max(M, rows) cycles on the mxu queue, ready matmul_latency later (isa.Matmul)
@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..sourced import table
 from .isa import (DTYPES, QUEUES, VFUNCS, Barrier, Dequant4, Dma, Gather, Geometry, IsaError, Matmul,
                   Reduce, Scan, Vec, matmul_cycles, matmul_latency, matmul_occupancy)
 from .program import Program
@@ -34,9 +33,8 @@ from .program import Program
 _Q = {q: i for i, q in enumerate(QUEUES)}
 
 
-@lru_cache(maxsize=None)
 def timing_params() -> dict:
-    return json.loads((resources.files("tapeout.data") / "npu_timing.json").read_text())
+    return table("npu_timing.toml")
 
 
 @dataclass(frozen=True)
@@ -65,13 +63,13 @@ class Timing:
             lat["dram"] = lat["shared"]
         v = chip.cores.vector
         return Timing(Geometry.from_chip(chip), clk, bpc, lat, v.lanes,
-                      v.special_functions_per_cycle or v.lanes / 4, sram_bw, p["vector_pipeline_cycles"],
-                      p["barrier_cycles"], bool(p["matrix_weight_double_buffered"]))
+                      v.special_functions_per_cycle or v.lanes * p["special_function_lane_fraction"], sram_bw,
+                      int(p["vector_pipeline_cycles"]), int(p["barrier_cycles"]), p["matrix_weight_buffers"] >= 2)
 
 
 # ----------------------------------------------------------------------------- numerics
 
-INT_RANGE = {"int8": (-128, 127), "u8": (0, 255), "int32": (-2**31, 2**31 - 1)}
+INT_RANGE = {k: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for k, d in DTYPES.items() if d.kind in "iu"}
 
 
 def cast(x: np.ndarray, dtype: str) -> np.ndarray:

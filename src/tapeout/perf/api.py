@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..chip import Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
-from ..llm.kernels import FP4, Batch, Dtypes, build_step
+from ..llm.kernels import DTYPE_BYTES, FP4, Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
 from ..stack import Stack, lower, stack_for
 from .step import StepTime, run_kernels
@@ -30,6 +30,9 @@ def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip
     `stack`: 8-bit weights run 8-bit GEMMs (W8A8) where the chip has the format and the stack runs it
     natively, else they are weight-only (dequantized to bf16 for the matmul)."""
     native = lambda d: chip.supports(d) and (stack is None or stack.native(d))  # noqa: E731
+    for what, d in (("weights", weights), ("kv", kv), ("activations", activations)):
+        if d is not None and d not in DTYPE_BYTES:
+            raise TapeoutError(f"{what} dtype {d!r}: use one of {', '.join(DTYPE_BYTES)}")
     act = activations
     if act is None:  # 8-bit (FP4) weights run 8-bit (FP4) GEMMs where the chip and stack have them (W8A8, W4A4), else weight-only
         key = "fp4" if weights in FP4 else weights
@@ -103,8 +106,8 @@ def check_fit(m: Memory, chip: Chip, spec: ModelSpec) -> None:
         raise DoesNotFitError(
             f"{spec.name} does not fit on {chip.name}: needs {m.total_bytes / GiB:.1f} GiB "
             f"(weights {m.weights_bytes / GiB:.1f}, KV cache {m.kv_cache_bytes / GiB:.1f}, activations "
-            f"{m.activation_bytes / GiB:.1f}), chip has {m.capacity_bytes / GiB:.1f} GiB; try --weights fp8/int4, "
-            f"a smaller batch or more chips (--tp)")
+            f"{m.activation_bytes / GiB:.1f}), chip has {m.capacity_bytes / GiB:.1f} GiB; try fp8/int4 weights, "
+            f"a smaller batch or more chips (tp)")
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     if batch < 1 or prompt < 1 or output < 1:
         raise TapeoutError("batch, prompt and output must be >= 1")
     c, spec = load_chip(chip), load_model(model)
+    spec.check_parallel(tp, ep)
     s = stack_for(c, stack)
     dt = dtypes_for(weights, kv, activations, c, s)
     mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp, ep)

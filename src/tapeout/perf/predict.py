@@ -4,8 +4,8 @@
 measured "ms", `errors(...)` gives MAPE, median and max error per section. Entries that cannot be
 predicted get `"predicted_ms": null` and a `"reason"`.
 
-Kernel benchmarks (gemm, attention, memory) are timed as ../shared/calibration/measure_gpu.py
-times them: one launch at a time from the host (triton's do_bench), with a 256 MB cache flush
+Kernel benchmarks (gemm, attention, memory) are timed as `tapeout measure`
+(src/tapeout/perf/measure.py) times them: one launch at a time from the host (triton's do_bench), with a 256 MB cache flush
 before every call that also loads the power budget. LLM steps run from a CUDA graph.
 """
 from __future__ import annotations
@@ -34,19 +34,30 @@ def _dt(e: dict) -> str:
     return d
 
 
+def _sizes(e: dict, *keys: str) -> list[int]:
+    """The entry's sizes under `keys`, each a whole number >= 1 (a malformed entry is not predicted)."""
+    out = []
+    for k in keys:
+        v = e[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 1 and v == int(v)):
+            raise TapeoutError(f"{k}: must be a whole number >= 1, got {v!r}")
+        out.append(int(v))
+    return out
+
+
 def _flush() -> Kernel:
     return Kernel("elementwise", "l2_flush", 0.0, 0.0, FLUSH_BYTES, (1, int(FLUSH_BYTES)), "bf16")
 
 
 def gemm_kernel(e: dict) -> Kernel:
-    M, N, K, d = int(e["M"]), int(e["N"]), int(e["K"]), _dt(e)
+    (M, N, K), d = _sizes(e, "M", "N", "K"), _dt(e)
     b, out = SIZE[d], 2 if d in ("fp8", "int8") else SIZE[d]
     return Kernel("gemm", e.get("tag", "gemm"), 2.0 * M * N * K, (M * K + N * K) * b, M * N * out,
                   (M, N, K, 1), d, 1.0, N * K * b)
 
 
 def attention_kernel(e: dict) -> Kernel:
-    B, Sq, Skv, hq, hkv, d = (int(e[k]) for k in ("B", "S_q", "S_kv", "heads_q", "heads_kv", "head_dim"))
+    B, Sq, Skv, hq, hkv, d = _sizes(e, "B", "S_q", "S_kv", "heads_q", "heads_kv", "head_dim")
     causal = bool(e.get("causal", False))
     b = SIZE[_dt(e)]
     pairs = B * hq * (Sq * (Skv - Sq) + Sq * (Sq + 1) / 2) if causal else B * hq * Sq * Skv
@@ -62,12 +73,12 @@ def memory_kernel(e: dict) -> Kernel:
     d = _dt(e)
     b = SIZE[d]
     if "elements" in e:
-        n = int(e["elements"])
+        (n,) = _sizes(e, "elements")
         reads = {"add": 2, "copy": 1, "mul": 2}.get(op)
         if reads is None:
             raise TapeoutError(f"memory op {op!r} not modelled")
         return Kernel("elementwise", op, float(n), reads * n * b, n * b, (1, n), d)
-    rows, cols = int(e["rows"]), int(e["cols"])
+    rows, cols = _sizes(e, "rows", "cols")
     kind = {"softmax": "softmax", "rms_norm": "norm", "layer_norm": "norm"}.get(op)
     if kind is None:
         raise TapeoutError(f"memory op {op!r} not modelled")
@@ -77,9 +88,9 @@ def memory_kernel(e: dict) -> Kernel:
 def llm_kernels(e: dict) -> list[Kernel]:
     spec = load_model(e["model"])
     phase = e["phase"]
-    length = int(e["seq"] if phase == "prefill" else e["context"])
+    (length,) = _sizes(e, "seq" if phase == "prefill" else "context")
     impl = e.get("implementation", "pytorch-cudagraph")
-    return build_step(spec, Batch.of(phase, int(e["batch"]), length), Dtypes(), impl)
+    return build_step(spec, Batch.of(phase, *_sizes(e, "batch"), length), Dtypes(), impl)
 
 
 def predict_entry(section: str, e: dict, chip: Chip, params=None) -> float:

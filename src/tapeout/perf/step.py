@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import energy
 from ..chip import Chip
 from ..llm.kernels import Kernel
 from .kernels import kernel_cost
@@ -70,10 +71,6 @@ def _sustained_clock(chip: Chip, p: PerfParams, kernels, costs, launch: float) -
         total += k.count * (launch + (n - 1) * p.queued_launch_s + fixed + max(t, mem))
         if t > mem:
             compute += k.count * t
-    try:
-        from .. import energy
-    except ImportError:  # energy model not available: no power limit
-        return f0
     act = activity_of(kernels)
     a = energy.Activity(**act)
     f = energy.sustained_clock_hz(chip, a, total, compute / total if total else 0.0)
@@ -118,7 +115,5 @@ def run_kernels(chip: Chip, kernels: list[Kernel], *, queued: bool = True, param
 
 def step_energy_j(chip: Chip, st: StepTime) -> float:
     """Joules one chip spends on a step: its counted activity at the step's clock (tapeout.energy)."""
-    from .. import energy
-
     act = energy.Activity(**activity_of([kt.kernel for kt in st.kernels]))
     return energy.energy_j(chip, act, max(st.seconds, 1e-12), min(st.clock_hz, chip.max_clock_hz))

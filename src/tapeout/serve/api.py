@@ -1,8 +1,8 @@
-"""`tapeout.serve(...)`: simulate serving a model on chips and report latency, throughput, goodput,
+"""`tapeout.simulate_serving(...)` (`serve` here): simulate serving a model on chips and report latency, throughput, goodput,
 energy and cost.
 
     >>> import tapeout
-    >>> r = tapeout.serve("llama-3.1-8b", "h100-sxm", rate=4, requests=200, seed=1)
+    >>> r = tapeout.simulate_serving("llama-3.1-8b", "h100-sxm", rate=4, requests=200, seed=1)
     >>> r.metrics["requests"], r.metrics["ttft_s"]["p50"] < 1
     (200, True)
 

@@ -9,9 +9,8 @@ energy per token and cost per million tokens.
     steady  = output tokens/s of the requests finishing between the 10th and 90th percentile of finish
               times (a long run's steady state, without ramp-up and drain)
     energy  = computing energy (tapeout.energy per step) + idle power x idle chip-seconds
-    cost    = chips x hourly cost x makespan / output tokens; hourly cost: a rental price
-              (data/serve/cost.toml), else the chip's price or, for in-house chips, its manufacturing
-              cost (tapeout.cost) amortized, plus electricity
+    cost    = chips x hourly cost x makespan / output tokens; hourly cost: a rental price, else the
+              chip's price or manufacturing cost amortized, plus electricity (tapeout.cost)
 """
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .data import table
+from ..cost import chip_usd_per_hour, usd_per_mtok
 
 
 @dataclass(frozen=True)
@@ -49,25 +48,6 @@ def latencies(rec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ttft, tpot, rec.finish - rec.arrival
 
 
-def hourly_cost_usd(chip) -> tuple[float | None, str]:
-    """(USD per chip-hour, how it was obtained) from data/serve/cost.toml and the chip file."""
-    t = table("cost")
-    if chip.name in t["rental_usd_per_hour"]:
-        return t["rental_usd_per_hour"][chip.name], "rental price"
-    price, how = chip.chip.price_usd or t["price_usd"].get(chip.name), "price"
-    if not price:   # an in-house chip: what it costs to make (tapeout.cost) is what it costs its owner
-        try:
-            from ..cost import cost_usd
-
-            price, how = cost_usd(chip).total_usd, "manufacturing cost (tapeout.cost)"
-        except Exception as e:  # noqa: BLE001 - a chip the cost model cannot price (no area, over the reticle)
-            return None, f"no price for this chip and the cost model cannot build it: {e}"
-    c, e = t["capex"], t["energy"]
-    capex = price * c["system_factor"] / (c["amortization_years"] * 8760 * c["utilization"])
-    power = chip.chip.tdp_w / 1000 * e["pue"] * e["usd_per_kwh"]
-    return capex + power, f"{how} amortized + energy"
-
-
 def _idle_w(chip) -> float:
     from .. import energy
 
@@ -81,8 +61,8 @@ def summarize(rec, chip, slo_ttft: float, slo_tpot: float) -> dict:
     ok = (ttft <= slo_ttft) & (np.isnan(tpot) | (tpot <= slo_tpot))
     idle_j = max(rec.chips * span - rec.busy_chip_s, 0.0) * _idle_w(chip)
     energy = rec.energy_j + idle_j
-    usd_h, how = hourly_cost_usd(chip)
-    cost = usd_h * rec.chips * span / 3600 / out_tok * 1e6 if usd_h else None
+    usd_h, how = chip_usd_per_hour(chip)
+    cost = usd_per_mtok(usd_h * rec.chips, out_tok / span) if usd_h else None
     return {
         "requests": int(len(rec.arrival)),
         "ttft_s": asdict(Pct.of(ttft)), "tpot_s": asdict(Pct.of(tpot)), "e2e_s": asdict(Pct.of(e2e)),

@@ -93,12 +93,12 @@ def arrival_times(n: int, rate: float | None, rng, process: str = "poisson", cv:
     if process == "offline":
         return np.zeros(n)
     if not rate or rate <= 0:
-        raise TapeoutError(f"--rate must be > 0 for {process} arrivals (or use offline)")
+        raise TapeoutError(f"rate must be > 0 for {process} arrivals (or serve offline)")
     if process == "poisson" or cv == 1.0:
         gaps = rng.exponential(1.0 / rate, n)
     else:
         if cv <= 0:
-            raise TapeoutError(f"--cv {cv}: must be > 0")
+            raise TapeoutError(f"cv {cv}: the coefficient of variation must be > 0")
         k = 1.0 / (cv * cv)
         gaps = rng.gamma(k, 1.0 / (rate * k), n)
     return np.cumsum(gaps) - gaps[0]
@@ -142,14 +142,20 @@ def _field(row: dict, key: str, where: str):
 
 
 def _rows(path: Path):
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TapeoutError(f"{path}: not a text file (a trace is CSV or JSONL)") from None
     if path.suffix in (".jsonl", ".json"):
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    yield f"{path}:{i}", json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise TapeoutError(f"{path}:{i}: not valid JSON: {e}") from None
+                if not isinstance(row, dict):
+                    raise TapeoutError(f"{path}:{i}: not a JSON object with arrival_s, prompt and output")
+                yield f"{path}:{i}", row
     else:
         for i, row in enumerate(csv.DictReader(text.splitlines()), 2):
             yield f"{path}:{i}", row

@@ -1,12 +1,13 @@
-"""Helpers for differential tests: run one op through the reference interpreter, move arrays
+"""Test helpers for differential tests of the IR: run one op through the reference interpreter, move arrays
 between numpy and torch bit-exactly, compare within a number of units in the last place."""
 from __future__ import annotations
 
 import numpy as np
 
-from .builder import Builder
-from .dtypes import DTYPES, FLOATS, dtype_name
-from .interp import evaluate
+from tapeout.frontends.torch_export import to_numpy, torch_dtype
+from tapeout.ir.builder import Builder
+from tapeout.ir.dtypes import DTYPES, FLOATS, dtype_name
+from tapeout.ir.interp import evaluate
 
 
 def run_op(op: str, *operands, **params):
@@ -21,7 +22,7 @@ def run_op(op: str, *operands, **params):
 
 def to_torch(a: np.ndarray):
     import torch
-    from ..frontends.torch_export import torch_dtype
+
     name = dtype_name(a.dtype)
     a = np.array(a, order="C", copy=True)  # (ascontiguousarray would make 0-d arrays 1-d)
     if name == "bf16":
@@ -32,7 +33,6 @@ def to_torch(a: np.ndarray):
 
 
 def from_torch(t) -> np.ndarray:
-    from ..frontends.torch_export import to_numpy
     return to_numpy(t)
 
 
