@@ -112,7 +112,7 @@ def resolve_stack(chip, stack):
     """(what to pass as stack=, its name): the given stack (a name or a Stack), else the name of the
     chip's default (`[chip] stack`); unknown names raise here, once per row."""
     try:
-        from .stack import stack_for
+        from .perf.stack import stack_for
     except ImportError:          # a build without software stacks: only the chip's own model
         return stack, getattr(stack, "name", stack)
     s = stack_for(chip, stack)
@@ -488,6 +488,8 @@ def load_rows(path) -> tuple[dict, list]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TapeoutError(f"{p}: no such file") from None
+    except OSError as e:
+        raise TapeoutError(f"{p}: cannot be read ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TapeoutError(f"{p}: not valid JSON: {e}") from None
     if isinstance(data, list):

@@ -116,7 +116,7 @@ def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout
     """The same estimate side by side on several chips: as deployed and with the ideal stack (the moat)."""
     from ..errors import DoesNotFitError
     from ..perf.api import estimate as est
-    from ..stack import stack_for
+    from ..perf.stack import stack_for
 
     from ..errors import TapeoutError
 
@@ -125,7 +125,7 @@ def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout
         raise TapeoutError(f"--chips {chips!r}: name at least one chip (comma-separated)")
     rs, skipped = [], []
     for c in names:
-        stacks = [stack] if stack else list(dict.fromkeys([stack_for(c).name, "ideal"]))
+        stacks = [stack] if stack is not None else list(dict.fromkeys([stack_for(c).name, "ideal"]))
         try:
             rs += [est(model, c, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew, s))
                    for s in stacks]

@@ -12,7 +12,7 @@ stacks_app = typer.Typer(help="List and show the software stacks a chip can run 
 
 
 def _summary(s, deployed_on: list[str]) -> dict:
-    from ..stack import KERNELS
+    from ..perf.stack import KERNELS
 
     return {"name": s.name, "vendor": s.vendor, "software": s.software, "impl": s.impl,
             "missing_kernels": [k for k in KERNELS if not s.has(k)],
@@ -38,7 +38,7 @@ def stacks_list(ctx: typer.Context, json_out: bool = typer.Option(False, "--json
     """A table of every stack (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..stack import load_stack, stack_names
+    from ..perf.stack import load_stack, stack_names
 
     dep = _deployed()
     rows = [_summary(load_stack(n), dep.get(n, [])) for n in stack_names()]
@@ -62,7 +62,7 @@ def stacks_list(ctx: typer.Context, json_out: bool = typer.Option(False, "--json
 def stacks_show(name: str = typer.Argument(..., help="stack name (see `tapeout stacks`)"),
                 json_out: bool = typer.Option(False, "--json")):
     """One stack: its software, kernels, formats and every parameter with its source."""
-    from ..stack import load_stack
+    from ..perf.stack import load_stack
 
     s = load_stack(name)
     if json_out:

@@ -63,9 +63,12 @@ def validate_cmd(
     show_rows: bool = typer.Option(True, "--show-rows/--no-show-rows", help="print the per-row table"),
 ):
     """Predict every row of FILE in its published unit; per-chip and per-stack geomean, MAPE, worst row."""
+    from ..perf.stack import load_stack
     from ..validate import load_rows, summarize, validate_rows, write_results
     from .serve import _progress
 
+    if stack is not None:
+        load_stack(stack)          # a bad --stack is one error before any row is read
     meta, data = load_rows(file)
     data = _select(data, rows, chip)
     prog, task = _progress(len(data), "predicting")

@@ -19,7 +19,7 @@ from ..chip import Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
 from ..llm.kernels import DTYPE_BYTES, FP4, Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
-from ..stack import Stack, lower, stack_for
+from .stack import Stack, lower, stack_for
 from .step import StepTime, run_kernels
 
 GiB = 2.0 ** 30
@@ -42,7 +42,7 @@ def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip
 
 def _run(c: Chip, spec: ModelSpec, batch: Batch, dt: Dtypes, s: Stack, impl: str | None, tp: int, ep: int,
          moe_skew: float, clock_hz: float | None = None) -> StepTime:
-    ks = build_step(spec, batch, dt, impl or s.impl, tp, ep, moe_skew)
+    ks = build_step(spec, batch, dt, s.impl if impl is None else impl, tp, ep, moe_skew)
     return run_kernels(c, lower(s, ks), queued=s.has("graphs"), params=s.params_for(c), clock_hz=clock_hz,
                        step_overhead=True)
 
@@ -174,7 +174,7 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     ctx = prompt + output // 2 if s.has("dynamic_shapes") else prompt + output
     dec = _run(c, spec, Batch.of("decode", batch, ctx), dt, s, impl, tp, ep, moe_skew)
     e2e = pre.seconds + (output - 1) * dec.seconds
-    settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": impl or s.impl,
+    settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": s.impl if impl is None else impl,
                 "stack": s.name, "tp": tp, "ep": ep, "moe_skew": moe_skew}
     return Estimate(spec.name, c.name, batch, prompt, output, pre.seconds, dec.seconds, e2e,
                     batch * output / e2e, batch / dec.seconds, mem, pre, dec, settings)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..chip import load_chip
 from ..errors import TapeoutError
 from ..llm.spec import load_model
-from ..stack import stack_for
+from ..perf.stack import stack_for
 from .engine import POLICIES, Limits
 from .engines import default_slo, engine_settings
 from .kvcache import plan_memory
@@ -123,7 +123,7 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
                 "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
                 "seed": seed, "max_seqs": e.max_seqs, "max_batched_tokens": e.max_batched_tokens,
                 "block_size": e.block_size, "prefix_caching": prefix_caching,
-                **model_kw, "stack": model_kw["stack"].name, "impl": impl or model_kw["stack"].impl,
+                **model_kw, "stack": model_kw["stack"].name, "impl": model_kw["stack"].impl if impl is None else impl,
                 "dtypes": {k: vars(p.timer.dtypes) for k, p in pools.items()}}
     memory = {k: {"kv_blocks": p.memory.blocks, "kv_tokens": p.memory.kv_tokens,
                   "weights_bytes_per_chip": p.memory.weights_bytes, "kv_bytes_per_token_per_chip": p.memory.kv_bytes_per_token,

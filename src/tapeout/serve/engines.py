@@ -43,9 +43,9 @@ def default_engine() -> str:
 def engine_settings(name: str | None = None) -> EngineSettings:
     """The settings of engine `name` (default: the table's default engine)."""
     t = table("engines")["engine"]
-    name = name or default_engine()
+    name = default_engine() if name is None else name
     if name not in t:
-        raise TapeoutError(f"--engine {name!r}: unknown; data/serve/engines.toml has {', '.join(t)}")
+        raise TapeoutError(f"engine {name!r}: unknown; data/serve/engines.toml has {', '.join(t)}")
     e = t[name]
     if e["memory_basis"] not in MEMORY_BASES:
         raise TapeoutError(f"data/serve/engines.toml: engine.{name}.memory_basis: use one of {', '.join(MEMORY_BASES)}")

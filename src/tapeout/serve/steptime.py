@@ -89,7 +89,7 @@ class StepTimer:
                  stack=None):
         self.spec, self.chip, self.par = load_model(model), load_chip(chip), par
         par.check(self.spec)
-        from ..stack import stack_for
+        from ..perf.stack import stack_for
 
         self.stack = stack_for(self.chip, stack)
         self.kw = dict(weights=weights, kv=kv, activations=activations, impl=impl, tp=par.tp, ep=par.ep, stack=self.stack)
