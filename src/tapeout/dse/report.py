@@ -106,10 +106,14 @@ def _moat_sentence(res, wl) -> list[str]:
     x = headline(res, wl, mv[1]).get("tok_s_per_chip") if mv else None
     if not x:
         return []
-    ms = sorted((m, e.name) for e in res.entries if (m := moat(res, e.name, wl)) is not None)
+    ranges = []
+    for kind, label in (("design", "designs"), ("reference", "reference"), ("incumbent", "incumbents")):
+        ms = sorted(m for e in res.entries if e.kind == kind and (m := moat(res, e.name, wl)) is not None)
+        if ms:
+            ranges.append(f"{label} {ms[0]:.2f}x" + (f"-{ms[-1]:.2f}x" if len(ms) > 1 else ""))
     return [f"{wl.name} with the ideal stack everywhere: tok/s per chip {_num(x['design_value'])} ({x['design']}) vs "
             f"{_num(x['incumbent_value'])} ({x['incumbent']}), {x['ratio']:.2f}x; the software moat (ideal / deployed "
-            f"tok/s per chip) ranges {ms[0][0]:.2f}x ({ms[0][1]}) to {ms[-1][0]:.2f}x ({ms[-1][1]})."]
+            f"tok/s per chip): {', '.join(ranges)}."]
 
 
 # ----------------------------------------------------------------------------- tables
