@@ -40,6 +40,8 @@ incumbents = ["h20", "t-head-ppu"]
 reference = "tapeout-n7"
 picks = 3
 notes = ["a test note"]
+stacks = ["deployed", "ideal"]
+design_stack = "pytorch-cudagraph"
 """
 
 
@@ -55,11 +57,11 @@ def test_report_files_and_contents(study):
     res, _, out = study
     html = (out / "report.html").read_text()
     md = (out / "summary.md").read_text()
-    assert html.startswith("<!doctype html>") and html.count("data:image/png;base64,") == 3
+    assert html.startswith("<!doctype html>") and html.count("data:image/png;base64,") == 4
     for name in [e.name for e in res.entries]:
         assert name in html and name in md
     assert "a test note" in html and "a test note" in md and "A tiny study" in html
-    for png in ("pareto.png", "check.png", "bars_qwen2_5-7b.png"):
+    for png in ("pareto.png", "check.png", "bars_qwen2_5-7b.png", "stacks.png"):
         assert (out / png).stat().st_size > 10_000 and f"({png})" in md
     data = json.loads((out / "results.json").read_text())
     assert data["sweep"]["points"] == 16 and data["sweep"]["feasible"] <= 8   # HBM3 is not obtainable
@@ -68,6 +70,7 @@ def test_report_files_and_contents(study):
 def test_picks_are_the_front_best_and_export_as_chip_files(study):
     res, _, out = study
     picks = [e for e in res.entries if e.kind == "design"]
+    assert {e.chip.chip.stack for e in res.entries if e.kind != "incumbent"} == {"pytorch-cudagraph"}   # design_stack
     assert 1 <= len(picks) <= 3 and {e.kind for e in res.entries} == {"design", "reference", "incumbent"}
     front = {r["id"]: r for r in res.sweep.front}
     for role, metric in ROLES:
@@ -103,9 +106,38 @@ def test_rerun_reuses_every_stage_and_cli_prints_the_tables(study):
     assert json.loads((out / "timing.json").read_text()) == before   # nothing was computed again
     assert "serving simulator" in r.output and re.search(r"tok_s_per_chip: \S+ .* vs \S+", r.output)
     lines = (out / "simulated.jsonl").read_text().splitlines()
-    assert len(lines) == len({json.loads(l)["id"] for l in lines}) == len(res.entries)
+    assert len(lines) == len({json.loads(l)["id"] for l in lines}) <= 2 * len(res.entries)   # deployed and ideal
+    assert {json.loads(l)["view"] for l in lines} == {"deployed", "ideal"}
 
 
 def test_unknown_study_is_a_one_line_error():
     r = CliRunner().invoke(app, ["study", "no-such-study"])
     assert r.exit_code != 0 and "no such space file or study" in str(r.exception or r.output)
+
+
+def test_every_chip_is_evaluated_as_deployed_and_ideal_and_reported_with_its_moat(study):
+    res, _, out = study
+    wl = res.space.workloads[0]
+    assert res.views == ("deployed", "ideal") and res.headline_stack == "deployed"
+    assert res.results("simulated") is res.simulated is res.by_stack["deployed"]["simulated"]
+    for e in res.entries:
+        for v, want in (("deployed", e.chip.chip.stack), ("ideal", "ideal")):
+            for src in ("analytic", "simulated"):
+                d = res.results(src, v)[(e.name, wl.name)]
+                assert "infeasible" in d or d["stack"] == want
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["by_stack"]) == {"deployed", "ideal"} and data["headline_stack"] == "deployed"
+    for e in res.entries:
+        d, i = (res.results("simulated", v).get((e.name, wl.name), {}) for v in ("deployed", "ideal"))
+        m = data["moat"][f"{e.name}|{wl.name}"]
+        if "tok_s_per_chip" in d and "tok_s_per_chip" in i:
+            assert m == pytest.approx(i["tok_s_per_chip"] / d["tok_s_per_chip"])
+    md = (out / "summary.md").read_text()
+    html = (out / "report.html").read_text()
+    section = md.split("## Software stacks: as deployed and ideal")[1].split("\n## ")[0]
+    assert f"| {wl.name}: as deployed | {wl.name}: ideal | {wl.name}: moat |" in section
+    assert "pytorch-cudagraph" in section and "(stacks.png)" in section
+    assert "Software stacks: as deployed and ideal" in html and f"{wl.name}: moat" in html
+    assert "as deployed (each incumbent on its vendor's stack; our designs on pytorch-cudagraph, assumed)" in md
+    assert re.search(r"the software moat \(ideal / deployed tok/s per chip\): designs [\d.]+x(-[\d.]+x)?, reference "
+                     r"[\d.]+x, incumbents [\d.]+x-[\d.]+x\.", md)

@@ -25,7 +25,12 @@ runs need enough requests to reach a steady state (~10,000 for chat traffic at ~
 sequences; fewer under-report the rate).
 
 For each workload the best of its candidate layouts (tp, ep) and the first weight dtype the chip's
-matrix units support (W8A8), else the first listed (weight-only quantization) are used.
+matrix units support and the stack runs natively (W8A8), else the first listed (weight-only
+quantization) are used.
+
+Both evaluators take `stack` (a name or `tapeout.stack.Stack`; default: the chip's deployed stack,
+its file's `chip.stack`): the software the chip runs (host time per step, kernel efficiencies, fused
+kernels, native formats; `tapeout.stack`, `tapeout stacks`). `ideal` is the silicon with a mature stack.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from ..errors import DoesNotFitError, TapeoutError
 from ..llm.kernels import Batch
 from ..llm.spec import load_model
 from ..perf.api import dtypes_for, run_batch
+from ..perf.stack import stack_for
 from ..perf.step import step_energy_j
 from ..serve.api import max_rate
 from ..serve.data import table
@@ -85,9 +91,10 @@ class Workload:
         w = llm_workload(self.traffic)
         return float(w["prompt_mean"]), float(w["output_mean"])
 
-    def dtype_for(self, chip) -> str:
+    def dtype_for(self, chip, stack=None) -> str:
+        """The first listed weight format the chip's matrix units have and `stack` (if given) runs natively."""
         for w in self.weights:
-            if w in ("bf16", "fp16") or chip.supports(w):
+            if w in ("bf16", "fp16") or (chip.supports(w) and (stack is None or stack.native(w))):
                 return w
         return self.weights[0]
 
@@ -114,10 +121,11 @@ class Served:
 class _Layout:
     """Step times of one (model, chip, tp, ep, weights), memoized over the decode grid."""
 
-    def __init__(self, spec, chip, wl: Workload, tp: int, ep: int, weights: str):
+    def __init__(self, spec, chip, wl: Workload, tp: int, ep: int, weights: str, stack=None):
         self.spec, self.chip, self.wl, self.tp, self.ep, self.weights = spec, chip, wl, tp, ep, weights
+        self.stack = stack_for(chip, stack)
         self.P, self.O = wl.lengths()
-        self.dt = dtypes_for(weights, None, None, chip)
+        self.dt = dtypes_for(weights, None, None, chip, self.stack)
         par = Parallel(tp, 1, ep)
         par.check(spec)
         try:
@@ -134,7 +142,7 @@ class _Layout:
 
     def _run(self, prefill=(), decode=()):
         return run_batch(self.spec, self.chip, Batch(prefill=prefill, decode=decode), weights=self.weights,
-                         tp=self.tp, ep=self.ep)
+                         tp=self.tp, ep=self.ep, stack=self.stack)
 
     def decode(self, n: int) -> tuple[float, float]:
         hit = self._dec.get(n)
@@ -190,18 +198,18 @@ class _Layout:
         seconds = self.O * t_d + n / self.k_pre * self.t_pre
         power = joules / seconds
         return Served(tok_s_chip, tok_s_chip / power, power, n * self.ep, ttft, tpot, self.tp, self.ep,
-                      self.weights)
+                      self.weights, {"stack": self.stack.name})
 
 
-def analytic(chip, wl: Workload) -> Served:
-    """The best layout of `wl` on `chip` by the analytic steady-state model, or Infeasible(reasons)."""
+def analytic(chip, wl: Workload, stack=None) -> Served:
+    """The best layout of `wl` on `chip` with `stack` by the analytic steady-state model, or Infeasible(reasons)."""
 
-    spec = load_model(wl.model)
-    weights = wl.dtype_for(chip)
+    spec, st = load_model(wl.model), stack_for(chip, stack)
+    weights = wl.dtype_for(chip, st)
     best, reasons = None, []
     for tp, ep in wl.layouts:
         try:
-            s = _Layout(spec, chip, wl, tp, ep, weights).served()
+            s = _Layout(spec, chip, wl, tp, ep, weights, st).served()
         except Infeasible as e:
             reasons.append(str(e))
             continue
@@ -212,16 +220,18 @@ def analytic(chip, wl: Workload) -> Served:
     return best
 
 
-def simulated(chip, wl: Workload, seed: int = 0) -> Served:
-    """The best layout of `wl` on `chip` in the serving simulator (max rate meeting the p99 SLO)."""
+def simulated(chip, wl: Workload, stack=None, seed: int = 0) -> Served:
+    """The best layout of `wl` on `chip` with `stack` in the serving simulator (max rate meeting the p99 SLO)."""
 
-    weights = wl.dtype_for(chip)
+    st = stack_for(chip, stack)
+    weights = wl.dtype_for(chip, st)
     best, reasons = None, []
     for tp, ep in wl.layouts:
         try:
             rate, r = max_rate(wl.model, chip, tp=tp, ep=ep, requests=wl.requests, iterations=6, workload=wl.traffic,
                                weights=weights, slo_ttft=wl.slo_ttft_s, slo_tpot=wl.slo_tpot_s, seed=seed,
-                               max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler)
+                               max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler,
+                               stack=st)
         except DoesNotFitError as e:
             reasons.append(f"{wl.name}: {e}")
             continue
@@ -231,7 +241,7 @@ def simulated(chip, wl: Workload, seed: int = 0) -> Served:
             continue
         s = Served(m["throughput_tok_s_per_chip"], 1.0 / m["energy_j_per_token"], m["power_w_per_chip"],
                    math.nan, m["ttft_s"]["p99"], m["tpot_s"]["p99"], tp, ep, weights,
-                   {"request_rate": rate, "cost_usd_per_mtok": m["cost_usd_per_mtok"], "cost_basis": m["cost_basis"],
+                   {"stack": st.name, "request_rate": rate, "cost_usd_per_mtok": m["cost_usd_per_mtok"], "cost_basis": m["cost_basis"],
                     "ttft_p50_s": m["ttft_s"]["p50"], "tpot_p50_s": m["tpot_s"]["p50"]})
         if best is None or s.tok_s_per_chip > best.tok_s_per_chip:
             best = s

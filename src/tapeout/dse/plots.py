@@ -3,6 +3,7 @@
 `pareto_plot`: one panel per pair of objectives (the first against each other one): every feasible
 point in grey, the Pareto front in colour (by a knob), named chips (incumbents, picks) marked.
 `bars`: one group of bars per metric, one bar per chip, for each workload.
+`stack_bars`: tokens/s per chip as deployed vs with the ideal stack, a pair of bars per chip.
 """
 from __future__ import annotations
 
@@ -123,6 +124,38 @@ def bars(rows: dict[str, dict[str, float]], metrics: list[str], path: Path, *, t
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def stack_bars(groups: dict[str, dict[str, tuple]], path: Path, *, labels: tuple[str, str] = ("as deployed", "ideal stack"),
+               title: str = "") -> Path:
+    """groups: {panel (workload): {chip: (deployed, ideal)}}; per chip a pair of bars, labelled with the
+    ratio ideal / deployed (the software moat). A missing value (None) is an empty bar marked "-"."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 0.5 + 0.45 * max(map(len, groups.values()))),
+                             squeeze=False)
+    for ax, (panel, rows) in zip(axes[0], groups.items()):
+        names = list(rows)
+        for j, (lab, col) in enumerate(zip(labels, ("#7f7f7f", "#3b6ea5"))):
+            vals = [rows[n][j] or 0.0 for n in names]
+            ax.barh([i + (j - 0.5) * 0.38 for i in range(len(names))], vals, height=0.38, color=col, label=lab)
+        for i, n in enumerate(names):
+            d, ide = rows[n]
+            txt = f" {ide / d:.2f}x" if d and ide else " -"
+            ax.text(max(d or 0, ide or 0), i, txt, va="center", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(LABELS["tok_s_per_chip"], fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=2, frameon=False)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)

@@ -1,5 +1,9 @@
 """The study's report: report.html (plots embedded as base64 PNGs), summary.md (PNGs next to it),
-results.json (every number of the report) and the picked designs as chip files."""
+results.json (every number of the report) and the picked designs as chip files.
+
+Every chip is evaluated with each of the study's stack views (`deployed`: its own stack; `ideal`:
+the silicon with a mature stack); the headline and the main tables use the headline view, the
+software-stack table and plot show both and the moat (ideal / deployed tokens/s per chip)."""
 from __future__ import annotations
 
 import base64
@@ -9,6 +13,7 @@ import math
 from pathlib import Path
 
 from .evaluate import AGGREGATED
+from .study import DEPLOYED, stack_of
 
 METRIC_COLS = (("tok_s_per_chip", "tok/s per chip"), ("tok_per_j", "tok/J"), ("tok_s_per_kusd", "tok/s per $1k"),
                ("usd_per_mtok", "$/Mtok"), ("usd_per_mtok_price", "$/Mtok at price"), ("power_w", "W per chip"))
@@ -34,9 +39,34 @@ def _layout(d: dict) -> str:
     return f"{d['tp'] * d['ep']} chips: tp {d['tp']}" + (f" x ep {d['ep']}" if d["ep"] > 1 else "")
 
 
-def headline(res, wl) -> dict:
-    """Best design vs best incumbent on one workload (simulated), with ratios per metric."""
-    sim = res.simulated
+def _stack_label(res, view: str) -> str:
+    """A stack view in words: `deployed` names the designs' assumed stack."""
+    if view != DEPLOYED:
+        return f"the {view} stack"
+    ds = {e.chip.chip.stack for e in res.entries if e.kind == "design"}
+    return "as deployed (each incumbent on its vendor's stack" + (f"; our designs on {', '.join(sorted(ds))}, assumed"
+                                                                   if ds else "") + ")"
+
+
+def moat_views(res) -> tuple[str, str] | None:
+    """(base view, ideal view) of the moat, ideal / base tokens/s per chip; None without both."""
+    base = res.headline_stack if res.headline_stack != "ideal" else next((v for v in res.views if v != "ideal"), None)
+    return (base, "ideal") if base and "ideal" in res.views else None
+
+
+def moat(res, name: str, wl, source: str = "simulated") -> float | None:
+    """Tokens/s per chip of `name` on `wl` with the ideal stack over the base (deployed) one."""
+    mv = moat_views(res)
+    if not mv:
+        return None
+    b, i = (res.results(source, v).get((name, wl.name)) for v in mv)
+    return i["tok_s_per_chip"] / b["tok_s_per_chip"] if _ok(b) and _ok(i) and b["tok_s_per_chip"] > 0 else None
+
+
+def headline(res, wl, view: str | None = None) -> dict:
+    """Best design vs best incumbent on one workload (simulated, stack `view`: default the headline's),
+    with ratios per metric."""
+    sim = res.results("simulated", view)
     rows = {e.name: sim.get((e.name, wl.name)) for e in res.entries}
     def best(kind, metric, sign=1):
         cands = [(sign * rows[e.name][metric], e.name) for e in res.entries
@@ -52,7 +82,9 @@ def headline(res, wl) -> dict:
 
 
 def _sentences(res) -> list[str]:
-    out = []
+    out = [f"Software: every chip {_stack_label(res, res.headline_stack)} in the headline and the tables"
+           + (f"; the software-stack table adds {' and '.join(_stack_label(res, v) for v in res.views if v != res.headline_stack)}."
+              if len(res.views) > 1 else ".")]
     for wl in res.space.workloads:
         h = headline(res, wl)
         if not h:
@@ -65,25 +97,67 @@ def _sentences(res) -> list[str]:
                              f"({x['incumbent']}), {x['ratio']:.2f}x")
         out.append(f"**{wl.name}** (TTFT <= {wl.slo_ttft_s:g} s, TPOT <= {wl.slo_tpot_s * 1e3:g} ms at p99): best design vs "
                    "best incumbent: " + "; ".join(parts) + ".")
+        out += _moat_sentence(res, wl)
     return out
+
+
+def _moat_sentence(res, wl) -> list[str]:
+    mv = moat_views(res)
+    x = headline(res, wl, mv[1]).get("tok_s_per_chip") if mv else None
+    if not x:
+        return []
+    ranges = []
+    for kind, label in (("design", "designs"), ("reference", "reference"), ("incumbent", "incumbents")):
+        ms = sorted(m for e in res.entries if e.kind == kind and (m := moat(res, e.name, wl)) is not None)
+        if ms:
+            ranges.append(f"{label} {ms[0]:.2f}x" + (f"-{ms[-1]:.2f}x" if len(ms) > 1 else ""))
+    return [f"{wl.name} with the ideal stack everywhere: tok/s per chip {_num(x['design_value'])} ({x['design']}) vs "
+            f"{_num(x['incumbent_value'])} ({x['incumbent']}), {x['ratio']:.2f}x; the software moat (ideal / deployed "
+            f"tok/s per chip): {', '.join(ranges)}."]
 
 
 # ----------------------------------------------------------------------------- tables
 
 def workload_table(res, wl) -> tuple[list[str], list[list[str]]]:
-    head = ["chip", "kind", "deployment", "weights", *[c for _, c in METRIC_COLS], "p99 TTFT s", "p99 TPOT ms",
-            "analytic tok/s per chip"]
+    """One row per chip with the headline stack (simulated), its analytic throughput, and the moat."""
+    mv = moat_views(res)
+    head = ["chip", "kind", "stack", "deployment", "weights", *[c for _, c in METRIC_COLS], "p99 TTFT s", "p99 TPOT ms",
+            "analytic tok/s per chip"] + (["tok/s per chip, ideal stack", "moat (ideal / deployed)"] if mv else [])
     rows = []
     for e in res.entries:
         s, a = res.simulated.get((e.name, wl.name)), res.analytic.get((e.name, wl.name))
+        stack = stack_of(e, res.headline_stack)
+        tail = [_num(a.get("tok_s_per_chip")) if _ok(a) else "-"]
+        tail += [_num(_tok_s(res, e.name, wl, mv[1])), _ratio(moat(res, e.name, wl))] if mv else []
         if not _ok(s):
             why = (s or a or {}).get("infeasible", "not evaluated")
-            rows.append([e.name, e.kind, "-", "-", *["-"] * len(METRIC_COLS), "-", "-",
-                         _num(a.get("tok_s_per_chip")) if _ok(a) else "-", ])
-            rows[-1][2] = _short_reason(why)
+            rows.append([e.name, e.kind, stack, _short_reason(why), "-", *["-"] * len(METRIC_COLS), "-", "-", *tail])
             continue
-        rows.append([e.name, e.kind, _layout(s), s["weights"], *[_num(s.get(m)) for m, _ in METRIC_COLS],
-                     _num(s["ttft_s"]), _num(s["tpot_s"] * 1e3), _num(a.get("tok_s_per_chip")) if _ok(a) else "-"])
+        rows.append([e.name, e.kind, stack, _layout(s), s["weights"], *[_num(s.get(m)) for m, _ in METRIC_COLS],
+                     _num(s["ttft_s"]), _num(s["tpot_s"] * 1e3), *tail])
+    return head, rows
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}x" if x is not None else "-"
+
+
+def stack_table(res) -> tuple[list[str], list[list[str]]]:
+    """Per chip: its deployed stack and, per workload, simulated tok/s per chip in every stack view and the moat."""
+    mv = moat_views(res)
+    head = ["chip", "kind", "stack as deployed"]
+    for wl in res.space.workloads:
+        head += [f"{wl.name}: {'as deployed' if v == DEPLOYED else v}" for v in res.views]
+        head += [f"{wl.name}: moat"] if mv else []
+    rows = []
+    for e in res.entries:
+        r = [e.name, e.kind, e.chip.chip.stack]
+        for wl in res.space.workloads:
+            for v in res.views:
+                d = res.results("simulated", v).get((e.name, wl.name))
+                r.append(_num(d["tok_s_per_chip"]) if _ok(d) else "-")
+            r += [_ratio(moat(res, e.name, wl))] if mv else []
+        rows.append(r)
     return head, rows
 
 
@@ -135,7 +209,7 @@ def _aggregate(res, name: str, source: dict) -> dict | None:
 
 
 def make_plots(res) -> dict[str, Path]:
-    from .plots import bars, pareto_plot, scatter_check
+    from .plots import bars, pareto_plot, scatter_check, stack_bars
 
     out, files = res.out_dir, {}
     marks = {}
@@ -153,6 +227,13 @@ def make_plots(res) -> dict[str, Path]:
                                      title=f"{wl.name}: serving simulator, p99 TTFT <= {wl.slo_ttft_s:g} s and TPOT <= "
                                            f"{wl.slo_tpot_s * 1e3:g} ms",
                                      highlight=tuple(e.name for e in res.entries if e.kind == "design"))
+    mv = moat_views(res)
+    if mv:
+        groups = {wl.name: {e.name: tuple(_tok_s(res, e.name, wl, v) for v in mv) for e in res.entries}
+                  for wl in res.space.workloads}
+        files["stacks"] = stack_bars(groups, out / "stacks.png", labels=("as deployed" if mv[0] == DEPLOYED else mv[0],
+                                                                        "ideal stack"),
+                                     title="tokens/s per chip: as deployed vs ideal stack (serving simulator)")
     pairs = {f"{e.name} / {wl.name.split('-')[0]}": (res.analytic[(e.name, wl.name)]["tok_s_per_chip"],
                                                      res.simulated[(e.name, wl.name)]["tok_s_per_chip"])
              for e in res.entries for wl in res.space.workloads
@@ -162,6 +243,11 @@ def make_plots(res) -> dict[str, Path]:
                                        ylabel="simulated tok/s per chip (max rate, p99 SLO)",
                                        title="the sweep's objective vs the serving simulator")
     return files
+
+
+def _tok_s(res, name: str, wl, view: str) -> float | None:
+    d = res.results("simulated", view).get((name, wl.name))
+    return d["tok_s_per_chip"] if _ok(d) else None
 
 
 # ----------------------------------------------------------------------------- documents
@@ -209,13 +295,18 @@ def _reasons_lines(res) -> list[str]:
 
 
 def results_json(res) -> dict:
+    """Every number: `analytic` and `simulated` with the headline stack, `by_stack` with every view."""
+    flat = lambda d: {f"{k[0]}|{k[1]}": v for k, v in d.items()}  # noqa: E731
     return {"study": res.space.name, "seconds": res.seconds,
             "sweep": {"points": len(res.sweep.records), "feasible": len(res.sweep.feasible), "front": len(res.sweep.front)},
             "entries": [{"name": e.name, "kind": e.kind, "roles": list(e.roles), "params": e.params,
-                         "point_id": e.point_id, "facts": e.facts} for e in res.entries],
-            "analytic": {f"{k[0]}|{k[1]}": v for k, v in res.analytic.items()},
-            "simulated": {f"{k[0]}|{k[1]}": v for k, v in res.simulated.items()},
-            "headline": {wl.name: headline(res, wl) for wl in res.space.workloads}}
+                         "point_id": e.point_id, "facts": e.facts, "stack": e.chip.chip.stack} for e in res.entries],
+            "headline_stack": res.headline_stack,
+            "analytic": flat(res.analytic), "simulated": flat(res.simulated),
+            "by_stack": {v: {src: flat(res.results(src, v)) for src in ("analytic", "simulated")} for v in res.views},
+            "moat": {f"{e.name}|{wl.name}": moat(res, e.name, wl) for e in res.entries for wl in res.space.workloads},
+            "headline": {wl.name: headline(res, wl) for wl in res.space.workloads},
+            "headline_by_stack": {v: {wl.name: headline(res, wl, v) for wl in res.space.workloads} for v in res.views}}
 
 
 def _runtime(res) -> str:
@@ -230,6 +321,9 @@ def write_markdown(res, plots: dict, command: str) -> Path:
     lines = [f"# Study {res.space.name}", "", res.space.study.get("question", ""), "", "## Headline", ""]
     lines += [f"- {s}" for s in _sentences(res)] + ["", "## Setup", ""] + [f"- {s}" for s in _setup_lines(res)]
     lines += ["", "## Designs and incumbents", "", md_table(*design_table(res))]
+    if len(res.views) > 1:
+        lines += ["", "## Software stacks: as deployed and ideal", "", STACKS_TEXT, "", md_table(*stack_table(res))]
+        lines += ["", "![tokens/s per chip: as deployed vs ideal stack](stacks.png)"] if "stacks" in plots else []
     for wl in res.space.workloads:
         lines += ["", f"## {wl.name}", "", md_table(*workload_table(res, wl))]
         slug = wl.name.replace(".", "_")
@@ -245,6 +339,12 @@ def write_markdown(res, plots: dict, command: str) -> Path:
     p = res.out_dir / "summary.md"
     p.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return p
+
+
+STACKS_TEXT = ("Output tokens/s per chip at the SLO in the serving simulator, each chip with its deployed stack (its "
+               "chip file's `chip.stack`; the designs with the study's assumed stack) and with the ideal stack (the "
+               "silicon with a mature kernel library, every fused kernel and native format, no host time per step). "
+               "The moat is ideal / deployed: what the silicon loses to its software today.")
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -273,6 +373,10 @@ def write_html(res, plots: dict, command: str) -> Path:
     h += [f"<li>{_md_inline(s)}</li>" for s in _sentences(res)] + ["</ul></div>", "<h2>Setup</h2><ul>"]
     h += [f"<li>{_md_inline(s)}</li>" for s in _setup_lines(res)] + ["</ul>"]
     h += ["<h2>Designs and incumbents</h2>", html_table(*design_table(res), highlight=designs)]
+    if len(res.views) > 1:
+        h += ["<h2>Software stacks: as deployed and ideal</h2>", f"<p>{_md_inline(STACKS_TEXT)}</p>",
+              html_table(*stack_table(res), highlight=designs)]
+        h += [_img(plots["stacks"], "tokens/s per chip: as deployed vs ideal stack")] if "stacks" in plots else []
     for wl in res.space.workloads:
         h += [f"<h2>{html.escape(wl.name)}</h2>", html_table(*workload_table(res, wl), highlight=designs)]
         slug = wl.name.replace(".", "_")

@@ -103,7 +103,7 @@ class Space:
 # ----------------------------------------------------------------------------- identity
 
 _FINGERPRINT_DIRS = ("perf", "llm", "serve", "data", "models", "chips")
-_FINGERPRINT_FILES = ("chip.py", "energy.py", "area.py", "cost.py", "parallel.py", "sourced.py",
+_FINGERPRINT_FILES = ("chip.py", "energy.py", "area.py", "cost.py", "parallel.py", "sourced.py", "stack.py",
                       "dse/design.py", "dse/objective.py", "dse/evaluate.py")   # not the report, plots or runner
 
 
