@@ -106,7 +106,7 @@ CHEAP = ("static", "latency", "decode", "prefill")   # analytical scenarios: mil
 def fit(rows, stack, start: dict | None = None) -> dict:
     """The stack's free parameters minimizing mean |log(predicted/published)| plus a weak prior towards
     IDEAL: a global search (differential evolution) where every row is analytical, else least squares
-    (soft-L1) on three of them with fewer simulated requests (fast_sims)."""
+    (soft-L1) on four of them with fewer simulated requests (fast_sims)."""
     with fast_sims():
         rows = [r for r in rows if r["scenario"] != "server"]
         if all(r["scenario"] in CHEAP for r in rows):
@@ -134,14 +134,14 @@ def _global(rows, stack) -> dict:
     return dict(zip(FREE, de.x))
 
 
-SIMULATED_FREE = ("mma_efficiency", "dram_efficiency", "step_overhead_s")
+SIMULATED_FREE = ("mma_efficiency", "dram_efficiency", "comm_latency_s", "step_overhead_s")
 
 
 def _local(rows, stack, start: dict | None, free=SIMULATED_FREE) -> dict:
-    """Least squares on `free`, the rest at `start` or the prior. Where rows are simulated, on the three
-    parameters such rows constrain best (matrix and DRAM efficiency, host time per step): the collective
-    and attention terms stay at the prior (a simulated row costs seconds; a search over all six would
-    take hours)."""
+    """Least squares on `free`, the rest at `start` or the prior. Where rows are simulated, on the four
+    parameters such rows constrain best (matrix and DRAM efficiency, collective latency, host time per
+    step): the attention and collective-bandwidth terms stay at the prior (a simulated row costs
+    seconds; a search over all six would take hours)."""
     from scipy.optimize import least_squares
 
     fixed = {**IDEAL, **(start or {})}

@@ -72,6 +72,9 @@ def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip",
     """TTFT, TPOT, latency, tokens/s, memory and what bounds each phase, for one model on one chip."""
     from ..perf.api import estimate as est
 
+    from ..llm.spec import load_model
+
+    load_model(model).check_parallel(tp, ep, strict=True)
     r = est(model, chip, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew, stack))
     if json_out:
         print_json(r.to_dict())
@@ -123,6 +126,9 @@ def compare(model: str = _MODEL, chips: str = typer.Option("h100-sxm,h20,tapeout
     names = [c.strip() for c in chips.split(",") if c.strip()]
     if not names:
         raise TapeoutError(f"--chips {chips!r}: name at least one chip (comma-separated)")
+    from ..llm.spec import load_model
+
+    load_model(model).check_parallel(tp, ep, strict=True)
     rs, skipped = [], []
     for c in names:
         stacks = [stack] if stack is not None else list(dict.fromkeys([stack_for(c).name, "ideal"]))

@@ -101,19 +101,29 @@ class ModelSpec:
         return (m.experts * 3 * h * m.intermediate + shared + router,
                 m.top_k * 3 * h * m.intermediate + shared + router)
 
-    def check_parallel(self, tp: int = 1, ep: int = 1) -> None:
-        """Raise unless `tp` chips split the attention heads (KV heads split or replicated) and `ep` the experts."""
+    def check_parallel(self, tp: int = 1, ep: int = 1, strict: bool = False) -> None:
+        """Raise unless `tp` chips can split the attention heads and `ep` the experts. Engines pad heads
+        to a multiple of tp (Neuron shards 32 heads over 24 cores) and place redundant experts (EP over
+        160 chips of 256 experts), so the model only needs tp <= heads and ep <= experts; `strict` (the
+        CLI's check of what a user types) also wants tp to divide the heads and divide or be a multiple
+        of the KV heads, and ep to divide the experts."""
         for what, n in (("tp", tp), ("ep", ep)):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ModelConfigError(f"{self.name}: {what} must be a whole number >= 1, got {n!r}")
+        if tp > self.heads:
+            raise ModelConfigError(f"{self.name}: tensor parallelism tp={tp} exceeds its {self.heads} attention heads")
+        if ep > 1 and (self.moe is None or ep > self.moe.experts):
+            raise ModelConfigError(f"{self.name}: expert parallelism ep={ep} needs an MoE model with at least ep experts"
+                                   + (f" ({self.moe.experts} experts)" if self.moe else " (this one is dense)"))
+        if not strict:
+            return
         if self.heads % tp:
             raise ModelConfigError(f"{self.name}: tensor parallelism tp={tp} does not divide its {self.heads} attention heads")
         if not self.mla and self.kv_heads % tp and tp % self.kv_heads:
             raise ModelConfigError(f"{self.name}: tensor parallelism tp={tp} neither divides nor is a multiple of its "
                                    f"{self.kv_heads} KV heads")
-        if ep > 1 and (self.moe is None or self.moe.experts % ep):
-            raise ModelConfigError(f"{self.name}: expert parallelism ep={ep} needs an MoE model whose experts it divides"
-                                   + (f" ({self.moe.experts} experts)" if self.moe else " (this one is dense)"))
+        if ep > 1 and self.moe.experts % ep:
+            raise ModelConfigError(f"{self.name}: expert parallelism ep={ep} does not divide its {self.moe.experts} experts")
 
     @property
     def n_params(self) -> int:
