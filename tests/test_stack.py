@@ -120,3 +120,15 @@ def test_cli_compare_shows_deployed_and_ideal():
         ("h100-sxm", "nvidia-trtllm"), ("h100-sxm", "ideal"), ("tapeout-n7", "cann"), ("tapeout-n7", "ideal")]
     assert d["moat"]["h100-sxm"]["moat"] == pytest.approx(1.0)
     assert d["moat"]["tapeout-n7"]["moat"] >= 1.0
+
+
+def test_a_stack_that_shards_over_cores_replicates_kv_heads_per_core():
+    spec = load_model("llama-3.1-8b")   # 32 heads, 8 KV heads
+    batch = Batch.of("decode", 8, 4096)
+    per_chip = [k for k in build_step(spec, batch, tp=12) if k.kind == "attention"][0]
+    per_core = [k for k in build_step(spec, batch, tp=12, rank_cores=2) if k.kind == "attention"][0]
+    assert per_chip.shape[3:5] == (3, 1)      # ceil(32/12) heads, ceil(8/12) KV heads per chip
+    assert per_core.shape[3:5] == (4, 2)      # 2 cores x ceil(32/24), 2 x ceil(8/24)
+    assert per_core.bytes_read > 1.9 * per_chip.bytes_read - 1e6
+    assert load_stack("neuron").rank_cores(load_chip("inferentia2")) == 2
+    assert load_stack("ideal").rank_cores(load_chip("inferentia2")) == 1

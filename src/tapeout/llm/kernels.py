@@ -151,6 +151,12 @@ class _Builder:
     ep: int = 1
     out: list[Kernel] = field(default_factory=list)
     moe_skew: float = 0.0
+    rank_cores: int = 1     # cores per chip that are tensor-parallel ranks of their own (1: the chip is one rank)
+
+    def heads(self, n: int) -> int:
+        """Attention heads (or KV heads) one chip holds: each of its rank_cores ranks holds
+        ceil(n / (tp x rank_cores)), padded or replicated as engines do."""
+        return self.rank_cores * _shard(n, self.tp * self.rank_cores)
 
     def add(self, kind, name, flops, rd, wr, shape=(), count=1.0, dtype=None, wbytes=0.0):
         if count > 0:
@@ -183,10 +189,12 @@ class _Builder:
 
 
 def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: str = "fused",
-               tp: int = 1, ep: int = 1, moe_skew: float = 0.0) -> list[Kernel]:
+               tp: int = 1, ep: int = 1, moe_skew: float = 0.0, rank_cores: int = 1) -> list[Kernel]:
     """All kernels of one forward step of `batch` through `spec` on one of `tp` x `ep` chips.
 
-    `moe_skew`: expert popularity follows a Zipf law with this exponent (0 = uniform routing)."""
+    `moe_skew`: expert popularity follows a Zipf law with this exponent (0 = uniform routing).
+    `rank_cores`: each chip's cores are this many tensor-parallel ranks (a stack that shards over
+    cores, as Neuron does over NeuronCores: KV heads then replicate per core, not per chip)."""
     if impl not in IMPLEMENTATIONS:
         raise TapeoutError(f"implementation {impl!r}: use one of {', '.join(IMPLEMENTATIONS)}")
     if batch.tokens <= 0:
@@ -194,7 +202,7 @@ def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: s
     if not moe_skew >= 0:
         raise TapeoutError(f"moe_skew {moe_skew}: must be >= 0 (0 is uniform routing)")
     spec.check_parallel(tp, ep)
-    b = _Builder(spec, batch, dtypes, impl, tp, ep, moe_skew=moe_skew)
+    b = _Builder(spec, batch, dtypes, impl, tp, ep, moe_skew=moe_skew, rank_cores=rank_cores)
     T = batch.tokens
     b.add("embed", "embedding", 0, T * spec.hidden * b.dt.a + T * 8, T * spec.hidden * b.dt.a, (T, spec.hidden))
     for count, moe_layer in _layer_groups(spec):
@@ -230,7 +238,7 @@ def _layer(b: _Builder, L: int, moe_layer: bool) -> None:
 
 def _attention(b: _Builder, L: int) -> None:
     s, T, h, fused = b.spec, b.batch.tokens, b.spec.hidden, b.impl == "fused"
-    hq, hkv, d = _shard(s.heads, b.tp), _shard(s.kv_heads, b.tp), s.head_dim
+    hq, hkv, d = b.heads(s.heads), b.heads(s.kv_heads), s.head_dim
     b.gemm("qkv_proj", T, (hq + 2 * hkv) * d, h, L, bias=s.qkv_bias)
     if s.qk_norm:
         b.norm("qk_norm", T * (hq + hkv), d, L)

@@ -14,6 +14,9 @@ from there, in a few parameters with a physical meaning:
   `grouped_moe`, `fused_norm`, `graphs`), and `dynamic_shapes` (kernels sized to the actual
   context; without it a static batch decodes over its whole compiled length, as ahead-of-time
   compiled graphs with sequence-length buckets do); a missing one runs the unfused way;
+- `meta.tp_ranks`: `chip` (default) or `core`: a stack that makes each core a tensor-parallel
+  rank (Neuron over NeuronCores) holds ceil(heads / (tp x cores)) heads per core, so KV heads
+  replicate per core;
 - `meta.formats`: the number formats its matrix kernels run natively (others fall back to a
   wider format the chip has, weight-only where the weights are narrower).
 
@@ -39,7 +42,8 @@ from .params import PerfParams, load_params
 
 KERNELS = ("flash_attention", "paged_attention", "mla", "grouped_moe", "fused_norm", "graphs", "dynamic_shapes")
 IMPLS = ("fused", "pytorch-cudagraph")
-_META = ("name", "vendor", "software", "description", "inherit", "impl", "kernels", "formats")
+_META = ("name", "vendor", "software", "description", "inherit", "impl", "kernels", "formats", "tp_ranks")
+TP_RANKS = ("chip", "core")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Stack:
     software: str
     description: str
     impl: str                          # kernel sequence of an LLM step: fused | pytorch-cudagraph
+    tp_ranks: str                      # what one tensor-parallel rank is: a chip, or each core of a chip
     kernels: frozenset                 # fused kernels it has (KERNELS)
     formats: tuple | None              # native matrix formats; None: every format the chip has
     overrides: dict = field(compare=False)      # PerfParams field -> value
@@ -62,6 +67,10 @@ class Stack:
     def native(self, dtype: str) -> bool:
         """The stack runs `dtype` matrix kernels natively (the chip must have the format too)."""
         return self.formats is None or dtype in self.formats
+
+    def rank_cores(self, chip: Chip) -> int:
+        """Tensor-parallel ranks per chip: its cores where the stack shards over cores, else 1."""
+        return chip.cores.count if self.tp_ranks == "core" else 1
 
     def params_for(self, chip: Chip) -> PerfParams:
         """The chip family's performance parameters with this stack's overrides."""
@@ -95,6 +104,8 @@ def _check_meta(path: str, meta: dict) -> None:
     for d in meta.get("formats", ()):
         if d not in DTYPES:
             raise DataFileError(f"{path}: meta.formats: unknown format {d!r} (known: {', '.join(DTYPES)})")
+    if meta.get("tp_ranks", "chip") not in TP_RANKS:
+        raise DataFileError(f"{path}: meta.tp_ranks: must be one of {', '.join(TP_RANKS)}")
     if meta.get("impl", "fused") not in IMPLS:
         raise DataFileError(f"{path}: meta.impl: must be one of {', '.join(IMPLS)}")
 
@@ -138,7 +149,8 @@ def _load(name: str) -> Stack:
     kernels = frozenset(meta.get("kernels", KERNELS))
     formats = tuple(meta["formats"]) if "formats" in meta else None
     return Stack(name=name, vendor=meta.get("vendor", ""), software=meta.get("software", ""),
-                 description=meta.get("description", ""), impl=meta.get("impl", "fused"), kernels=kernels,
+                 description=meta.get("description", ""), impl=meta.get("impl", "fused"),
+                 tp_ranks=meta.get("tp_ranks", "chip"), kernels=kernels,
                  formats=formats, overrides=values(q), quantities=q, references=refs, inherit=meta.get("inherit"))
 
 
