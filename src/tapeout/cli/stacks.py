@@ -30,7 +30,11 @@ def _deployed() -> dict[str, list[str]]:
 
 
 def _value(key: str, v: float) -> str:
-    return f"{v * 1e6:.3g} us" if key.endswith("_s") else f"{v:.3g}"
+    if not key.endswith("_s"):
+        return f"{v:.3g}"
+    if v < 1e-9:
+        return "0"
+    return f"{v * 1e3:.3g} ms" if v >= 1e-3 else f"{v * 1e6:.3g} us"
 
 
 @stacks_app.callback()
@@ -51,7 +55,7 @@ def stacks_list(ctx: typer.Context, json_out: bool = typer.Option(False, "--json
     for r in rows:
         p = r["params"]
         t.add_row(r["name"], r["vendor"], _value("x", p["mma_efficiency"]) if "mma_efficiency" in p else "family",
-                  _value("x", p["tiled_dram_efficiency"]) if "tiled_dram_efficiency" in p else "family",
+                  _value("x", p["dram_efficiency"]) if "dram_efficiency" in p else "family",
                   _value("step_overhead_s", p.get("step_overhead_s", 0.0)), ", ".join(r["missing_kernels"]) or "-",
                   r["formats"] if isinstance(r["formats"], str) else ", ".join(r["formats"]),
                   ", ".join(r["deployed_on"]) or "-")
