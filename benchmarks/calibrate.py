@@ -11,8 +11,10 @@ Parameters the file cannot pin are derived from the kernels' code or quoted, wit
 in the family file, and not fitted (flash-decoding's in-flight bytes, softmax blocks per core,
 the stride-alignment rule and the fallback kernels' rate, the split heuristics).
 The objective is the squared log error of every entry, each section weighted equally, with a
-soft-L1 loss so that no single entry dominates. The result is written to
-src/tapeout/data/perf/<family>.toml (review the diff) with its provenance.
+soft-L1 loss so that no single entry dominates. The result is written to the fitted block at the
+end of src/tapeout/data/perf/<family>.toml (review the diff) in the sourced form every data table
+uses (tapeout.sourced: each value with its ref, confidence "fitted" and a note), with the fit's
+command, data digest and errors under [meta.fit].
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import datetime
 import hashlib
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ from tapeout.perf import kernels as K  # noqa: E402
 from tapeout.perf.params import load_params  # noqa: E402
 from tapeout.perf.predict import SECTIONS, errors, predict_entries  # noqa: E402
 
+MARK = "# ---- fitted by benchmarks/calibrate.py: do not edit by hand, rerun the script and review the diff"
 # name: (lower, upper) bounds; all physically meaningful
 FREE = {
     "mma_efficiency": (0.6, 1.0),
@@ -71,18 +75,32 @@ def residuals(x, base, chip, data):
     return np.concatenate([v / np.sqrt(max(len(v), 1)) for v in residuals_by_section(x, base, chip, data)])
 
 
-def write_params(path: Path, family: str, values: dict, provenance: dict) -> None:
-    """Rewrite the fitted keys in the family file, keeping everything else as it is."""
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        key = line.split("=")[0].strip()
-        if key in values:
-            lines[i] = f"{key} = {values[key]:.6g}"
-    text = "\n".join(lines)
-    head, _, old = text.partition("\n[sources]")
-    kept = [ln for ln in old.strip().splitlines() if ln.split("=")[0].strip() not in provenance]
-    src = "\n".join([f'{k} = "{v}"' for k, v in provenance.items()] + kept)
-    path.write_text(f"{head}\n[sources]\n{src}\n")
+def write_params(path: Path, values: dict, held: dict, fit: dict) -> None:
+    """Replace the fitted block of the family file (everything after MARK) with `values` in the
+    sourced form (tapeout.sourced), `held` (--fix) as assumed; the hand-written part stays as it is."""
+    head = path.read_text().split(MARK)[0].rstrip()
+    clash = set(tomllib.loads(head).get("params", {})) & (set(values) | set(held))
+    if clash:
+        raise SystemExit(f"{path.name}: {', '.join(sorted(clash))} written by hand above the fitted block: move them")
+    lines = [head, "", MARK, "[meta.fit]", *(f"{k} = {json.dumps(v)}" for k, v in fit.items())]
+    how = f"fitted to {fit['data']} (sha256 {fit['sha256']}) by `{fit['command']}` on {fit['date']}"
+    for k, v in {**values, **held}.items():
+        conf, note = ("fitted", how) if k in values else ("assumed", f"held at this value (--fix) while the rest was {how}")
+        lines += [f"[params.{k}]", f"value = {v:.6g}", 'ref = "benchmarks/calibrate.py"', f'confidence = "{conf}"',
+                  f"note = {json.dumps(note)}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def fit_record(a, after: dict) -> dict:
+    """What [meta.fit] records: the command, the data file and its digest, the date, the result."""
+    path = Path(a.data).resolve()
+    meta = json.loads(path.read_text()).get("meta", {})
+    argv = " ".join(Path(x).name if i == 0 else x for i, x in enumerate(sys.argv))
+    return {"command": f"python benchmarks/{argv}",
+            "data": str(path.relative_to(ROOT / "src/tapeout")) if path.is_relative_to(ROOT / "src/tapeout") else path.name,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12], "date": datetime.date.today().isoformat(),
+            "measurements": ", ".join(f"{k} {meta[k]}" for k in ("gpu_name", "torch", "driver", "measured_on") if k in meta),
+            "result": "; ".join(f"{s} MAPE {v['mape']:.1f}% max {v['max']:.1f}%" for s, v in after.items())}
 
 
 def parse_args():
@@ -149,22 +167,19 @@ def main() -> None:
     a = parse_args()
     data = json.loads(Path(a.data).read_text())
     chip, base = load_chip(a.chip), load_params(a.family)
+    held = {}
     for item in a.fix:  # hold a parameter at a value instead of fitting it
         name, _, val = item.partition("=")
         base = dataclasses.replace(base, **{name: type(getattr(base, name))(float(val))})
+        held[name] = getattr(base, name)
         FREE.pop(name)
     before = errors(predict_entries(data, chip, params=base))
     values = fit(a, base, chip, data)
     after = report(a, base, values, before, data, chip)
     if a.dry_run:
         return
-    digest = hashlib.sha256(Path(a.data).read_bytes()).hexdigest()[:12]
-    prov = {"fit": f"python benchmarks/{' '.join(Path(x).name if i == 0 else x for i, x in enumerate(sys.argv))} "
-                   f"on {Path(a.data).name} (sha256 {digest}) on {datetime.date.today()}",
-            "result": "; ".join(f"{s} MAPE {v['mape']:.1f}% max {v['max']:.1f}%" for s, v in after.items()),
-            "measurements": "H100 SXM 80GB, PyTorch 2.11 + cuBLAS, see data/calibration/h100-sxm.json meta"}
     path = ROOT / "src/tapeout/data/perf" / f"{a.family}.toml"
-    write_params(path, a.family, values, prov)
+    write_params(path, values, held, fit_record(a, after))
     print(f"wrote {path.relative_to(ROOT)}")
 
 

@@ -7,16 +7,14 @@ import pytest
 from tapeout.sourced import CONFIDENCES, REF_PREFIXES, load_table, quantities, source_problem
 
 DATA = Path(str(resources.files("tapeout") / "data"))
-# inputs rather than sourced tables: a study's constraints; the perf parameters have their own loader
+# inputs rather than sourced tables: a study's constraints
 NOT_TABLES = ("studies/inference-7nm.toml",)
-OWN_LOADER = ("perf/",)
-TABLES = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*.toml")
-                if str(p.relative_to(DATA)) not in NOT_TABLES and not str(p.relative_to(DATA)).startswith(OWN_LOADER))
+TABLES = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*.toml") if str(p.relative_to(DATA)) not in NOT_TABLES)
 
 
 def test_every_table_is_found():
     kinds = {t.split("/")[0] for t in TABLES}
-    assert {"energy", "area", "cost", "serve", "network.toml", "npu_timing.toml"} <= kinds
+    assert {"energy", "area", "cost", "serve", "perf", "stacks", "network.toml", "npu_timing.toml"} <= kinds
 
 
 @pytest.mark.parametrize("rel", TABLES)

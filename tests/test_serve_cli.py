@@ -43,7 +43,7 @@ def test_sweep_writes_the_plot(tmp_path):
 
 
 def test_user_errors_are_one_line():
-    for args, msg in ((BASE, "give --rate"), (BASE + ["--rate", "1", "--scheduler", "x"], "--scheduler"),
+    for args, msg in ((BASE, "give --rate"), (BASE + ["--rate", "1", "--scheduler", "x"], "scheduler='x'"),
                       (BASE + ["--rate", "1", "--disaggregate", "3"], "--disaggregate"),
                       (BASE + ["--sweep", "rate", "--rates", "a"], "--rates")):
         p = subprocess.run([sys.executable, "-c", f"from tapeout.cli import main; main({args!r})"],

@@ -55,5 +55,5 @@ def test_uneven_layers_time_the_slowest_stage():
 
 
 def test_micro_batches_must_be_positive():
-    with pytest.raises(TapeoutError, match="micro-batches"):
+    with pytest.raises(TapeoutError, match="micro_batches=-1: must be >= 1"):
         serve(M, C, pp=2, chips=2, micro_batches=-1, requests=4, offline=True)

@@ -1,18 +1,23 @@
 """Calibration parameters of the performance model, per chip family (data files, not code).
 
 `src/tapeout/data/perf/<family>.toml` holds the parameters no datasheet gives (achievable
-fractions of peak, per-kernel overheads), each with its provenance. A chip names its family
-in its file (`chip.family`); a family without a file inherits `default.toml`'s values (the
-documented defaults for NPU-style chips). Files may set `inherit = "other-family"`.
+fractions of peak, per-kernel overheads), each a sourced quantity under `[params.<name>]` in
+the one provenance format (`tapeout.sourced`: value, ref, confidence, note), loaded and checked
+by `sourced.load_table`. `[meta]` holds what is not a number: `inherit` (the family whose values
+this file overrides; default.toml for all but itself), `gemm_tiles`, a `note` and the `fit` that
+benchmarks/calibrate.py records. A chip names its family in its file (`chip.family`); a family
+without a file uses `default.toml`'s values (the documented defaults for NPU-style chips).
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 
 from ..errors import TapeoutError
+from ..sourced import DataFileError, Quantity, load_table
+
+META = ("inherit", "note", "gemm_tiles", "fit")
 
 
 @dataclass(frozen=True)
@@ -59,30 +64,79 @@ class PerfParams:
     step_overhead_s: float = 0.0   # host time per engine step outside the kernels (scheduler, sampling)
     comm_efficiency: float = 1.0   # achieved fraction of the collective's modelled link time
     comm_latency_s: float = 0.0    # fixed software cost of one collective (launch, synchronisation)
-    sources: dict = field(default_factory=dict, compare=False, repr=False)
+    sources: dict = field(default_factory=dict, compare=False, repr=False)  # name -> its source, cited
+
+    def cite(self, name: str) -> str:
+        """Where parameter `name`'s value comes from: reference [confidence]: note."""
+        return self.sources.get(name, "")
+
+
+def param_names() -> frozenset[str]:
+    return frozenset(f.name for f in fields(PerfParams)) - {"family", "sources"}
+
+
+def check_params(path: str, params: dict) -> dict:
+    """A data file's `[params.*]` (a perf family or a stack): each a PerfParams field, each sourced."""
+    names = param_names()
+    for k, v in params.items():
+        if k not in names:
+            raise DataFileError(f"{path}: params.{k}: not a performance parameter (see tapeout.perf.params.PerfParams)")
+        if not isinstance(v, Quantity):
+            raise DataFileError(f"{path}: params.{k}: write {{value = ..., ref = ..., confidence = ...}}")
+    return params
+
+
+def _file(family: str) -> tuple[dict, dict, dict] | None:
+    """(meta, values, cited sources) of data/perf/<family>.toml alone; None without a file."""
+    rel = f"perf/{family}.toml"
+    if not (resources.files("tapeout") / "data" / rel).is_file():
+        return None
+    t, path = load_table(rel), f"data/{rel}"
+    extra = set(t) - {"params", "meta", "references"}
+    if extra:
+        raise DataFileError(f"{path}: unknown table(s) {sorted(extra)}: numbers go under [params.<name>]")
+    for k in t["meta"]:
+        if k not in META:
+            raise DataFileError(f"{path}: meta.{k}: unknown key (known: {', '.join(META)})")
+    q = check_params(path, dict(t.get("params", {})))
+    return dict(t["meta"]), {k: v.value for k, v in q.items()}, {k: v.cite(t["references"]) for k, v in q.items()}
 
 
 @lru_cache(maxsize=None)
-def _raw(family: str) -> dict:
-    res = resources.files("tapeout.data") / "perf" / f"{family}.toml"
-    if not res.is_file():
-        return {}
-    data = tomllib.loads(res.read_text())
-    parent = data.pop("inherit", "default" if family != "default" else None)
-    base = dict(_raw(parent)) if parent else {}
-    srcs = {**base.get("sources", {}), **data.pop("sources", {})}
-    base.update(data)
-    base["sources"] = srcs
-    return base
+def _raw(family: str, seen: tuple = ()) -> tuple[dict, dict, dict] | None:
+    """(meta, values, sources) of a family file merged over the family it inherits."""
+    own = _file(family)
+    if own is None:
+        return None
+    meta, vals, srcs = own
+    parent = meta.get("inherit", "default" if family != "default" else None)
+    if parent in seen + (family,):
+        raise DataFileError(f"data/perf/{family}.toml: inherits itself ({' -> '.join(seen + (family, parent))})")
+    if parent:
+        base = _raw(parent, seen + (family,))
+        if base is None:
+            raise DataFileError(f"data/perf/{family}.toml: meta.inherit: no family file {parent!r}")
+        pm, pv, ps = base
+        meta, vals, srcs = {**pm, **meta}, {**pv, **vals}, {**ps, **srcs}
+    return meta, vals, srcs
+
+
+def _typed(family: str, name: str, v: float):
+    """`v` as the field's type: a count must be a whole number."""
+    kind = PerfParams.__dataclass_fields__[name].type
+    if kind != "int":
+        return v
+    if not float(v).is_integer():
+        raise DataFileError(f"data/perf/{family}.toml: params.{name}: must be a whole number, got {v!r}")
+    return int(v)
 
 
 @lru_cache(maxsize=None)
 def load_params(family: str) -> PerfParams:
-    raw = _raw(family) or _raw("default")
-    names = {f.name for f in fields(PerfParams)} - {"family"}
-    missing = {f.name for f in fields(PerfParams) if f.default is MISSING and f.default_factory is MISSING} - {"family"} - set(raw)
+    meta, vals, srcs = _raw(family) or _raw("default")
+    required = {f.name for f in fields(PerfParams) if f.default is MISSING and f.default_factory is MISSING}
+    missing = required - {"family", "gemm_tiles"} - set(vals) | ({"gemm_tiles"} - set(meta))
     if missing:
         raise TapeoutError(f"data/perf/{family}.toml: missing {', '.join(sorted(missing))}")
-    kw = {k: raw[k] for k in names if k in raw}
-    kw["gemm_tiles"] = tuple(tuple(t) for t in raw["gemm_tiles"])
-    return PerfParams(family=family, **kw)
+    kw = {k: _typed(family, k, v) for k, v in vals.items()}
+    return PerfParams(family=family, gemm_tiles=tuple(tuple(t) for t in meta["gemm_tiles"]), sources=srcs, **kw)

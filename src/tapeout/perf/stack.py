@@ -37,8 +37,8 @@ from importlib import resources
 from ..chip import DTYPES, Chip, load_chip
 from ..errors import TapeoutError
 from ..llm.kernels import Kernel
-from ..sourced import DataFileError, Quantity, load_table, values
-from .params import PerfParams, load_params
+from ..sourced import DataFileError, load_table, values
+from .params import PerfParams, check_params, load_params
 
 KERNELS = ("flash_attention", "paged_attention", "mla", "grouped_moe", "fused_norm", "graphs", "dynamic_shapes")
 IMPLS = ("fused", "pytorch-cudagraph")
@@ -122,13 +122,7 @@ def _raw(name: str, seen: tuple = ()) -> tuple[dict, dict, dict]:
     extra = set(t) - {"params", "meta", "references"}
     if extra:
         raise DataFileError(f"{path}: unknown table(s) {sorted(extra)}: numbers go under [params.<name>]")
-    q = dict(t.get("params", {}))
-    names = {f.name for f in dataclasses.fields(PerfParams)} - {"family", "sources"}
-    for k, v in q.items():
-        if k not in names:
-            raise DataFileError(f"{path}: params.{k}: not a performance parameter (see tapeout.perf.params.PerfParams)")
-        if not isinstance(v, Quantity):
-            raise DataFileError(f"{path}: params.{k}: write {{value = ..., ref = ..., confidence = ...}}")
+    q = check_params(path, dict(t.get("params", {})))
     meta, refs = dict(t["meta"]), dict(t["references"])
     parent = meta.get("inherit")
     if parent:

@@ -98,7 +98,7 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     ttft0, tpot0 = default_slo()
     slo_ttft, slo_tpot = ttft0 if slo_ttft is None else slo_ttft, tpot0 if slo_tpot is None else slo_tpot
     if scheduler not in SCHEDULERS:
-        raise TapeoutError(f"--scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        raise TapeoutError(f"scheduler={scheduler!r}: use one of {', '.join(SCHEDULERS)}")
     if e.max_seqs < 1 or e.max_batched_tokens < 1 or e.block_size < 1 or not 0 < e.memory_fraction <= 1:
         raise TapeoutError("max_seqs, max_batched_tokens and block_size must be >= 1, memory_utilization in (0, 1]")
     par = Parallel(tp, pp, ep, e.micro_batches_per_stage * pp if micro_batches is None else micro_batches)

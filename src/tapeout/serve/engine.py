@@ -173,7 +173,7 @@ class Engine:
         raise DoesNotFitError(
             f"request {seq.req.id} ({seq.req.prompt} prompt + {seq.req.output} output tokens) needs "
             f"{b.blocks_for(seq.prefill_len + (seq.req.output if self.policy == 'static' else 0))} KV blocks of "
-            f"{self.bs} tokens; the replica has {b.total} in all: use more chips, a smaller --kv dtype or shorter requests")
+            f"{self.bs} tokens; the replica has {b.total} in all: use more chips, a smaller KV-cache dtype or shorter requests")
 
     def step_shape(self, plan: Plan) -> tuple[tuple[int, int, int], int, int]:
         """((chunks, new tokens, attention pairs), decodes, total cached context) of a plan."""

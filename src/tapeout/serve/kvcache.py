@@ -78,8 +78,8 @@ def plan_memory(spec, chip, dtypes, par, *, block_size: int | None = None, utili
         raise DoesNotFitError(
             f"{spec.name} on {tp * pp * ep}x {chip.name} (tp={tp}, pp={pp}, ep={ep}): weights {weights / gib:.1f} GiB "
             f"+ activations {act / gib:.1f} GiB per chip leave no room for a KV cache in {usable / gib:.1f} GiB "
-            f"(of {chip.memory_bytes / gib:.0f} GiB); use more chips, --weights fp8/int4, "
-            f"or a smaller --max-batched-tokens")
+            f"(of {chip.memory_bytes / gib:.0f} GiB); use more chips, fp8/int4 weights "
+            f"or a smaller max_batched_tokens")
     return MemoryPlan(chip.memory_bytes, usable, weights, act, kv_tok, block_size, blocks)
 
 

@@ -58,11 +58,11 @@ class Parallel:
     def check(self, spec) -> None:
         for k in ("tp", "pp", "ep", "in_flight"):
             if getattr(self, k) < 1:
-                raise TapeoutError(f"--{k.replace('in_flight', 'micro-batches')} {getattr(self, k)}: must be >= 1")
+                raise TapeoutError(f"{k.replace('in_flight', 'micro_batches')}={getattr(self, k)}: must be >= 1")
         if self.ep > 1 and spec.moe is None:
-            raise TapeoutError(f"--ep {self.ep}: {spec.name} is a dense model (expert parallelism needs MoE)")
+            raise TapeoutError(f"ep={self.ep}: {spec.name} is a dense model (expert parallelism needs MoE)")
         if self.pp > spec.layers:
-            raise TapeoutError(f"--pp {self.pp}: more stages than {spec.name}'s {spec.layers} layers")
+            raise TapeoutError(f"pp={self.pp}: more stages than {spec.name}'s {spec.layers} layers")
 
 
 def _grid(x: float, r: float, exact_below: int = 32) -> tuple[float, float, float]:
