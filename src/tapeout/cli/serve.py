@@ -105,7 +105,7 @@ def serve_cmd(
     duration: float = typer.Option(600.0, "--duration", help="seconds of arrivals (rate x duration requests)"),
     requests: Optional[int] = typer.Option(None, "--requests", "-n", help="number of requests (overrides --duration)"),
     offline: bool = typer.Option(False, "--offline", help="every request at t=0 (MLPerf Offline)"),
-    workload: str = typer.Option("chat", "--workload", "-w", help="chat | rag | mlperf-llama2 | fixed:PROMPT:OUTPUT"),
+    workload: str = typer.Option("chat", "--workload", "-w", help="chat | rag | reasoning | long-context | agentic | mlperf-llama2 | ... | fixed:PROMPT:OUTPUT"),
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma (bursty with --cv)"),
     cv: float = typer.Option(1.0, "--cv", help="coefficient of variation of gamma inter-arrival gaps"),
     trace_in: Optional[Path] = typer.Option(None, "--requests-file", help="trace CSV/JSONL: arrival_s, prompt, output"),
