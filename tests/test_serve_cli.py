@@ -62,3 +62,12 @@ def test_reasoning_and_agentic_workloads_serve():
     assert out.exit_code == 0, out.output
     m = json.loads(out.stdout[out.stdout.index("{"):])["metrics"]
     assert m["prefix_hit_rate"] > 0.5
+
+
+def test_kv_offload_flag():
+    out = runner.invoke(app, ["serve", "-m", "llama-3.1-70b", "-c", "h100-sxm", "--tp", "2", "--offline", "--requests", "8",
+                              "-w", "fixed:16384:64", "--kv-offload", "host"])
+    assert out.exit_code == 0, out.output
+    assert "offloaded to host" in out.output
+    out = runner.invoke(app, BASE + ["--rate", "1", "--requests", "5", "--kv-offload", "disk"])
+    assert out.exit_code != 0 and "use one of host, pool" in str(out.exception)
