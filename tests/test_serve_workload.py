@@ -124,3 +124,10 @@ def test_bad_traces(tmp_path):
         load_trace(f)
     with pytest.raises(TapeoutError, match="no such trace"):
         load_trace(tmp_path / "missing.csv")
+
+
+def test_design_objective_counts_the_agentic_shared_context():
+    from tapeout.dse.objective import Workload
+
+    assert Workload("llama-3.1-8b", "agentic").lengths() == (6144 + 1446, 182)
+    assert Workload("llama-3.1-8b", "chat").lengths() == (161.31, 337.99)
