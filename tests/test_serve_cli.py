@@ -50,3 +50,24 @@ def test_user_errors_are_one_line():
                            capture_output=True, text=True)
         assert p.returncode == 2, p.stderr
         assert msg in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 2
+
+
+def test_reasoning_and_agentic_workloads_serve():
+    """The 2026 workloads run end to end: reasoning's long outputs, agentic's shared session prefixes."""
+    out = runner.invoke(app, BASE + ["-w", "reasoning", "--rate", "1", "--requests", "50", "--json"])
+    assert out.exit_code == 0, out.output
+    m = json.loads(out.stdout[out.stdout.index("{"):])["metrics"]
+    assert m["requests"] == 50 and m["throughput_tok_s"] > 0
+    out = runner.invoke(app, BASE + ["-w", "agentic", "--rate", "2", "--requests", "60", "--prefix-caching", "--json"])
+    assert out.exit_code == 0, out.output
+    m = json.loads(out.stdout[out.stdout.index("{"):])["metrics"]
+    assert m["prefix_hit_rate"] > 0.5
+
+
+def test_kv_offload_flag():
+    out = runner.invoke(app, ["serve", "-m", "llama-3.1-70b", "-c", "h100-sxm", "--tp", "2", "--offline", "--requests", "8",
+                              "-w", "fixed:16384:64", "--kv-offload", "host"])
+    assert out.exit_code == 0, out.output
+    assert "offloaded to host" in out.output
+    out = runner.invoke(app, BASE + ["--rate", "1", "--requests", "5", "--kv-offload", "disk"])
+    assert out.exit_code != 0 and "use one of host, pool" in str(out.exception)

@@ -4,10 +4,12 @@ import pytest
 
 from tapeout.errors import TapeoutError
 from tapeout.serve.data import table
-from tapeout.serve.workload import arrival_times, generate, lengths, load_trace, save_trace, workload_names
+from tapeout.serve.workload import (arrival_times, generate, lengths, load_trace, save_trace, workload_names,
+                                    workload_prefix)
 
 
-LLM_WORKLOADS = ["chat", "rag", "mlperf-llama2", "sharegpt", "sharegpt-1024", "mlperf-mixtral", "mlperf-llama3.1-405b"]
+LLM_WORKLOADS = ["chat", "rag", "mlperf-llama2", "sharegpt", "sharegpt-1024", "mlperf-mixtral", "mlperf-llama3.1-405b",
+                 "reasoning", "long-context", "agentic"]
 
 
 @pytest.mark.parametrize("name", LLM_WORKLOADS)
@@ -82,6 +84,25 @@ def test_shared_prefixes():
     assert all(r.prefix_len == 64 and r.prompt > 64 for r in reqs)
 
 
+def test_workloads_of_2026():
+    """reasoning: thousands of output tokens up to R1's 32k cap; long-context: 32k-128k prompts;
+    agentic: sessions sharing their accumulated context as a prefix (the table's own prefix groups)."""
+    t = table("workloads")
+    assert t["reasoning"]["output_mean"] == 4717.5 and t["reasoning"]["output_max"] == 32768
+    assert (t["long-context"]["prompt_min"], t["long-context"]["prompt_max"]) == (32768, 131072)
+    p, o = lengths("reasoning", 20000, np.random.default_rng(1))
+    assert o.mean() > 10 * p.mean() and (o > 16384).any() and o.max() <= 32768
+    p, _ = lengths("long-context", 20000, np.random.default_rng(1))
+    assert (p >= 32768).all() and (p <= 131072).all() and (p > 100_000).any()
+    assert workload_prefix("agentic") == (16, 6144) and workload_prefix("chat") == (0, 0)
+    reqs = generate(4000, rate=5, workload="agentic", seed=0)
+    assert {r.prefix_id for r in reqs} == set(range(16)) and all(r.prefix_len == 6144 for r in reqs)
+    total = np.array([r.prompt for r in reqs])
+    assert total.min() >= 6144 + 16 and total.mean() == pytest.approx(6144 + 1446, rel=0.05)
+    own = generate(50, rate=5, workload="agentic", prefix_groups=2, prefix_len=100, seed=0)
+    assert {r.prefix_len for r in own} == {100} and {r.prefix_id for r in own} == {0, 1}
+
+
 def test_trace_round_trip_csv_and_jsonl(tmp_path):
     reqs = generate(30, rate=3, prefix_groups=2, prefix_len=32, seed=2)
     save_trace(reqs, tmp_path / "t.csv")
@@ -103,3 +124,10 @@ def test_bad_traces(tmp_path):
         load_trace(f)
     with pytest.raises(TapeoutError, match="no such trace"):
         load_trace(tmp_path / "missing.csv")
+
+
+def test_design_objective_counts_the_agentic_shared_context():
+    from tapeout.dse.objective import Workload
+
+    assert Workload("llama-3.1-8b", "agentic").lengths() == (6144 + 1446, 182)
+    assert Workload("llama-3.1-8b", "chat").lengths() == (161.31, 337.99)

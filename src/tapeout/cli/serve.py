@@ -71,6 +71,10 @@ def _summary(r) -> Table:
     for k, mem in r.memory.items():
         lines.append(f"KV cache{'' if k == 'all' else ' (' + k + ')'}: {mem['kv_tokens']:,} tokens "
                      f"({mem['kv_blocks']:,} blocks), weights {mem['weights_bytes_per_chip'] / 2**30:.1f} GiB per chip")
+        if "kv_offload" in mem:
+            lines.append(f"  of which {mem['kv_offload_tokens']:,} tokens offloaded to {mem['kv_offload']} "
+                         f"({si(mem['kv_offload_bandwidth_bytes_per_s'], 'B/s')} per chip); streaming them took "
+                         f"{m['kv_offload_s']:.3g} s of step time")
     for line in lines:
         console.print(line)
 
@@ -105,7 +109,7 @@ def serve_cmd(
     duration: float = typer.Option(600.0, "--duration", help="seconds of arrivals (rate x duration requests)"),
     requests: Optional[int] = typer.Option(None, "--requests", "-n", help="number of requests (overrides --duration)"),
     offline: bool = typer.Option(False, "--offline", help="every request at t=0 (MLPerf Offline)"),
-    workload: str = typer.Option("chat", "--workload", "-w", help="chat | rag | mlperf-llama2 | fixed:PROMPT:OUTPUT"),
+    workload: str = typer.Option("chat", "--workload", "-w", help="chat | rag | reasoning | long-context | agentic | mlperf-llama2 | ... | fixed:PROMPT:OUTPUT"),
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma (bursty with --cv)"),
     cv: float = typer.Option(1.0, "--cv", help="coefficient of variation of gamma inter-arrival gaps"),
     trace_in: Optional[Path] = typer.Option(None, "--requests-file", help="trace CSV/JSONL: arrival_s, prompt, output"),
@@ -122,6 +126,8 @@ def serve_cmd(
     micro_batches: Optional[int] = typer.Option(None, "--micro-batches", help="micro-batches in flight over the pp "
                                                                               "stages (default pp)"),
     prefix_caching: bool = typer.Option(False, "--prefix-caching", help="share cached prefix blocks"),
+    kv_offload: Optional[str] = typer.Option(None, "--kv-offload", help="host | pool: KV blocks beyond HBM in host DRAM "
+                                             "(over PCIe) or a pooled memory (data/serve/kv_offload.toml)"),
     prefix_groups: int = typer.Option(0, "--prefix-groups", help="shared prefixes among the generated requests"),
     prefix_len: int = typer.Option(0, "--prefix-len", help="tokens of each shared prefix"),
     weights: str = typer.Option("bf16", "--weights", help="bf16, fp16, fp8, int8, int4"),
@@ -151,7 +157,8 @@ def serve_cmd(
               scheduler=scheduler, max_seqs=max_seqs, max_batched_tokens=max_tokens, block_size=block_size,
               memory_utilization=mem_util, prefix_caching=prefix_caching, prefix_groups=prefix_groups,
               prefix_len=prefix_len, disaggregate=_parse_pd(disaggregate), weights=weights, kv=kv, impl=impl,
-              stack=stack, slo_ttft=slo_ttft, slo_tpot=slo_tpot, engine=engine, micro_batches=micro_batches)
+              stack=stack, slo_ttft=slo_ttft, slo_tpot=slo_tpot, engine=engine, micro_batches=micro_batches,
+              kv_offload=kv_offload)
     if trace_in is not None and not trace_in.is_file():
         from ..errors import TapeoutError
 

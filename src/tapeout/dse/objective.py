@@ -89,7 +89,7 @@ class Workload:
         from ..serve.workload import llm_workload
 
         w = llm_workload(self.traffic)
-        return float(w["prompt_mean"]), float(w["output_mean"])
+        return float(w["prompt_mean"] + w.get("prefix_len", 0)), float(w["output_mean"])   # agentic: + shared context
 
     def dtype_for(self, chip, stack=None) -> str:
         """The first listed weight format the chip's matrix units have and `stack` (if given) runs natively."""

@@ -22,7 +22,7 @@ from ..llm.spec import load_model
 from ..perf.stack import stack_for
 from .engine import POLICIES, Limits
 from .engines import default_slo, engine_settings
-from .kvcache import plan_memory
+from .kvcache import offload_tier, plan_memory
 from .metrics import summarize
 from .sim import Pool, Sim
 from .steptime import Parallel, StepTimer
@@ -67,12 +67,12 @@ def _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, 
                     prefix_groups=prefix_groups, prefix_len=prefix_len)
 
 
-def _pool(spec, chip, par, chips, policy, limits, mem_kw, model_kw, prefix_caching, role):
+def _pool(spec, chip, par, chips, policy, limits, mem_kw, model_kw, prefix_caching, role, offload=None):
     if chips % par.chips:
         raise TapeoutError(f"{role}: {chips} chips is not a multiple of tp x pp x ep = {par.chips}")
-    timer = StepTimer(spec, chip, par, **model_kw)
+    timer = StepTimer(spec, chip, par, **model_kw, offload=offload)
     mem = plan_memory(spec, chip, timer.dtypes, par, max_batched_tokens=limits.max_batched_tokens,
-                      max_seqs=limits.max_seqs, **mem_kw)
+                      max_seqs=limits.max_seqs, offload=offload, **mem_kw)
     return Pool(timer, mem, chips // par.chips, policy, limits, prefix_caching)
 
 
@@ -85,13 +85,15 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
           prefill_par: Parallel | None = None, decode_par: Parallel | None = None,
           weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str | None = None,
           slo_ttft: float | None = None, slo_tpot: float | None = None, progress=None, record_steps: bool = True,
-          engine: str | None = None, micro_batches: int | None = None, stack: str | None = None) -> ServeResult:
+          engine: str | None = None, micro_batches: int | None = None, stack: str | None = None,
+          kv_offload: str | None = None) -> ServeResult:
     """Simulate serving; `requests` is a count, a list of Request, or a trace file (CSV / JSONL).
 
     Unset limits and memory plan are `engine`'s (data/serve/engines.toml; `memory_utilization` is
     its memory fraction, of the whole memory or of what weights leave, per the engine);
     `micro_batches`: in flight over the pp stages (default: the engine's, pp); `stack`: the software
-    stack (default: the chip's deployed stack)."""
+    stack (default: the chip's deployed stack); `kv_offload`: "host" or "pool" adds that tier's KV
+    blocks (data/serve/kv_offload.toml), streamed back over its link in the steps that need them."""
     spec, c = load_model(model), load_chip(chip)
     e = engine_settings(engine).override(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens,
                                          block_size=block_size, memory_fraction=memory_utilization)
@@ -106,12 +108,15 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     limits = Limits(e.max_seqs, e.max_batched_tokens)
     model_kw = dict(weights=weights, kv=kv, activations=activations, impl=impl, stack=stack_for(c, stack))
     mem_kw = dict(block_size=e.block_size, utilization=e.memory_fraction, basis=e.memory_basis)
+    tier = offload_tier(c, kv_offload)
     if disaggregate:
         p_chips, d_chips = disaggregate
         pools = {"prefill": _pool(spec, c, prefill_par or par, p_chips, "prefill", limits, mem_kw, model_kw, prefix_caching, "prefill pool"),
-                 "decode": _pool(spec, c, decode_par or par, d_chips, "decode", limits, mem_kw, model_kw, False, "decode pool")}
+                 "decode": _pool(spec, c, decode_par or par, d_chips, "decode", limits, mem_kw, model_kw, False, "decode pool",
+                                 tier)}
     else:
-        pools = {"all": _pool(spec, c, par, chips or par.chips, scheduler, limits, mem_kw, model_kw, prefix_caching, "--chips")}
+        pools = {"all": _pool(spec, c, par, chips or par.chips, scheduler, limits, mem_kw, model_kw, prefix_caching, "--chips",
+                              tier)}
     rec = Sim(reqs, pools, record_steps).run(progress)
     settings = {"model": spec.name, "chip": c.name, "chips": rec.chips, "tp": tp, "pp": pp, "ep": ep,
                 "micro_batches": par.in_flight, "engine": e.name, "memory_fraction": e.memory_fraction,
@@ -122,16 +127,28 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
                 "workload": workload if not isinstance(requests, (str, list, tuple)) else "trace",
                 "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
                 "seed": seed, "max_seqs": e.max_seqs, "max_batched_tokens": e.max_batched_tokens,
-                "block_size": e.block_size, "prefix_caching": prefix_caching,
+                "block_size": e.block_size, "prefix_caching": prefix_caching, "kv_offload": kv_offload,
                 **model_kw, "stack": model_kw["stack"].name, "impl": model_kw["stack"].impl if impl is None else impl,
                 "dtypes": {k: vars(p.timer.dtypes) for k, p in pools.items()}}
     memory = {k: {"kv_blocks": p.memory.blocks, "kv_tokens": p.memory.kv_tokens,
                   "weights_bytes_per_chip": p.memory.weights_bytes, "kv_bytes_per_token_per_chip": p.memory.kv_bytes_per_token,
-                  "activation_reserve_bytes": p.memory.activation_bytes, "usable_bytes_per_chip": p.memory.usable_bytes}
+                  "activation_reserve_bytes": p.memory.activation_bytes, "usable_bytes_per_chip": p.memory.usable_bytes,
+                  **_offload_memory(p.memory)}
               for k, p in pools.items()}
     m = summarize(rec, c, slo_ttft, slo_tpot)
     m["timer_calls"] = rec.timer_calls
+    m["kv_offload_bytes_per_chip"], m["kv_offload_s"] = rec.offload_bytes, rec.offload_s
     return ServeResult(settings, m, memory, rec)
+
+
+def _offload_memory(mem) -> dict:
+    """The memory plan's offload tier, for ServeResult.memory (empty without one)."""
+    if mem.offload is None:
+        return {}
+    return {"kv_tokens_in_hbm": mem.blocks_in_hbm * mem.block_size, "kv_offload": mem.offload.name,
+            "kv_offload_tokens": (mem.blocks - mem.blocks_in_hbm) * mem.block_size,
+            "kv_offload_capacity_bytes_per_chip": mem.offload.bytes_per_chip,
+            "kv_offload_bandwidth_bytes_per_s": mem.offload.bandwidth_bytes_per_s}
 
 
 def stable(result: ServeResult, tolerance: float = 0.95) -> bool:

@@ -10,6 +10,12 @@ Capacity (per chip, then x ep attention groups in a replica), as the engine plan
 where weights and KV are this chip's share under tp x pp (x ep for routed experts). KV heads are
 split over tp (replicated when tp > kv heads); an MLA latent cache is replicated over tp.
 
+KV offload (`kv_offload="host"` or `"pool"`, data/serve/kv_offload.toml): a second tier adds
+floor(tier bytes per chip / (kv bytes per token x block size)) blocks: host DRAM over the chip's
+PCIe link (gen x lanes from the chip file), or a pooled memory on the scale-up fabric
+(CloudMatrix384's Unified Bus to the CPUs' DRAM). HBM blocks are used first; a step touching
+sequences whose KV spilled past HBM streams those blocks in (`StepTimer.step(offload_bytes=...)`).
+
 Prefix caching: a request's first `prefix_len // block_size` blocks can be shared with earlier
 requests of the same prefix id. Shared blocks are reference-counted and stay cached after their
 users finish, evicted least-recently-used when blocks run out.
@@ -20,7 +26,36 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..errors import DoesNotFitError
+from ..errors import DoesNotFitError, TapeoutError
+
+OFFLOAD_TIERS = ("host", "pool")
+
+
+@dataclass(frozen=True)
+class OffloadTier:
+    """A second KV tier of every chip: its capacity and the bandwidth that streams blocks back to HBM."""
+    name: str
+    bytes_per_chip: float
+    bandwidth_bytes_per_s: float
+
+
+def offload_tier(chip, kind: str | None) -> OffloadTier | None:
+    """The `kind` tier ("host", "pool" or None) of `chip` from data/serve/kv_offload.toml."""
+    if kind is None:
+        return None
+    from .data import table
+
+    t = table("kv_offload")
+    if kind == "host":
+        lane = t["pcie_lane_bytes_per_s"].get(f"gen{chip.links.host.pcie_gen}")
+        if lane is None:
+            raise TapeoutError(f"{chip.name}: links.host.pcie_gen {chip.links.host.pcie_gen} has no per-lane rate in "
+                               f"data/serve/kv_offload.toml")
+        return OffloadTier("host", t["host"]["memory_bytes_per_chip"], lane * chip.links.host.pcie_lanes)
+    if kind == "pool":
+        bw = min(t["pool"]["bandwidth_bytes_per_s_per_chip"], chip.links.chip_to_chip.bandwidth_bytes_per_s)
+        return OffloadTier("pool", t["pool"]["memory_bytes_per_chip"], bw)
+    raise TapeoutError(f"--kv-offload {kind!r}: use one of {', '.join(OFFLOAD_TIERS)}")
 
 
 @dataclass(frozen=True)
@@ -32,7 +67,13 @@ class MemoryPlan:
     activation_bytes: float
     kv_bytes_per_token: float       # this chip's share of one token's KV cache
     block_size: int
-    blocks: int                     # in the whole replica (all ep groups)
+    blocks: int                     # in the whole replica (all ep groups), HBM + offload tier
+    hbm_blocks: int | None = None   # of them in HBM (None: all)
+    offload: OffloadTier | None = None
+
+    @property
+    def blocks_in_hbm(self) -> int:
+        return self.blocks if self.hbm_blocks is None else self.hbm_blocks
 
     @property
     def kv_tokens(self) -> int:
@@ -48,9 +89,9 @@ def _expert_params(spec) -> float:
 
 def plan_memory(spec, chip, dtypes, par, *, block_size: int | None = None, utilization: float | None = None,
                 max_batched_tokens: int | None = None, max_seqs: int | None = None, basis: str | None = None,
-                engine: str | None = None) -> MemoryPlan:
-    """How many KV blocks a replica of `par` (tp x pp x ep chips) holds after weights and activations;
-    unset settings are `engine`'s (data/serve/engines.toml)."""
+                engine: str | None = None, offload: OffloadTier | None = None) -> MemoryPlan:
+    """How many KV blocks a replica of `par` (tp x pp x ep chips) holds after weights and activations
+    (plus those of an `offload` tier); unset settings are `engine`'s (data/serve/engines.toml)."""
     from .engines import engine_settings
 
     e = engine_settings(engine)
@@ -72,15 +113,16 @@ def plan_memory(spec, chip, dtypes, par, *, block_size: int | None = None, utili
     else:
         usable = chip.memory_bytes * utilization
         free = usable - weights - act
-    blocks = int(free // (kv_tok * block_size)) * ep
-    if blocks < 1:
+    blocks = max(0, int(free // (kv_tok * block_size))) * ep
+    extra = int(offload.bytes_per_chip // (kv_tok * block_size)) * ep if offload else 0
+    if free < 0 or blocks + extra < 1:
         gib = 2.0 ** 30
         raise DoesNotFitError(
             f"{spec.name} on {tp * pp * ep}x {chip.name} (tp={tp}, pp={pp}, ep={ep}): weights {weights / gib:.1f} GiB "
             f"+ activations {act / gib:.1f} GiB per chip leave no room for a KV cache in {usable / gib:.1f} GiB "
             f"(of {chip.memory_bytes / gib:.0f} GiB); use more chips, fp8/int4 weights "
-            f"or a smaller max_batched_tokens")
-    return MemoryPlan(chip.memory_bytes, usable, weights, act, kv_tok, block_size, blocks)
+            f"or a smaller max_batched_tokens" + ("" if offload or free < 0 else ", or kv_offload='host'"))
+    return MemoryPlan(chip.memory_bytes, usable, weights, act, kv_tok, block_size, blocks + extra, blocks, offload)
 
 
 class BlockManager:
@@ -159,3 +201,7 @@ class BlockManager:
 
     def used(self) -> int:
         return self.total - self.free
+
+    def in_use(self) -> int:
+        """Blocks held by sequences (cached prefixes nobody uses aside)."""
+        return self.total - self.free - self.evictable

@@ -79,6 +79,8 @@ class Records:
     prefix_lookups: int = 0
     timer_calls: int = 0
     tokens_generated: int = 0
+    offload_bytes: float = 0.0                   # KV streamed from the offload tier, per chip, summed over steps
+    offload_s: float = 0.0                       # the transfer time of those bytes (overlapped with compute)
 
 
 class Sim:
@@ -145,7 +147,11 @@ class Sim:
     def run_step(self, engine: Engine, t: float, plan) -> None:
         pool = engine.replica.pool
         prefill, n_dec, ctx = engine.step_shape(plan)
-        sec, joule = pool.timer.step(prefill, n_dec, ctx)
+        off = self.offload_bytes(engine, prefill[1] + ctx)
+        sec, joule = pool.timer.step(prefill, n_dec, ctx, off)
+        if off:
+            self.rec.offload_bytes += off
+            self.rec.offload_s += pool.timer.offload_s(off)
         send = pool.timer.stage_send_s(prefill[1] + n_dec)
         end = engine.replica.occupy(t, sec, send)
         self.rec.energy_j += joule * pool.timer.par.chips
@@ -154,6 +160,15 @@ class Sim:
             self.rec.steps.append((pool.policy, engine.replica.index, end - sec, end, KIND[kind], prefill[1], n_dec,
                                    engine.load()))
         self.push(end, engine.finish_step, plan)
+
+    def offload_bytes(self, engine: Engine, touched: int) -> float:
+        """Bytes per chip a step streams from the offload tier: the replica's in-use blocks beyond HBM
+        (HBM fills first), at most the `touched` tokens (new + cached context) of the step."""
+        mem = engine.replica.pool.memory
+        if mem.offload is None:
+            return 0.0
+        spilled = max(0, engine.blocks.in_use() - mem.blocks_in_hbm) * mem.block_size
+        return min(spilled, touched) * mem.kv_bytes_per_token / engine.replica.pool.timer.par.ep
 
     # ---- request milestones (called by engines)
     def first_token(self, seq: Seq, t: float) -> None:

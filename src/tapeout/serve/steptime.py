@@ -27,6 +27,12 @@ Parallelism inside a replica of tp x pp x ep chips:
       pipeline_span = (m + pp - 1) x stage time + (pp - 1) x send time,
 
   a bubble of (pp - 1) / (m + pp - 1) of the stages' time (GPipe's fill and drain).
+
+KV offload (`offload`, a kvcache.OffloadTier): a step whose sequences' KV partly lives in host memory
+or a memory pool streams those `offload_bytes` (per chip, its stage's layers) back over the tier's
+link, layer by layer ahead of the attention that reads them, overlapped with compute: the step takes
+max(compute, offload_bytes / tier bandwidth). Optimistic (a perfect prefetch, no HBM staging cost);
+the transfer moves no joules in the energy model.
 """
 from __future__ import annotations
 
@@ -86,8 +92,9 @@ class StepTimer:
 
     def __init__(self, model, chip, par: Parallel = Parallel(), *, weights: str = "bf16", kv: str | None = None,
                  activations: str | None = None, impl: str | None = None, resolution: int = 32,
-                 stack=None):
+                 stack=None, offload=None):
         self.spec, self.chip, self.par = load_model(model), load_chip(chip), par
+        self.offload = offload
         par.check(self.spec)
         from ..perf.stack import stack_for
 
@@ -127,8 +134,22 @@ class StepTimer:
             v = self.cache[key] = self._measure(*key)
         return v
 
-    def step(self, prefill: tuple[int, int, int] = (0, 0, 0), n_decode: int = 0, sum_ctx: int = 0) -> tuple[float, float]:
-        """(seconds, joules per chip) of one step: prefill = (chunks, new tokens, attention pairs)."""
+    def step(self, prefill: tuple[int, int, int] = (0, 0, 0), n_decode: int = 0, sum_ctx: int = 0,
+             offload_bytes: float = 0.0) -> tuple[float, float]:
+        """(seconds, joules per chip) of one step: prefill = (chunks, new tokens, attention pairs); with
+        `offload_bytes` per chip to stream from the offload tier, at least their transfer time."""
+        sec, joule = self._compute(prefill, n_decode, sum_ctx)
+        if offload_bytes > 0:
+            sec = max(sec, self.offload_s(offload_bytes))
+        return sec, joule
+
+    def offload_s(self, nbytes: float) -> float:
+        """Seconds to stream nbytes per chip from the offload tier."""
+        if self.offload is None:
+            raise ValueError("offload_bytes without an offload tier")
+        return nbytes / self.offload.bandwidth_bytes_per_s
+
+    def _compute(self, prefill, n_decode, sum_ctx) -> tuple[float, float]:
         k, T, P = prefill
         n, C = n_decode, sum_ctx
         ep = self.par.ep

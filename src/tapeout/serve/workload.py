@@ -5,8 +5,9 @@
     (100, True)
 
 Length workloads are log-normal distributions from data/serve/workloads.toml (chat, rag,
-sharegpt, sharegpt-1024, mlperf-llama2, mlperf-mixtral, mlperf-llama3.1-405b) or
-`fixed:PROMPT:OUTPUT`; a table with `kind = "vision"` there (imagenet-224) is an image set,
+sharegpt, sharegpt-1024, mlperf-llama2, mlperf-mixtral, mlperf-llama3.1-405b, reasoning,
+long-context, agentic) or `fixed:PROMPT:OUTPUT`; a workload with `prefix_groups` and
+`prefix_len` (agentic) prepends one of that many shared prefixes unless the caller sets its own; a table with `kind = "vision"` there (imagenet-224) is an image set,
 which the LLM functions here refuse with a clear error. Arrivals: `poisson` (exponential
 gaps), `gamma` (gaps with coefficient of variation `cv`: > 1 is bursty, < 1 smoother),
 `offline` (all at t = 0, as MLPerf's Offline scenario issues every query at once).
@@ -87,6 +88,14 @@ def lengths(workload: str, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return prompt, _clipped_lognormal(rng, n, w["output_mean"], w["output_cv"], w["output_min"], out_max)
 
 
+def workload_prefix(workload: str) -> tuple[int, int]:
+    """(prefix groups, prefix tokens) a shipped workload shares between its requests ((0, 0): none)."""
+    if workload.startswith("fixed:"):
+        return 0, 0
+    w = llm_workload(workload)
+    return int(w.get("prefix_groups", 0)), int(w.get("prefix_len", 0))
+
+
 def arrival_times(n: int, rate: float | None, rng, process: str = "poisson", cv: float = 1.0) -> np.ndarray:
     if process not in ARRIVALS:
         raise TapeoutError(f"arrival process {process!r}: use one of {', '.join(ARRIVALS)}")
@@ -108,7 +117,8 @@ def generate(n: int | None = None, *, rate: float | None = None, duration_s: flo
              workload: str = "chat", arrival: str = "poisson", cv: float = 1.0, seed: int = 0,
              prefix_groups: int = 0, prefix_len: int = 0) -> list[Request]:
     """`n` requests (or rate x duration_s of them), seeded. With `prefix_groups` > 0 every request
-    starts with one of that many shared prefixes of `prefix_len` tokens (e.g. system prompts)."""
+    starts with one of that many shared prefixes of `prefix_len` tokens (e.g. system prompts); with
+    neither set, the workload's own (`workload_prefix`, e.g. agentic sessions)."""
     if n is None:
         if rate is None or duration_s is None:
             raise TapeoutError("give the number of requests, or a rate and a duration")
@@ -117,6 +127,8 @@ def generate(n: int | None = None, *, rate: float | None = None, duration_s: flo
         raise TapeoutError(f"number of requests {n}: must be >= 1")
     rng = np.random.default_rng(seed)
     prompt, output = lengths(workload, n, rng)
+    if prefix_groups <= 0 and prefix_len <= 0:
+        prefix_groups, prefix_len = workload_prefix(workload)
     t = arrival_times(n, rate, rng, arrival, cv)
     groups = rng.integers(0, prefix_groups, n) if prefix_groups > 0 and prefix_len > 0 else None
     out = []
