@@ -129,3 +129,11 @@ def test_cli_flag():
     p = subprocess.run([sys.executable, "-c", "from tapeout.cli import main; "
                         "main(['estimate', '-m', 'llama-3.1-8b', '--speculative', 'mtp:0'])"], capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_decode_pool_counts_the_draft_models_memory():
+    clear_memo()
+    base = dict(ROW, scenario="decode", batch_per_chip=8, context=1024, metric="tpot_ms", weights="bf16", kv="bf16")
+    assert "warning" not in predict_row(base)
+    r = predict_row(dict(base, speculative="draft:llama-3.1-70b:2"))     # 141 GB of bf16 draft weights on top
+    assert r["predicted"] and "does not fit" in r["warning"]

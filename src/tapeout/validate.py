@@ -212,8 +212,12 @@ def _check_pool_memory(case: Case, lay: Layout, seqs: int, tokens: int, prompt: 
     from .llm.spec import load_model
     from .perf.api import check_fit, dtypes_for, memory_use
 
+    from .perf.speculative import add_memory, speculation
+
     c, spec = load_chip(case.chip), load_model(case.model)
-    check_fit(memory_use(spec, c, dtypes_for(case.weights, case.kv, None, c), seqs, tokens, prompt, lay.tp, lay.ep), c, spec)
+    dt = dtypes_for(case.weights, case.kv, None, c)
+    m = memory_use(spec, c, dt, seqs, tokens, prompt, lay.tp, lay.ep)
+    check_fit(add_memory(m, speculation(case.row.get("speculative")), c, spec, dt, seqs, tokens, lay.tp, lay.ep), c, spec)
 
 
 def _decode(case: Case, lay: Layout, check_memory: bool = True) -> dict:

@@ -13,13 +13,13 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..chip import Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
 from ..llm.kernels import DTYPE_BYTES, FP4, Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
-from .speculative import extra_weights_kv, spec_step, speculation
+from .speculative import add_memory, spec_step, speculation
 from .stack import Stack, lower, stack_for
 from .step import StepTime, run_kernels
 
@@ -171,9 +171,7 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     dt = dtypes_for(weights, kv, activations, c, s)
     mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp, ep)
     sp = speculation(speculative)
-    if sp is not None:
-        w, kvb = extra_weights_kv(sp, c, spec, dt, batch, prompt + output, tp, ep)
-        mem = replace(mem, weights_bytes=mem.weights_bytes + w, kv_cache_bytes=mem.kv_cache_bytes + kvb)
+    mem = add_memory(mem, sp, c, spec, dt, batch, prompt + output, tp, ep)
     if check_memory:
         check_fit(mem, c, spec)
     pre = _run(c, spec, Batch.of("prefill", batch, prompt), dt, s, impl, tp, ep, moe_skew)

@@ -156,15 +156,19 @@ def _draft_pass(sp: Speculation, c, spec, batch, ctx, dt, s, impl, tp, ep, moe_s
     return _run(c, draft, dec, dt, s, impl, tp, 1, 0.0).seconds
 
 
-def extra_weights_kv(sp: Speculation, c, spec, dt, batch: int, tokens: int, tp: int, ep: int) -> tuple[float, float]:
-    """(weight bytes, KV-cache bytes) per chip that drafting adds: the draft model's, or one MTP layer's
-    weights (1/layers of the target's) and KV cache."""
+def add_memory(mem, sp: Speculation | None, c, spec, dt, batch: int, tokens: int, tp: int, ep: int):
+    """`mem` (a perf.api.Memory per chip) plus what drafting adds: the draft model's weights and KV cache,
+    or one MTP layer's (1/layers of the target's)."""
+    from dataclasses import replace
+
     from ..llm.spec import load_model
     from .api import memory_use
 
+    if sp is None:
+        return mem
     if sp.kind == "mtp":
-        m = memory_use(spec, c, dt, batch, tokens, 1, tp, ep)
-        return m.weights_bytes / spec.layers, m.kv_cache_bytes / spec.layers
-    m = memory_use(load_model(sp.draft), c, dt, batch, tokens, 1, tp, 1)
-    return m.weights_bytes, m.kv_cache_bytes
-
+        m, share = memory_use(spec, c, dt, batch, tokens, 1, tp, ep), 1.0 / spec.layers
+    else:
+        m, share = memory_use(load_model(sp.draft), c, dt, batch, tokens, 1, tp, 1), 1.0
+    return replace(mem, weights_bytes=mem.weights_bytes + share * m.weights_bytes,
+                   kv_cache_bytes=mem.kv_cache_bytes + share * m.kv_cache_bytes)
