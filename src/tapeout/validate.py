@@ -40,7 +40,8 @@ LOWER_IS_BETTER = frozenset({"tpot_ms", "ttft_ms"})
 SETUP_FIELDS = ("chip", "chips", "tp", "pp", "ep", "model", "weights", "kv", "stack", "scenario", "workload", "metric",
                 "batch", "batch_per_chip", "context", "prompt", "tokens_per_step", "concurrency", "max_seqs",
                 "requests", "prefix_caching", "routing", "slo_ttft_s", "slo_tpot_s", "slo_latency_s",
-                "slo_percentile")
+                "slo_percentile", "speculative")
+SPECULATIVE_SCENARIOS = ("static", "latency", "decode")   # the others run the serving simulator: not modelled there yet
 # Simulation sizes (method settings, not measured quantities). Offline/concurrency runs without a stated
 # request count simulate OFFLINE_WAVES x max_seqs requests per replica and report the steady state (10-90 %
 # of finish times), the rate a long run such as MLPerf's >= 10-minute one reports: on 8x H200 Llama-2-70B
@@ -172,7 +173,8 @@ def _static(case: Case, lay: Layout, batch: int | None = None, check_memory: boo
     batch = int(batch or case.need("batch"))
     per = -(-batch // case.replicas(lay))              # the busiest replica's share
     e = estimate(case.model, case.chip, batch=per, prompt=p, output=o, weights=case.weights, kv=case.kv,
-                 tp=lay.tp, ep=lay.ep, moe_skew=case.skew, check_memory=check_memory, **_stack_kw(estimate, case.stack))
+                 tp=lay.tp, ep=lay.ep, moe_skew=case.skew, check_memory=check_memory, speculative=case.row.get("speculative"),
+                 **_stack_kw(estimate, case.stack))
     return {"output_tok_s": batch * o / e.e2e_s, "total_tok_s": batch * (p + o) / e.e2e_s, "samples_s": batch / e.e2e_s,
             "tpot_ms": e.tpot_s * 1e3, "ttft_ms": e.ttft_s * 1e3, "e2e_s": e.e2e_s, "batch_per_replica": per,
             "memory_gib_per_chip": e.memory.total_bytes / 2**30}
@@ -191,13 +193,31 @@ def _pool_step(case: Case, lay: Layout, batch) -> float:
                      moe_skew=case.skew, **_stack_kw(run_batch, case.stack)).seconds
 
 
+def _spec_pool_tpot(case: Case, lay: Layout, group: int, ctx: int) -> float:
+    """Seconds per token of a speculative decode pool: (verification + drafting) / expected tokens per step."""
+    from .chip import load_chip
+    from .llm.spec import load_model
+    from .perf.api import dtypes_for
+    from .perf.speculative import spec_step, speculation
+    from .perf.stack import stack_for
+
+    c, spec = load_chip(case.chip), load_model(case.model)
+    s = stack_for(c, case.stack)
+    return spec_step(speculation(case.row["speculative"]), c, spec, group, ctx, dtypes_for(case.weights, case.kv, None, c, s),
+                     s, None, lay.tp, lay.ep, case.skew).tpot_s
+
+
 def _check_pool_memory(case: Case, lay: Layout, seqs: int, tokens: int, prompt: int) -> None:
     from .chip import load_chip
     from .llm.spec import load_model
     from .perf.api import check_fit, dtypes_for, memory_use
 
+    from .perf.speculative import add_memory, speculation
+
     c, spec = load_chip(case.chip), load_model(case.model)
-    check_fit(memory_use(spec, c, dtypes_for(case.weights, case.kv, None, c), seqs, tokens, prompt, lay.tp, lay.ep), c, spec)
+    dt = dtypes_for(case.weights, case.kv, None, c)
+    m = memory_use(spec, c, dt, seqs, tokens, prompt, lay.tp, lay.ep)
+    check_fit(add_memory(m, speculation(case.row.get("speculative")), c, spec, dt, seqs, tokens, lay.tp, lay.ep), c, spec)
 
 
 def _decode(case: Case, lay: Layout, check_memory: bool = True) -> dict:
@@ -208,7 +228,8 @@ def _decode(case: Case, lay: Layout, check_memory: bool = True) -> dict:
     group = b * lay.tp
     if check_memory:
         _check_pool_memory(case, lay, group, ctx, 1)
-    sec = _pool_step(case, lay, Batch.of("decode", group, ctx))
+    sec = _pool_step(case, lay, Batch.of("decode", group, ctx)) if not case.row.get("speculative") else \
+        _spec_pool_tpot(case, lay, group, ctx)
     out = {"output_tok_s_per_chip": b / sec, "output_tok_s": b * case.chips / sec, "tpot_ms": sec * 1e3}
     if case.row.get("slo_tpot_s") is not None:
         out["meets_slo_tpot"] = sec <= case.row["slo_tpot_s"]
@@ -401,6 +422,9 @@ def _predict(row: dict, stack) -> tuple[dict, dict]:
     else:
         if scenario not in SCENARIOS:
             raise TapeoutError(f"scenario {scenario!r}: use one of {', '.join(SCENARIOS)}")
+        if row.get("speculative") and scenario not in SPECULATIVE_SCENARIOS:
+            raise TapeoutError(f"speculative {row['speculative']!r}: not modelled in serving yet (the {scenario} "
+                               f"scenario; use {', '.join(SPECULATIVE_SCENARIOS)})")
         case = _case(row, stack)
         lay, res, warn = _best(case, SCENARIOS[scenario], metric, scenario)
         settings = {"stack": case.stack_name,

@@ -20,6 +20,8 @@ _STACK = typer.Option(None, "--stack", help="software stack (default: each chip'
                       "with a mature stack); list them with `tapeout stacks`")
 _SKEW = typer.Option(0.0, "--moe-skew", help="MoE routing skew: Zipf exponent of expert popularity (0 = uniform)")
 _EP = typer.Option(1, "--ep", help="expert-parallel chips (MoE)")
+_SPEC = typer.Option(None, "--speculative", help="speculative decoding: draft:MODEL:K or mtp:K (DeepSeek multi-token "
+                     "prediction), optionally :ALPHA (per-token acceptance; default: sourced, data/serve/speculative.toml)")
 
 
 def predict(file: Path = typer.Argument(..., help="JSON in the calibration format of src/tapeout/data/calibration/ ('ms' optional)"),
@@ -68,19 +70,21 @@ def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip",
              output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
              impl: str = _IMPL, tp: int = typer.Option(1, "--tp", help="tensor-parallel chips"),
              ep: int = _EP, moe_skew: float = _SKEW, stack: Optional[str] = _STACK,
-             json_out: bool = typer.Option(False, "--json")):
+             speculative: Optional[str] = _SPEC, json_out: bool = typer.Option(False, "--json")):
     """TTFT, TPOT, latency, tokens/s, memory and what bounds each phase, for one model on one chip."""
     from ..perf.api import estimate as est
 
     from ..llm.spec import load_model
 
     load_model(model).check_parallel(tp, ep, strict=True)
-    r = est(model, chip, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep, moe_skew, stack))
+    r = est(model, chip, speculative=speculative, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep,
+                                                                moe_skew, stack))
     if json_out:
         print_json(r.to_dict())
         return
     _print_estimates([r])
-    b = Table(title="time by kernel kind (prefill step / one decode step)")
+    b = Table(title="time by kernel kind (prefill step / one " +
+                  ("verification step)" if "speculative" in r.settings else "decode step)"))
     b.add_column("kind"); b.add_column("prefill", justify="right"); b.add_column("decode", justify="right")
     kinds = dict.fromkeys([*r.breakdown["prefill"], *r.breakdown["decode"]])
     for k in kinds:
@@ -104,6 +108,9 @@ def _print_estimates(rs) -> None:
             ("memory used", lambda r: f"{gib(r.memory_bytes)} / {gib(r.memory.capacity_bytes)}"),
             ("prefill bound", lambda r: r.bounds["prefill"]), ("decode bound", lambda r: r.bounds["decode"]),
             ("clock (prefill/decode)", lambda r: f"{r.prefill.clock_hz / 1e9:.2f} / {r.decode.clock_hz / 1e9:.2f} GHz")]
+    if any("speculative" in r.settings for r in rs):
+        rows.append(("tokens per step", lambda r: f"{r.settings.get('tokens_per_step', 1.0):.3f} "
+                                                  f"({r.settings.get('speculative', 'none')})"))
     for name, f in rows:
         t.add_row(name, *[f(r) for r in rs])
     console.print(t)

@@ -19,6 +19,7 @@ from ..chip import Chip, load_chip
 from ..errors import DoesNotFitError, TapeoutError
 from ..llm.kernels import DTYPE_BYTES, FP4, Batch, Dtypes, build_step
 from ..llm.spec import ModelSpec, load_model
+from .speculative import add_memory, spec_step, speculation
 from .stack import Stack, lower, stack_for
 from .step import StepTime, run_kernels
 
@@ -155,11 +156,13 @@ class Estimate:
 def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output: int = 128, *,
              weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str | None = None,
              tp: int = 1, ep: int = 1, moe_skew: float = 0.0, check_memory: bool = True,
-             stack: str | Stack | None = None) -> Estimate:
+             stack: str | Stack | None = None, speculative=None) -> Estimate:
     """Latency and throughput of `batch` requests of `prompt` tokens generating `output` tokens each.
 
     TTFT is one prefill step of the whole batch; TPOT is the decode step at the mean context
-    (decode time is linear in context, so this is the exact average over the output)."""
+    (decode time is linear in context, so this is the exact average over the output).
+    `speculative` ("mtp:1", "draft:MODEL:K", a perf.speculative.Speculation): TPOT is a verification
+    step plus drafting over the expected tokens per step; `decode` is then the verification step."""
     if batch < 1 or prompt < 1 or output < 1:
         raise TapeoutError("batch, prompt and output must be >= 1")
     c, spec = load_chip(chip), load_model(model)
@@ -167,14 +170,22 @@ def estimate(model, chip="h100-sxm", batch: int = 1, prompt: int = 1024, output:
     s = stack_for(c, stack)
     dt = dtypes_for(weights, kv, activations, c, s)
     mem = memory_use(spec, c, dt, batch, prompt + output, prompt, tp, ep)
+    sp = speculation(speculative)
+    mem = add_memory(mem, sp, c, spec, dt, batch, prompt + output, tp, ep)
     if check_memory:
         check_fit(mem, c, spec)
     pre = _run(c, spec, Batch.of("prefill", batch, prompt), dt, s, impl, tp, ep, moe_skew)
     # a stack without dynamic shapes decodes over its compiled length (prompt + output), not the cache so far
     ctx = prompt + output // 2 if s.has("dynamic_shapes") else prompt + output
-    dec = _run(c, spec, Batch.of("decode", batch, ctx), dt, s, impl, tp, ep, moe_skew)
-    e2e = pre.seconds + (output - 1) * dec.seconds
     settings = {"weights": dt.weights, "activations": dt.activations, "kv": dt.kv, "impl": s.impl if impl is None else impl,
                 "stack": s.name, "tp": tp, "ep": ep, "moe_skew": moe_skew}
-    return Estimate(spec.name, c.name, batch, prompt, output, pre.seconds, dec.seconds, e2e,
-                    batch * output / e2e, batch / dec.seconds, mem, pre, dec, settings)
+    if sp is None:
+        dec = _run(c, spec, Batch.of("decode", batch, ctx), dt, s, impl, tp, ep, moe_skew)
+        tpot = dec.seconds
+    else:
+        st = spec_step(sp, c, spec, batch, ctx, dt, s, impl, tp, ep, moe_skew)
+        dec, tpot = st.verify, st.tpot_s
+        settings.update(st.summary(sp))
+    e2e = pre.seconds + (output - 1) * tpot
+    return Estimate(spec.name, c.name, batch, prompt, output, pre.seconds, tpot, e2e,
+                    batch * output / e2e, batch / tpot, mem, pre, dec, settings)
