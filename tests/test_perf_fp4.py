@@ -46,7 +46,7 @@ def test_fp4_activations_need_fp4_macs():
     with pytest.raises(TapeoutError, match=r"^h100-sxm: fp4 activations need FP4 matrix units[^\n]*$"):
         tapeout.step_time("llama-3.1-8b", chip="h100-sxm", phase="prefill", batch=1, prompt=256,
                           weights="fp4", activations="fp4")
-    with pytest.raises(TapeoutError, match="needs --weights nvfp4"):
+    with pytest.raises(TapeoutError, match="need weights nvfp4"):
         Dtypes(weights="bf16", activations="nvfp4")
     assert tapeout.step_time("llama-3.1-8b", chip="h100-sxm", phase="prefill", batch=1, prompt=256,
                              weights="fp4") > 0

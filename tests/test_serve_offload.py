@@ -20,7 +20,7 @@ def test_tiers_from_the_chip_file_and_the_data_table():
     pool = offload_tier(load_chip("ascend-910c"), "pool")
     assert pool.bandwidth_bytes_per_s == pytest.approx(80e9)                   # the CPUs' share, below the NPU's 392 GB/s
     assert offload_tier(h100, None) is None
-    with pytest.raises(TapeoutError, match="--kv-offload 'disk': use one of host, pool"):
+    with pytest.raises(TapeoutError, match="kv_offload 'disk': use one of host, pool"):
         offload_tier(h100, "disk")
 
 

@@ -69,13 +69,13 @@ class Dtypes:
         for role in ("weights", "activations", "kv"):
             v = getattr(self, role)
             if v not in DTYPE_BYTES or v == "fp32" and role != "activations":
-                raise TapeoutError(f"--{role if role != 'activations' else 'act'} {v}: unsupported dtype "
+                raise TapeoutError(f"{role} {v!r}: unsupported dtype "
                                    f"(use one of {', '.join(d for d in DTYPE_BYTES if d != 'fp32')})")
             object.__setattr__(self, role, FP4.get(v, v))
         if self.activations in ("int4",):
             raise TapeoutError("activations cannot be int4 (int4 is weight-only)")
         if self.activations in FP4 and self.weights != self.activations:
-            raise TapeoutError(f"--act {self.activations} needs --weights {self.activations} (FP4 GEMMs take "
+            raise TapeoutError(f"activations {self.activations} need weights {self.activations} (FP4 GEMMs take "
                                f"both operands in one block format)")
 
     @staticmethod

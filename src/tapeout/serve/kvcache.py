@@ -55,7 +55,7 @@ def offload_tier(chip, kind: str | None) -> OffloadTier | None:
     if kind == "pool":
         bw = min(t["pool"]["bandwidth_bytes_per_s_per_chip"], chip.links.chip_to_chip.bandwidth_bytes_per_s)
         return OffloadTier("pool", t["pool"]["memory_bytes_per_chip"], bw)
-    raise TapeoutError(f"--kv-offload {kind!r}: use one of {', '.join(OFFLOAD_TIERS)}")
+    raise TapeoutError(f"kv_offload {kind!r}: use one of {', '.join(OFFLOAD_TIERS)}")
 
 
 @dataclass(frozen=True)
