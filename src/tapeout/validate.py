@@ -27,12 +27,12 @@ layout by offline throughput, then search the rate on it).
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import DoesNotFitError, TapeoutError
+from .perf.stack import stack_for
 
 METRICS = ("output_tok_s", "total_tok_s", "output_tok_s_per_chip", "input_tok_s_per_chip", "tpot_ms", "ttft_ms",
            "samples_s")
@@ -95,27 +95,9 @@ class Case:
 
 
 # ---------------------------------------------------------------- stacks and routing
-@lru_cache(maxsize=None)
-def _accepts_stack(fn) -> bool:
-    return "stack" in inspect.signature(fn).parameters
-
-
-def _stack_kw(fn, stack) -> dict:
-    """`stack=` for a perf/serve API function; the API without stacks gets nothing (and no stack is asked)."""
-    if stack is None:
-        return {}
-    if not _accepts_stack(fn):
-        raise TapeoutError(f"stack {getattr(stack, 'name', stack)!r}: this build's performance model has no software stacks")
-    return {"stack": stack}
-
-
 def resolve_stack(chip, stack):
     """(what to pass as stack=, its name): the given stack (a name or a Stack), else the name of the
     chip's default (`[chip] stack`); unknown names raise here, once per row."""
-    try:
-        from .perf.stack import stack_for
-    except ImportError:          # a build without software stacks: only the chip's own model
-        return stack, getattr(stack, "name", stack)
     s = stack_for(chip, stack)
     return (s.name if stack is None else stack), s.name
 
@@ -174,7 +156,7 @@ def _static(case: Case, lay: Layout, batch: int | None = None, check_memory: boo
     per = -(-batch // case.replicas(lay))              # the busiest replica's share
     e = estimate(case.model, case.chip, batch=per, prompt=p, output=o, weights=case.weights, kv=case.kv,
                  tp=lay.tp, ep=lay.ep, moe_skew=case.skew, check_memory=check_memory, speculative=case.row.get("speculative"),
-                 **_stack_kw(estimate, case.stack))
+                 stack=case.stack)
     return {"output_tok_s": batch * o / e.e2e_s, "total_tok_s": batch * (p + o) / e.e2e_s, "samples_s": batch / e.e2e_s,
             "tpot_ms": e.tpot_s * 1e3, "ttft_ms": e.ttft_s * 1e3, "e2e_s": e.e2e_s, "batch_per_replica": per,
             "memory_gib_per_chip": e.memory.total_bytes / 2**30}
@@ -190,7 +172,7 @@ def _pool_step(case: Case, lay: Layout, batch) -> float:
     from .perf.api import run_batch
 
     return run_batch(case.model, case.chip, batch, weights=case.weights, kv=case.kv, tp=lay.tp, ep=lay.ep,
-                     moe_skew=case.skew, **_stack_kw(run_batch, case.stack)).seconds
+                     moe_skew=case.skew, stack=case.stack).seconds
 
 
 def _spec_pool_tpot(case: Case, lay: Layout, group: int, ctx: int) -> float:
@@ -199,7 +181,6 @@ def _spec_pool_tpot(case: Case, lay: Layout, group: int, ctx: int) -> float:
     from .llm.spec import load_model
     from .perf.api import dtypes_for
     from .perf.speculative import spec_step, speculation
-    from .perf.stack import stack_for
 
     c, spec = load_chip(case.chip), load_model(case.model)
     s = stack_for(c, case.stack)
@@ -255,7 +236,7 @@ def _serve_kw(case: Case, lay: Layout, max_seqs: int) -> dict:
 
     return dict(chips=case.chips, tp=lay.tp, pp=lay.pp, ep=lay.ep, workload=str(case.need("workload")),
                 scheduler=SCHEDULER, max_seqs=max_seqs, prefix_caching=bool(case.get("prefix_caching", False)),
-                weights=case.weights, kv=case.kv, seed=0, **_stack_kw(serve, case.stack))
+                weights=case.weights, kv=case.kv, seed=0, stack=case.stack)
 
 
 def _offline(case: Case, lay: Layout, max_seqs: int | None = None, check_memory: bool = True) -> dict:
