@@ -28,6 +28,11 @@ Parallelism inside a replica of tp x pp x ep chips:
 
   a bubble of (pp - 1) / (m + pp - 1) of the stages' time (GPipe's fill and drain).
 
+Speculative decoding (`speculative`, a perf.speculative.Speculation): a step with n decoding sequences
+is a verification step, timed by `perf.speculative.spec_step` (K+1 queries per sequence beside the
+prefill chunks, plus the drafting passes; its energy too); decode-only steps interpolate as above
+with a GEMM tile every seg / (K+1) sequences.
+
 KV offload (`offload`, a kvcache.OffloadTier): a step whose sequences' KV partly lives in host memory
 or a memory pool streams those `offload_bytes` (per chip, its stage's layers) back over the tier's
 link, layer by layer ahead of the attention that reads them, overlapped with compute: the step takes
