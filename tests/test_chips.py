@@ -26,7 +26,7 @@ PRESETS = preset_names()
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("h100-sxm", "h100-pcie", "h200-sxm", "h20", "a100-sxm-80gb", "l20", "l40s", "b200", "ascend-910b",
             "ascend-910c", "mlu370-x8", "br100", "mtt-s4000", "tpu-v5e", "tpu-v6e", "inferentia2", "groq-lpu",
-            "hanguang-800", "t-head-ppu", "tapeout-n7", "mi300x", "mi325x", "gaudi2", "gaudi3", "trainium1",
+            "hanguang-800", "t-head-ppu", "tapeout-n7", "mi300x", "mi325x", "mi355x", "gaudi2", "gaudi3", "trainium1",
             "trainium2", "metax-c500", "mlu590", "b30a")
 NVIDIA_FAMILIES = {"hopper", "ampere", "ada", "blackwell"}
 VENDOR_STACKS = {"AMD": "rocm-vllm", "Intel": "gaudi-synapse", "AWS": "neuron", "MetaX": "maca", "Cambricon": "neuware",
@@ -108,20 +108,20 @@ def test_units_are_plausible(name):
     """Catches a value written in the wrong unit that still passes the loader's wide ranges."""
     c = load_chip(name)
     assert 0.5e9 <= c.cores.clock_hz <= 3e9
-    assert 50 <= c.chip.tdp_w <= 1200
+    assert 50 <= c.chip.tdp_w <= 1500         # the liquid-cooled MI355X module: 1,400 W
     assert 1 <= c.chip.process_node_nm <= 16
     if c.dram.type == "none":
         assert c.dram.bytes == 0 and c.dram.bandwidth_bytes_per_s == 0
         assert c.memory_bytes == c.total_sram_bytes >= 100 * 2**20
     else:
-        assert 8 * 2**30 <= c.dram.bytes <= 256 * 2**30 and c.dram.bytes % 2**30 == 0  # whole GiB
+        assert 8 * 2**30 <= c.dram.bytes <= 512 * 2**30 and c.dram.bytes % 2**30 == 0  # whole GiB
         assert 0.3e12 <= c.dram.bandwidth_bytes_per_s <= 10e12
     assert 1e6 <= c.total_sram_bytes <= 2**30
     assert c.shared_buffer.bandwidth_bytes_per_s >= c.dram.bandwidth_bytes_per_s
     bw = c.dram.bandwidth_bytes_per_s or c.shared_buffer.bandwidth_bytes_per_s
     for d in c.cores.matrix.macs_per_cycle:
         assert c.machine_balance(d) == pytest.approx(c.peak_flops(d) / bw)
-    assert 1e12 <= max(c.peak_flops(d) for d in c.cores.matrix.macs_per_cycle) <= 1e16
+    assert 1e12 <= max(c.peak_flops(d) for d in c.cores.matrix.macs_per_cycle) <= 2e16   # MI355X MXFP4: 10.1 P
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -114,8 +114,8 @@ def test_validate_rows_use_the_speculative_field():
     plain = predict_row(dict(ROW, scenario="decode", batch_per_chip=8, context=1024, metric="tpot_ms"))
     dec = predict_row(dict(ROW, scenario="decode", batch_per_chip=8, context=1024, metric="tpot_ms", speculative="mtp:2"))
     assert dec["predicted"] < plain["predicted"]                  # the memoization keys on the field
-    off = predict_row(dict(ROW, scenario="offline", workload="fixed:512:64", metric="output_tok_s", speculative="mtp:1"))
-    assert off["predicted"] is None and "not modelled in serving yet" in off["reason"]
+    pre = predict_row(dict(ROW, scenario="prefill", prompt=512, metric="input_tok_s_per_chip", speculative="mtp:1"))
+    assert pre["predicted"] is None and "decodes nothing" in pre["reason"]       # serving rows: test_serve_speculative
 
 
 def test_cli_flag():

@@ -41,7 +41,7 @@ SETUP_FIELDS = ("chip", "chips", "tp", "pp", "ep", "model", "weights", "kv", "st
                 "batch", "batch_per_chip", "context", "prompt", "tokens_per_step", "concurrency", "max_seqs",
                 "requests", "prefix_caching", "routing", "slo_ttft_s", "slo_tpot_s", "slo_latency_s",
                 "slo_percentile", "speculative")
-SPECULATIVE_SCENARIOS = ("static", "latency", "decode")   # the others run the serving simulator: not modelled there yet
+SPECULATIVE_SCENARIOS = ("static", "latency", "decode", "offline", "server", "concurrency")   # all that decode
 # Simulation sizes (method settings, not measured quantities). Offline/concurrency runs without a stated
 # request count simulate OFFLINE_WAVES x max_seqs requests per replica and report the steady state (10-90 %
 # of finish times), the rate a long run such as MLPerf's >= 10-minute one reports: on 8x H200 Llama-2-70B
@@ -236,7 +236,7 @@ def _serve_kw(case: Case, lay: Layout, max_seqs: int) -> dict:
 
     return dict(chips=case.chips, tp=lay.tp, pp=lay.pp, ep=lay.ep, workload=str(case.need("workload")),
                 scheduler=SCHEDULER, max_seqs=max_seqs, prefix_caching=bool(case.get("prefix_caching", False)),
-                weights=case.weights, kv=case.kv, seed=0, stack=case.stack)
+                weights=case.weights, kv=case.kv, seed=0, stack=case.stack, speculative=case.row.get("speculative") or None)
 
 
 def _offline(case: Case, lay: Layout, max_seqs: int | None = None, check_memory: bool = True) -> dict:
@@ -404,8 +404,8 @@ def _predict(row: dict, stack) -> tuple[dict, dict]:
         if scenario not in SCENARIOS:
             raise TapeoutError(f"scenario {scenario!r}: use one of {', '.join(SCENARIOS)}")
         if row.get("speculative") and scenario not in SPECULATIVE_SCENARIOS:
-            raise TapeoutError(f"speculative {row['speculative']!r}: not modelled in serving yet (the {scenario} "
-                               f"scenario; use {', '.join(SPECULATIVE_SCENARIOS)})")
+            raise TapeoutError(f"speculative {row['speculative']!r}: the {scenario} scenario decodes nothing "
+                               f"(use {', '.join(SPECULATIVE_SCENARIOS)})")
         case = _case(row, stack)
         lay, res, warn = _best(case, SCENARIOS[scenario], metric, scenario)
         settings = {"stack": case.stack_name,

@@ -66,6 +66,9 @@ def _summary(r) -> Table:
                    f"(${m['cost_usd_per_hour_per_chip']:.2f}/chip-hour, {m['cost_basis']})"
                    if m["cost_usd_per_mtok"] is not None else f"- ({m['cost_basis']})"),
     ]
+    if s.get("speculative"):
+        lines.append(f"speculative {s['speculative']}: {s['tokens_per_step']:.3g} tokens per sequence per decode step "
+                     f"expected, {m['tokens_per_decode_step']:.3g} simulated")
     if m.get("prefix_hit_rate") is not None:
         lines.append(f"prefix cache hit rate {m['prefix_hit_rate']:.1%}")
     for k, mem in r.memory.items():
@@ -128,6 +131,8 @@ def serve_cmd(
     prefix_caching: bool = typer.Option(False, "--prefix-caching", help="share cached prefix blocks"),
     kv_offload: Optional[str] = typer.Option(None, "--kv-offload", help="host | pool: KV blocks beyond HBM in host DRAM "
                                              "(over PCIe) or a pooled memory (data/serve/kv_offload.toml)"),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="speculative decoding: draft:MODEL:K or mtp:K "
+                                              "(optionally :ALPHA): every decode step verifies K drafted tokens per sequence"),
     prefix_groups: int = typer.Option(0, "--prefix-groups", help="shared prefixes among the generated requests"),
     prefix_len: int = typer.Option(0, "--prefix-len", help="tokens of each shared prefix"),
     weights: str = typer.Option("bf16", "--weights", help="bf16, fp16, fp8, int8, int4"),
@@ -158,7 +163,7 @@ def serve_cmd(
               memory_utilization=mem_util, prefix_caching=prefix_caching, prefix_groups=prefix_groups,
               prefix_len=prefix_len, disaggregate=_parse_pd(disaggregate), weights=weights, kv=kv, impl=impl,
               stack=stack, slo_ttft=slo_ttft, slo_tpot=slo_tpot, engine=engine, micro_batches=micro_batches,
-              kv_offload=kv_offload)
+              kv_offload=kv_offload, speculative=speculative)
     if trace_in is not None and not trace_in.is_file():
         from ..errors import TapeoutError
 

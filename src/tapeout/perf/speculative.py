@@ -110,10 +110,16 @@ def speculation(x) -> Speculation | None:
 
 @dataclass(frozen=True)
 class SpecStep:
-    """One speculative step of a batch: the verification step's kernels, the drafting seconds, the yield."""
-    verify: object              # StepTime of the target over K+1 tokens per sequence
-    draft_s: float
+    """One speculative step of a batch: the verification step, one drafting pass and how many passes the
+    drafting costs (K draft-model steps, or K x 1/layers of a target decode step for MTP), the yield."""
+    verify: object              # StepTime of the target over K+1 tokens per sequence (plus any prefill chunks)
+    draft: object               # StepTime of one decode step of the drafter (the draft model, or the target for MTP)
+    passes: float               # drafting = passes x draft
     tokens_per_step: float
+
+    @property
+    def draft_s(self) -> float:
+        return self.passes * self.draft.seconds
 
     @property
     def seconds(self) -> float:
@@ -123,37 +129,47 @@ class SpecStep:
     def tpot_s(self) -> float:
         return self.seconds / self.tokens_per_step
 
+    def energy_j(self, chip) -> float:
+        """Joules per chip of the step: the verification plus the drafting passes."""
+        from .step import step_energy_j
+
+        return step_energy_j(chip, self.verify) + self.passes * step_energy_j(chip, self.draft)
+
     def summary(self, sp: Speculation) -> dict:
         return {"speculative": sp.text, "tokens_per_step": self.tokens_per_step, "acceptance": list(sp.rates()),
                 "verify_s": self.verify.seconds, "draft_s": self.draft_s}
 
 
-def verify_batch(sp: Speculation, batch: int, ctx: int) -> Batch:
-    """The verification step's batch: K+1 decode queries per sequence, at contexts ctx .. ctx+K."""
-    return Batch(decode=tuple(ctx + i for _ in range(batch) for i in range(sp.k + 1)))
+def verify_batch(sp: Speculation, batch: int, ctx: int, prefill: tuple = ()) -> Batch:
+    """The verification step's batch: K+1 decode queries per sequence, at contexts ctx .. ctx+K (beside
+    any `prefill` chunks of the same step, as a chunked-prefill scheduler runs them)."""
+    return Batch(prefill=prefill, decode=tuple(ctx + i for _ in range(batch) for i in range(sp.k + 1)))
+
+
+def drafter(sp: Speculation, spec):
+    """(model whose decode step drafts one token, the share of that step one drafted token costs, its ep):
+    the target and 1/layers for MTP (one extra decoder layer), the draft model and 1 for draft:MODEL (dense,
+    no expert parallelism). The draft model must split over the target's tp."""
+    from ..llm.spec import load_model
+
+    if sp.kind == "mtp":
+        return spec, 1.0 / spec.layers, None
+    return load_model(sp.draft), 1.0, 1
 
 
 def spec_step(sp: Speculation, c, spec, batch: int, ctx: int, dt, s, impl, tp: int, ep: int,
-              moe_skew: float) -> SpecStep:
-    """Verification of K+1 tokens per sequence on `ctx` cached tokens, plus the K drafting passes."""
+              moe_skew: float, prefill: tuple = ()) -> SpecStep:
+    """Verification of K+1 tokens per sequence on `ctx` cached tokens (with any `prefill` chunks in the same
+    step), plus the K drafting passes for the `batch` decoding sequences."""
     from .api import _run
 
-    verify = _run(c, spec, verify_batch(sp, batch, ctx), dt, s, impl, tp, ep, moe_skew)
-    return SpecStep(verify, sp.k * _draft_pass(sp, c, spec, batch, ctx, dt, s, impl, tp, ep, moe_skew),
-                    sp.tokens_per_step)
-
-
-def _draft_pass(sp: Speculation, c, spec, batch, ctx, dt, s, impl, tp, ep, moe_skew) -> float:
-    """Seconds of drafting one token for every sequence: a draft-model decode step, or one MTP layer."""
-    from ..llm.spec import load_model
-    from .api import _run
-
-    dec = Batch.of("decode", batch, ctx)
-    if sp.kind == "mtp":
-        return _run(c, spec, dec, dt, s, impl, tp, ep, moe_skew).seconds / spec.layers
-    draft = load_model(sp.draft)
-    draft.check_parallel(tp)
-    return _run(c, draft, dec, dt, s, impl, tp, 1, 0.0).seconds
+    verify = _run(c, spec, verify_batch(sp, batch, ctx, prefill), dt, s, impl, tp, ep, moe_skew)
+    model, share, draft_ep = drafter(sp, spec)
+    if model is not spec:
+        model.check_parallel(tp)
+    draft = _run(c, model, Batch.of("decode", batch, ctx), dt, s, impl, tp, ep if draft_ep is None else draft_ep,
+                 moe_skew if draft_ep is None else 0.0)
+    return SpecStep(verify, draft, sp.k * share, sp.tokens_per_step)
 
 
 def add_memory(mem, sp: Speculation | None, c, spec, dt, batch: int, tokens: int, tp: int, ep: int):
@@ -161,14 +177,11 @@ def add_memory(mem, sp: Speculation | None, c, spec, dt, batch: int, tokens: int
     or one MTP layer's (1/layers of the target's)."""
     from dataclasses import replace
 
-    from ..llm.spec import load_model
     from .api import memory_use
 
     if sp is None:
         return mem
-    if sp.kind == "mtp":
-        m, share = memory_use(spec, c, dt, batch, tokens, 1, tp, ep), 1.0 / spec.layers
-    else:
-        m, share = memory_use(load_model(sp.draft), c, dt, batch, tokens, 1, tp, 1), 1.0
+    model, share, draft_ep = drafter(sp, spec)
+    m = memory_use(model, c, dt, batch, tokens, 1, tp, ep if draft_ep is None else draft_ep)
     return replace(mem, weights_bytes=mem.weights_bytes + share * m.weights_bytes,
                    kv_cache_bytes=mem.kv_cache_bytes + share * m.kv_cache_bytes)

@@ -67,13 +67,27 @@ def _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, 
                     prefix_groups=prefix_groups, prefix_len=prefix_len)
 
 
-def _pool(spec, chip, par, chips, policy, limits, mem_kw, model_kw, prefix_caching, role, offload=None):
+def _pool(spec, chip, par, chips, policy, limits, mem_kw, model_kw, prefix_caching, role, offload=None, sp=None):
     if chips % par.chips:
         raise TapeoutError(f"{role}: {chips} chips is not a multiple of tp x pp x ep = {par.chips}")
-    timer = StepTimer(spec, chip, par, **model_kw, offload=offload)
+    timer = StepTimer(spec, chip, par, **model_kw, offload=offload, speculative=sp)
     mem = plan_memory(spec, chip, timer.dtypes, par, max_batched_tokens=limits.max_batched_tokens,
-                      max_seqs=limits.max_seqs, offload=offload, **mem_kw)
-    return Pool(timer, mem, chips // par.chips, policy, limits, prefix_caching)
+                      max_seqs=limits.max_seqs, offload=offload, speculative=sp, **mem_kw)
+    return Pool(timer, mem, chips // par.chips, policy, limits, prefix_caching,
+                tokens_per_step=sp.tokens_per_step if sp else 1.0)
+
+
+def _speculation(text, spec, par):
+    """The `speculative` argument as a Speculation (None when unset), its draft model checked against tp."""
+    from ..perf.speculative import speculation
+
+    sp = speculation(text)
+    if sp is not None and sp.draft:
+        try:
+            load_model(sp.draft).check_parallel(par.tp)
+        except TapeoutError as e:
+            raise TapeoutError(f"speculative {sp.text!r}: draft model {sp.draft!r}: {e}") from None
+    return sp
 
 
 def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: int = 1, ep: int = 1,
@@ -86,14 +100,16 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
           weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str | None = None,
           slo_ttft: float | None = None, slo_tpot: float | None = None, progress=None, record_steps: bool = True,
           engine: str | None = None, micro_batches: int | None = None, stack: str | None = None,
-          kv_offload: str | None = None) -> ServeResult:
+          kv_offload: str | None = None, speculative=None) -> ServeResult:
     """Simulate serving; `requests` is a count, a list of Request, or a trace file (CSV / JSONL).
 
     Unset limits and memory plan are `engine`'s (data/serve/engines.toml; `memory_utilization` is
     its memory fraction, of the whole memory or of what weights leave, per the engine);
     `micro_batches`: in flight over the pp stages (default: the engine's, pp); `stack`: the software
     stack (default: the chip's deployed stack); `kv_offload`: "host" or "pool" adds that tier's KV
-    blocks (data/serve/kv_offload.toml), streamed back over its link in the steps that need them."""
+    blocks (data/serve/kv_offload.toml), streamed back over its link in the steps that need them;
+    `speculative`: "mtp:K", "draft:MODEL:K" (optionally ":ALPHA") or a perf.speculative.Speculation: every
+    decode step verifies K drafted tokens per sequence and each sequence gains the expected tokens per step."""
     spec, c = load_model(model), load_chip(chip)
     e = engine_settings(engine).override(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens,
                                          block_size=block_size, memory_fraction=memory_utilization)
@@ -111,12 +127,13 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     tier = offload_tier(c, kv_offload)
     if disaggregate:
         p_chips, d_chips = disaggregate
-        pools = {"prefill": _pool(spec, c, prefill_par or par, p_chips, "prefill", limits, mem_kw, model_kw, prefix_caching, "prefill pool"),
+        pools = {"prefill": _pool(spec, c, prefill_par or par, p_chips, "prefill", limits, mem_kw, model_kw, prefix_caching,
+                                  "prefill pool", sp=_speculation(speculative, spec, prefill_par or par)),
                  "decode": _pool(spec, c, decode_par or par, d_chips, "decode", limits, mem_kw, model_kw, False, "decode pool",
-                                 tier)}
+                                 tier, _speculation(speculative, spec, decode_par or par))}
     else:
         pools = {"all": _pool(spec, c, par, chips or par.chips, scheduler, limits, mem_kw, model_kw, prefix_caching, "--chips",
-                              tier)}
+                              tier, _speculation(speculative, spec, par))}
     rec = Sim(reqs, pools, record_steps).run(progress)
     settings = {"model": spec.name, "chip": c.name, "chips": rec.chips, "tp": tp, "pp": pp, "ep": ep,
                 "micro_batches": par.in_flight, "engine": e.name, "memory_fraction": e.memory_fraction,
@@ -128,6 +145,7 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
                 "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
                 "seed": seed, "max_seqs": e.max_seqs, "max_batched_tokens": e.max_batched_tokens,
                 "block_size": e.block_size, "prefix_caching": prefix_caching, "kv_offload": kv_offload,
+                **_speculation_settings(next(iter(pools.values()))),
                 **model_kw, "stack": model_kw["stack"].name, "impl": model_kw["stack"].impl if impl is None else impl,
                 "dtypes": {k: vars(p.timer.dtypes) for k, p in pools.items()}}
     memory = {k: {"kv_blocks": p.memory.blocks, "kv_tokens": p.memory.kv_tokens,
@@ -138,7 +156,14 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     m = summarize(rec, c, slo_ttft, slo_tpot)
     m["timer_calls"] = rec.timer_calls
     m["kv_offload_bytes_per_chip"], m["kv_offload_s"] = rec.offload_bytes, rec.offload_s
+    m["tokens_per_decode_step"] = rec.decode_tokens / rec.decode_seq_steps if rec.decode_seq_steps else None
     return ServeResult(settings, m, memory, rec)
+
+
+def _speculation_settings(pool) -> dict:
+    sp = pool.timer.speculative
+    return {"speculative": sp.text if sp else None, "tokens_per_step": pool.tokens_per_step,
+            "acceptance": list(sp.rates()) if sp else None}
 
 
 def _offload_memory(mem) -> dict:

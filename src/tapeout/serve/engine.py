@@ -13,13 +13,19 @@ Policies (a table: name -> function(engine) -> Plan | None):
     prefill     disaggregated prefill instance: prefill steps only; finished prompts leave (KV transfer)
     decode      disaggregated decode instance: admits sequences whose KV arrived, decode steps only
 
-Decode bookkeeping is O(1) per step: a sequence that joins decoding at engine step k0 with c0 cached
-tokens holds c0 + (k - k0) tokens at step k, needs a new block when k = k0 - c0 (mod block size), and
-finishes at step k0 + remaining - 1. Running counts per block phase, and sum(c0 - k0), give each
-step's new blocks and total context without touching every sequence.
+Decode bookkeeping is O(1) per step (O(tokens per step) with speculative decoding). Every running
+sequence advances in lockstep on the engine's token clock tau: a decode step advances it by a tokens
+(1 without speculation; with it, the step's share of the expected tokens per verification step r,
+a = floor(r (k+1)) - floor(r k) at decode step k, so a sequence gains r tokens per step on average).
+A sequence that joins decoding at clock t0 with c0 cached tokens holds c0 + (tau - t0) tokens, needs a
+new block for each token position it writes at a multiple of the block size, i.e. for tau + i = t0 - c0
+(mod block size), i < a, and finishes when tau reaches t0 + remaining (its last step emits only what is
+left). Running counts per block phase, and sum(c0 - t0), give each step's new blocks and total context
+without touching every sequence.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -28,13 +34,13 @@ from .steptime import attention_pairs
 
 class Seq:
     """A request inside an engine (mutable simulation state)."""
-    __slots__ = ("req", "generated", "prefill_len", "computed", "blocks", "shared", "prefix", "k0", "c0",
+    __slots__ = ("req", "generated", "prefill_len", "computed", "blocks", "shared", "prefix", "t0", "c0",
                  "epoch", "first_s", "finish_s", "preemptions", "kv_ready_s")
 
     def __init__(self, req):
         self.req, self.generated, self.epoch, self.preemptions = req, 0, 0, 0
         self.prefill_len = req.prompt
-        self.computed = self.blocks = self.shared = self.k0 = self.c0 = 0
+        self.computed = self.blocks = self.shared = self.t0 = self.c0 = 0
         self.prefix = -1
         self.first_s = self.finish_s = self.kv_ready_s = float("nan")
 
@@ -66,13 +72,15 @@ class Engine:
         self.waiting: deque[Seq] = deque()
         self.prefilling: list[Seq] = []
         self.running: dict[int, Seq] = {}
-        self.k = 0
+        self.k = 0                   # decode steps so far
+        self.tau = 0                 # the token clock: tokens every running sequence has gained so far
+        self.rate = replica.pool.tokens_per_step
         self.phase = [0] * self.bs
         self.finish_at: dict[int, list[Seq]] = {}
         self.S0 = 0
         self.busy = False
         self.static_batch: list[Seq] | None = None
-        self.static_ctx = self.static_k0 = 0
+        self.static_ctx = self.static_t0 = 0
         self.inflight = 0            # prefilled sequences whose KV cache is still being sent (disaggregation)
 
     # ---- load, for routing
@@ -107,27 +115,35 @@ class Engine:
 
     # ---- decode set
     def _join(self, seq: Seq) -> None:
-        seq.k0, seq.c0 = self.k, seq.prefill_len
+        seq.t0, seq.c0 = self.tau, seq.prefill_len
         self.running[id(seq)] = seq
-        self.phase[(seq.k0 - seq.c0) % self.bs] += 1
-        self.S0 += seq.c0 - seq.k0
-        fin = seq.k0 + seq.req.output - seq.generated - 1
+        self.phase[(seq.t0 - seq.c0) % self.bs] += 1
+        self.S0 += seq.c0 - seq.t0
+        fin = seq.t0 + seq.req.output - seq.generated      # the clock when its last token is out
         self.finish_at.setdefault(fin, []).append((seq, seq.epoch))
 
     def _leave(self, seq: Seq) -> None:
         del self.running[id(seq)]
-        self.phase[(seq.k0 - seq.c0) % self.bs] -= 1
-        self.S0 -= seq.c0 - seq.k0
+        self.phase[(seq.t0 - seq.c0) % self.bs] -= 1
+        self.S0 -= seq.c0 - seq.t0
         seq.epoch += 1
 
     def _ctx(self, seq: Seq) -> int:
-        return seq.c0 + self.k - seq.k0
+        return seq.c0 + self.tau - seq.t0
+
+    def advance(self) -> int:
+        """Tokens every running sequence gains in the next decode step: 1, or with speculative decoding
+        floor(r (k+1)) - floor(r k) for r expected tokens per verification step (their mean is r)."""
+        if self.rate == 1.0:
+            return 1
+        return math.floor((self.k + 1) * self.rate + 1e-9) - math.floor(self.k * self.rate + 1e-9)
 
     def _grow_blocks(self) -> None:
-        """Give every running sequence that starts a new block this step its block; preempt (LIFO,
-        recompute) while they do not fit."""
+        """Give every running sequence the blocks its next step's tokens start; preempt (LIFO, recompute)
+        while they do not fit."""
+        a = self.advance()
         while self.running:
-            need = self.phase[self.k % self.bs]
+            need = sum(self.phase[(self.tau + i) % self.bs] for i in range(a))
             if self.blocks.can_allocate(need, watermark=False):
                 self.blocks.allocate(need)
                 return
@@ -138,7 +154,7 @@ class Engine:
 
     def _preempt(self, seq: Seq) -> None:
         held = self.blocks.blocks_for(self._ctx(seq)) - seq.shared
-        seq.generated += self.k - seq.k0          # tokens it decoded since it joined
+        seq.generated += self.tau - seq.t0        # tokens it decoded since it joined
         self._leave(seq)
         seq.blocks = held
         self._free(seq)
@@ -185,31 +201,40 @@ class Engine:
             return (len(plan.prefill), T, P), 0, 0
         if self.static_batch is not None:   # finished sequences stay in the batch as padding
             n = len(self.static_batch)
-            return (len(plan.prefill), T, P), n, self.static_ctx + n * (self.k - self.static_k0)
+            return (len(plan.prefill), T, P), n, self.static_ctx + n * (self.tau - self.static_t0)
         n = len(self.running)
-        return (len(plan.prefill), T, P), n, self.S0 + n * self.k
+        return (len(plan.prefill), T, P), n, self.S0 + n * self.tau
 
     def finish_step(self, t: float, plan: Plan) -> None:
         self.busy = False
         if plan.decode:
-            self.sim.tokens += len(self.running)   # one token per decoding sequence (static padding makes none)
-            done = self.finish_at.pop(self.k, ())
-            self.k += 1
-            for seq, epoch in done:
-                if seq.epoch == epoch:          # else it was preempted since it was scheduled to end here
-                    self._finish_decode(seq, t)
+            self._decoded(t)
         for seq, n in plan.prefill:
             seq.computed += n
             if seq.computed >= seq.prefill_len:
                 self._prefilled(seq, t)
         if self.static_batch is not None:
             if plan.prefill:
-                self.static_k0, self.static_ctx = self.k, sum(s.prefill_len for s in self.static_batch)
+                self.static_t0, self.static_ctx = self.tau, sum(s.prefill_len for s in self.static_batch)
             elif not self.running and not self.prefilling:
                 for s in self.static_batch:
                     self._free(s)
                 self.static_batch = None
         self.kick(t)
+
+    def _decoded(self, t: float) -> None:
+        """Book a decode step: every running sequence gains `advance()` tokens (static padding makes none),
+        those whose clock target falls within the step finish, having emitted only what they had left."""
+        a, n = self.advance(), len(self.running)
+        tau0, self.tau = self.tau, self.tau + a
+        self.k += 1
+        tokens = n * a
+        for fin in range(tau0 + 1, self.tau + 1):
+            for seq, epoch in self.finish_at.pop(fin, ()):
+                if seq.epoch == epoch:          # else it was preempted since it was scheduled to end here
+                    tokens -= self.tau - fin
+                    self._finish_decode(seq, t)
+        self.sim.decoded(n, tokens)
 
     def _finish_decode(self, seq: Seq, t: float) -> None:
         if self.static_batch is None:        # static batches hold their reservation until the batch ends

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import DoesNotFitError, TapeoutError
 
@@ -87,16 +87,8 @@ def _expert_params(spec) -> float:
     return (spec.layers - min(m.dense_layers, spec.layers)) * m.experts * 3 * spec.hidden * m.intermediate
 
 
-def plan_memory(spec, chip, dtypes, par, *, block_size: int | None = None, utilization: float | None = None,
-                max_batched_tokens: int | None = None, max_seqs: int | None = None, basis: str | None = None,
-                engine: str | None = None, offload: OffloadTier | None = None) -> MemoryPlan:
-    """How many KV blocks a replica of `par` (tp x pp x ep chips) holds after weights and activations
-    (plus those of an `offload` tier); unset settings are `engine`'s (data/serve/engines.toml)."""
-    from .engines import engine_settings
-
-    e = engine_settings(engine)
-    block_size, utilization = block_size or e.block_size, utilization or e.memory_fraction
-    max_batched_tokens, max_seqs, basis = max_batched_tokens or e.max_batched_tokens, max_seqs or e.max_seqs, basis or e.memory_basis
+def _per_chip(spec, dtypes, par) -> tuple[float, float]:
+    """(weight bytes, KV bytes per token) of one chip of a tp x pp x ep replica of `spec`."""
     tp, pp, ep = par.tp, par.pp, par.ep
     experts = _expert_params(spec)
     weights = ((spec.n_params - experts) / (tp * pp) + experts / (tp * pp * ep)) * dtypes.w
@@ -104,7 +96,28 @@ def plan_memory(spec, chip, dtypes, par, *, block_size: int | None = None, utili
         per_layer = (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim)          # replicated over tp
     else:
         per_layer = 2 * spec.head_dim * math.ceil(spec.kv_heads / min(tp, spec.kv_heads))
-    kv_tok = math.ceil(spec.layers / pp) * per_layer * dtypes.kvb
+    return weights, math.ceil(spec.layers / pp) * per_layer * dtypes.kvb
+
+
+def plan_memory(spec, chip, dtypes, par, *, block_size: int | None = None, utilization: float | None = None,
+                max_batched_tokens: int | None = None, max_seqs: int | None = None, basis: str | None = None,
+                engine: str | None = None, offload: OffloadTier | None = None, speculative=None) -> MemoryPlan:
+    """How many KV blocks a replica of `par` (tp x pp x ep chips) holds after weights and activations
+    (plus those of an `offload` tier); unset settings are `engine`'s (data/serve/engines.toml). A
+    `speculative` drafter (perf.speculative.Speculation) adds its weights and its KV bytes per token."""
+    from .engines import engine_settings
+
+    e = engine_settings(engine)
+    block_size, utilization = block_size or e.block_size, utilization or e.memory_fraction
+    max_batched_tokens, max_seqs, basis = max_batched_tokens or e.max_batched_tokens, max_seqs or e.max_seqs, basis or e.memory_basis
+    tp, pp, ep = par.tp, par.pp, par.ep
+    weights, kv_tok = _per_chip(spec, dtypes, par)
+    if speculative is not None:     # the drafter's share: one MTP layer, or the whole draft model beside the target
+        from ..perf.speculative import drafter
+
+        model, share, draft_ep = drafter(speculative, spec)
+        w, k = _per_chip(model, dtypes, par if draft_ep is None else replace(par, ep=draft_ep))
+        weights, kv_tok = weights + share * w, kv_tok + share * k
     inter = spec.moe.intermediate * spec.moe.top_k if spec.moe else spec.intermediate
     act = max_batched_tokens * (2 * spec.hidden + 3 * inter / tp) * dtypes.a + max_seqs * spec.vocab / tp * 4
     if basis == "free":

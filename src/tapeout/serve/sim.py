@@ -31,6 +31,7 @@ class Pool:
     limits: Limits = field(default_factory=Limits)
     prefix_caching: bool = False
     watermark: float = 0.01
+    tokens_per_step: float = 1.0     # expected tokens a decoding sequence gains per step (speculative decoding: > 1)
 
 
 class Replica:
@@ -81,6 +82,8 @@ class Records:
     tokens_generated: int = 0
     offload_bytes: float = 0.0                   # KV streamed from the offload tier, per chip, summed over steps
     offload_s: float = 0.0                       # the transfer time of those bytes (overlapped with compute)
+    decode_tokens: int = 0                       # tokens out of decode steps (the first token of each prefill aside)
+    decode_seq_steps: int = 0                    # sum over decode steps of the sequences decoding in them
 
 
 class Sim:
@@ -171,6 +174,12 @@ class Sim:
         return min(spilled, touched) * mem.kv_bytes_per_token / engine.replica.pool.timer.par.ep
 
     # ---- request milestones (called by engines)
+    def decoded(self, seqs: int, tokens: int) -> None:
+        """A decode step of `seqs` running sequences emitted `tokens` tokens."""
+        self.tokens += tokens
+        self.rec.decode_tokens += tokens
+        self.rec.decode_seq_steps += seqs
+
     def first_token(self, seq: Seq, t: float) -> None:
         self.rec.first_token[seq.req.id] = t
 

@@ -28,6 +28,11 @@ Parallelism inside a replica of tp x pp x ep chips:
 
   a bubble of (pp - 1) / (m + pp - 1) of the stages' time (GPipe's fill and drain).
 
+Speculative decoding (`speculative`, a perf.speculative.Speculation): a step with n decoding sequences
+is a verification step, timed by `perf.speculative.spec_step` (K+1 queries per sequence beside the
+prefill chunks, plus the drafting passes; its energy too); decode-only steps interpolate as above
+with a GEMM tile every seg / (K+1) sequences.
+
 KV offload (`offload`, a kvcache.OffloadTier): a step whose sequences' KV partly lives in host memory
 or a memory pool streams those `offload_bytes` (per chip, its stage's layers) back over the tier's
 link, layer by layer ahead of the attention that reads them, overlapped with compute: the step takes
@@ -92,9 +97,12 @@ class StepTimer:
 
     def __init__(self, model, chip, par: Parallel = Parallel(), *, weights: str = "bf16", kv: str | None = None,
                  activations: str | None = None, impl: str | None = None, resolution: int = 32,
-                 stack=None, offload=None):
+                 stack=None, offload=None, speculative=None):
+        from ..perf.speculative import speculation
+
         self.spec, self.chip, self.par = load_model(model), load_chip(chip), par
         self.offload = offload
+        self.speculative = speculation(speculative)
         par.check(self.spec)
         from ..perf.stack import stack_for
 
@@ -104,6 +112,8 @@ class StepTimer:
         # GEMM time is a step function of the rows M (one more tile every `seg` rows) plus parts linear in M:
         # decode batch sizes interpolate between the ends of each tile segment, where that is exact
         self.seg = int(min(t[0] for t in self.stack.params_for(self.chip).gemm_tiles))
+        if self.speculative:   # a verification step has K+1 rows per sequence: a tile every seg / (K+1) sequences
+            self.seg = max(1, self.seg // (self.speculative.k + 1))
         # below one sequence per core, split-KV decode attention changes its split count with n: exact there
         self.exact_rows = -(-max(self.seg, self.chip.cores.count) // self.seg) * self.seg
         self.cache: dict = {}
@@ -123,10 +133,21 @@ class StepTimer:
             new = max(1, round(T / k))
             cached = max(0, round((P / k - new * (new + 1) / 2) / new))
             pre = ((new, cached),) * k
-        dec = (max(0, round(ctx)),) * n
         self.calls += 1
-        st = run_batch(self.spec, self.chip, Batch(prefill=pre, decode=dec), **self.kw)
+        if self.speculative and n:
+            return self._speculative(pre, n, max(0, round(ctx)))
+        st = run_batch(self.spec, self.chip, Batch(prefill=pre, decode=(max(0, round(ctx)),) * n), **self.kw)
         return st.seconds, step_energy_j(self.chip, st)
+
+    def _speculative(self, pre: tuple, n: int, ctx: int) -> tuple[float, float]:
+        """A step whose n decoding sequences each verify K drafted tokens (perf.speculative.spec_step: K+1
+        queries per sequence beside the prefill chunks, plus the drafting passes)."""
+        from ..perf.speculative import spec_step
+
+        kw = self.kw
+        st = spec_step(self.speculative, self.chip, self.spec, n, ctx, self.dtypes, self.stack, kw["impl"], kw["tp"],
+                       kw["ep"], 0.0, prefill=pre)
+        return st.seconds, st.energy_j(self.chip)
 
     def _cached(self, key) -> tuple[float, float]:
         v = self.cache.get(key)
