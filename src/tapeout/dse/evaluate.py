@@ -10,7 +10,9 @@ joule = tokens/s per watt of average chip power), `W.tok_s_per_kusd` (tokens/s p
 of the chip's manufacturing cost, tapeout.cost), `W.usd_per_mtok` (the chip's manufacturing cost
 amortized as data/cost/ownership.toml amortizes a purchase, plus electricity at the average power), and
 the operating point (batch, TTFT, TPOT, layout). The unprefixed metrics are geometric means over
-the workloads. An infeasible point keeps what was computed before the reason was found.
+the ranked workloads (`Workload.ranked`); an unranked workload only adds its prefixed metrics (or
+`W.infeasible`, its reason, without making the point infeasible). An infeasible point keeps what was
+computed before the reason was found.
 """
 from __future__ import annotations
 
@@ -43,12 +45,18 @@ def _geomean(xs: list[float]) -> float:
 
 
 def workload_metrics(chip, workloads, evaluator: str, cost_usd: float) -> dict:
-    """Flat metrics of `chip` serving each workload, plus geometric means over the workloads."""
+    """Flat metrics of `chip` serving each workload, plus geometric means over the ranked workloads."""
     fn = EVALUATORS[evaluator]
     out, per = {}, []
     for wl in workloads:
-        d = served_costs(fn(chip, wl), cost_usd)
-        per.append(d)
+        try:
+            d = served_costs(fn(chip, wl), cost_usd)
+        except Infeasible as e:
+            if wl.ranked:
+                raise
+            out[f"{wl.name}.infeasible"] = str(e)
+            continue
+        per += [d] if wl.ranked else []
         out.update({f"{wl.name}.{k}": v for k, v in d.items()})
     for m in AGGREGATED:
         out[m] = _geomean([d[m] for d in per])

@@ -17,12 +17,23 @@ n ep sequences of P + O tokens within the memory the serving simulator's plan le
 n, searched by bisection and interpolated linearly between grid points; energy per step from the
 step's counted activity (`tapeout.energy`), so tok/J = tok/s per chip / average chip power.
 
-`simulated`: the serving simulator (`tapeout.serve.api.max_rate`, chunked prefill by default, as the
-analytic model assumes): the highest Poisson request rate whose p99 TTFT and TPOT meet the SLO and
-that the deployment sustains, with its throughput and energy per token. Slower (seconds per point)
-and the reference: the analytic objective ranks designs, the simulator gives headline numbers. Its
-runs need enough requests to reach a steady state (~10,000 for chat traffic at ~1,000 concurrent
-sequences; fewer under-report the rate).
+`simulated`: the serving simulator (chunked prefill by default, as the analytic model assumes), with
+the workload's `measure`:
+
+    rate         (`tapeout.serve.api.max_rate`) the highest Poisson request rate whose p99 TTFT and
+                 TPOT meet the SLO and that the deployment sustains, with its throughput and energy
+                 per token. Its runs need enough requests to reach a steady state (~10,000 for chat
+                 traffic at ~1,000 concurrent sequences; fewer under-report the rate).
+    concurrency  (`tapeout.serve.api.max_concurrency`) for long outputs: the largest closed-loop
+                 concurrency (users each sending the next request when the answer ends) whose p99
+                 TTFT and TPOT meet the SLO in the steady state, measured over a window of
+                 `window_lifetimes` request lifetimes after `warmup_lifetimes` of warm-up (a lifetime:
+                 mean output x TPOT SLO). A Poisson run of a few thousand ~4,700-token answers never
+                 reaches its steady state before the arrivals stop (its batch is still filling, then
+                 it drains), so `rate` under-reports such traffic several times over.
+
+Slower (seconds per point) and the reference: the analytic objective ranks designs, the simulator
+gives headline numbers.
 
 For each workload the best of its candidate layouts (tp, ep) and the first weight dtype the chip's
 matrix units support and the stack runs natively (W8A8), else the first listed (weight-only
@@ -45,7 +56,7 @@ from ..llm.spec import load_model
 from ..perf.api import dtypes_for, run_batch
 from ..perf.stack import stack_for
 from ..perf.step import step_energy_j
-from ..serve.api import max_rate
+from ..serve.api import max_concurrency, max_rate
 from ..serve.data import table
 from ..serve.kvcache import plan_memory
 from ..serve.steptime import Parallel
@@ -73,9 +84,13 @@ class Workload:
     slo_tpot_s: float = field(default_factory=lambda: _engines().default_slo()[1])
     max_seqs: int = field(default_factory=lambda: _engines().engine_settings().max_seqs)   # per replica (the engine's limit)
     max_batched_tokens: int = field(default_factory=lambda: _engines().engine_settings().max_batched_tokens)
-    requests: int = 2000                  # simulated evaluator: requests per run
+    requests: int = 2000                  # simulated evaluator: requests per run (measure "rate")
     scheduler: str = "chunked"            # simulated evaluator: the serving engine's scheduler
     label: str = ""
+    measure: str = "rate"                 # simulated evaluator: "rate" or "concurrency" (MEASURES)
+    warmup_lifetimes: float = 1.5         # measure "concurrency": warm-up, in request lifetimes (output x TPOT SLO)
+    window_lifetimes: float = 3.0         # measure "concurrency": the measurement window after it
+    ranked: bool = True                   # False: evaluated and reported, left out of the means that rank designs
 
     @property
     def name(self) -> str:
@@ -90,6 +105,11 @@ class Workload:
 
         w = llm_workload(self.traffic)
         return float(w["prompt_mean"] + w.get("prefix_len", 0)), float(w["output_mean"])   # agentic: + shared context
+
+    def window_s(self) -> tuple[float, float]:
+        """Measure "concurrency": the (start, end) seconds of the steady-state window of a closed-loop run."""
+        life = self.lengths()[1] * self.slo_tpot_s
+        return self.warmup_lifetimes * life, (self.warmup_lifetimes + self.window_lifetimes) * life
 
     def dtype_for(self, chip, stack=None) -> str:
         """The first listed weight format the chip's matrix units have and `stack` (if given) runs natively."""
@@ -220,29 +240,42 @@ def analytic(chip, wl: Workload, stack=None) -> Served:
     return best
 
 
+def _simulate(chip, wl: Workload, tp: int, ep: int, weights: str, st, seed: int) -> Served:
+    """One layout in the serving simulator with the workload's measure (Infeasible when nothing meets the SLO)."""
+    kw = dict(tp=tp, ep=ep, workload=wl.traffic, weights=weights, slo_ttft=wl.slo_ttft_s, slo_tpot=wl.slo_tpot_s,
+              seed=seed, max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler, stack=st)
+    if wl.measure == "concurrency":
+        load, r = max_concurrency(wl.model, chip, window_s=wl.window_s(), limit=wl.max_seqs, **kw)
+        extra = {"concurrency": load, "request_rate": r.metrics["request_rate"], "preemptions": r.metrics["preemptions"]}
+    else:
+        load, r = max_rate(wl.model, chip, requests=wl.requests, iterations=6, **kw)
+        extra = {"request_rate": load}
+    if load <= 0:
+        raise Infeasible(f"{wl.name}: no {'concurrency' if wl.measure == 'concurrency' else 'request rate'} meets "
+                         f"the SLO (tp={tp} ep={ep})")
+    m = r.metrics
+    return Served(m["throughput_tok_s_per_chip"], 1.0 / m["energy_j_per_token"], m["power_w_per_chip"],
+                  load if wl.measure == "concurrency" else math.nan, m["ttft_s"]["p99"], m["tpot_s"]["p99"], tp, ep,
+                  weights, {"stack": st.name, "measure": wl.measure, **extra, "cost_usd_per_mtok": m["cost_usd_per_mtok"],
+                            "cost_basis": m["cost_basis"], "ttft_p50_s": m["ttft_s"]["p50"], "tpot_p50_s": m["tpot_s"]["p50"]})
+
+
 def simulated(chip, wl: Workload, stack=None, seed: int = 0) -> Served:
-    """The best layout of `wl` on `chip` with `stack` in the serving simulator (max rate meeting the p99 SLO)."""
+    """The best layout of `wl` on `chip` with `stack` in the serving simulator (the workload's measure:
+    max Poisson rate, or max closed-loop concurrency, meeting the p99 SLO)."""
 
     st = stack_for(chip, stack)
     weights = wl.dtype_for(chip, st)
     best, reasons = None, []
     for tp, ep in wl.layouts:
         try:
-            rate, r = max_rate(wl.model, chip, tp=tp, ep=ep, requests=wl.requests, iterations=6, workload=wl.traffic,
-                               weights=weights, slo_ttft=wl.slo_ttft_s, slo_tpot=wl.slo_tpot_s, seed=seed,
-                               max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler,
-                               stack=st)
+            s = _simulate(chip, wl, tp, ep, weights, st, seed)
         except DoesNotFitError as e:
             reasons.append(f"{wl.name}: {e}")
             continue
-        m = r.metrics
-        if rate <= 0:
-            reasons.append(f"{wl.name}: no request rate meets the SLO (tp={tp} ep={ep})")
+        except Infeasible as e:
+            reasons.append(str(e))
             continue
-        s = Served(m["throughput_tok_s_per_chip"], 1.0 / m["energy_j_per_token"], m["power_w_per_chip"],
-                   math.nan, m["ttft_s"]["p99"], m["tpot_s"]["p99"], tp, ep, weights,
-                   {"stack": st.name, "request_rate": rate, "cost_usd_per_mtok": m["cost_usd_per_mtok"], "cost_basis": m["cost_basis"],
-                    "ttft_p50_s": m["ttft_s"]["p50"], "tpot_p50_s": m["tpot_s"]["p50"]})
         if best is None or s.tok_s_per_chip > best.tok_s_per_chip:
             best = s
     if best is None:
@@ -251,3 +284,4 @@ def simulated(chip, wl: Workload, stack=None, seed: int = 0) -> Served:
 
 
 EVALUATORS = {"analytic": analytic, "simulated": simulated}
+MEASURES = ("rate", "concurrency")

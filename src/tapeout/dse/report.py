@@ -121,13 +121,16 @@ def _moat_sentence(res, wl) -> list[str]:
 def workload_table(res, wl) -> tuple[list[str], list[list[str]]]:
     """One row per chip with the headline stack (simulated), its analytic throughput, and the moat."""
     mv = moat_views(res)
+    users = wl.measure == "concurrency"
     head = ["chip", "kind", "stack", "deployment", "weights", *[c for _, c in METRIC_COLS], "p99 TTFT s", "p99 TPOT ms",
-            "analytic tok/s per chip"] + (["tok/s per chip, ideal stack", "moat (ideal / deployed)"] if mv else [])
+            *(["users (concurrency)"] if users else []), "analytic tok/s per chip"]
+    head += ["tok/s per chip, ideal stack", "moat (ideal / deployed)"] if mv else []
     rows = []
     for e in res.entries:
         s, a = res.simulated.get((e.name, wl.name)), res.analytic.get((e.name, wl.name))
         stack = stack_of(e, res.headline_stack)
-        tail = [_num(a.get("tok_s_per_chip")) if _ok(a) else "-"]
+        tail = [_num(s.get("concurrency")) if _ok(s) else "-"] if users else []
+        tail += [_num(a.get("tok_s_per_chip")) if _ok(a) else "-"]
         tail += [_num(_tok_s(res, e.name, wl, mv[1])), _ratio(moat(res, e.name, wl))] if mv else []
         if not _ok(s):
             why = (s or a or {}).get("infeasible", "not evaluated")
@@ -159,6 +162,37 @@ def stack_table(res) -> tuple[list[str], list[list[str]]]:
             r += [_ratio(moat(res, e.name, wl))] if mv else []
         rows.append(r)
     return head, rows
+
+
+BEST_BY = (("tok_s_per_chip", "tok/s per chip"), ("tok_s_per_kusd", "tok/s per $1k"))
+
+
+def sweep_best_table(res) -> tuple[list[str], list[list[str]]]:
+    """Per workload and metric, the sweep's best design for that workload alone (analytic, the designs'
+    stack): its knob values, and that value against the best of the designs the ranked workloads picked.
+    Where the rows differ, the workloads want different chips."""
+    knobs = [k for k, v in res.space.knobs if len(v) > 1]
+    picks = [e for e in res.entries if e.kind == "design"]
+    head = ["workload", "best for", *knobs, "value", "best pick (value, its share)"]
+    feas = res.sweep.feasible
+    rows = []
+    for wl in res.space.workloads:
+        for metric, label in BEST_BY:
+            key = f"{wl.name}.{metric}"
+            cands = [r for r in feas if isinstance(r["metrics"].get(key), (int, float))]
+            if not cands:
+                continue
+            best = max(cands, key=lambda r: (r["metrics"][key], r["id"]))
+            v = best["metrics"][key]
+            got = [(res.analytic.get((e.name, wl.name)) or {}).get(metric) for e in picks]
+            p = max(((x, e.name) for x, e in zip(got, picks) if x), default=None)
+            rows.append([wl.name, label, *[_knob(best["params"].get(k)) for k in knobs], _num(v),
+                         f"{p[1]}: {_num(p[0])}, {p[0] / v:.0%}" if p else "-"])
+    return head, rows
+
+
+def _knob(v) -> str:
+    return _num(v / 1e9) + " G" if isinstance(v, float) and v >= 1e6 else _num(v) if not isinstance(v, str) else v
 
 
 def _short_reason(r: str) -> str:
@@ -201,8 +235,8 @@ def html_table(head, rows, highlight: set[str] = frozenset()) -> str:
 # ----------------------------------------------------------------------------- plots
 
 def _aggregate(res, name: str, source: dict) -> dict | None:
-    """Geometric means over the workloads, as the sweep's axes are (None if a workload is infeasible)."""
-    ds = [source.get((name, wl.name)) for wl in res.space.workloads]
+    """Geometric means over the ranked workloads, as the sweep's axes are (None if one is infeasible)."""
+    ds = [source.get((name, wl.name)) for wl in res.space.workloads if wl.ranked]
     if not all(_ok(d) for d in ds):
         return None
     return {m: math.exp(sum(math.log(d[m]) for d in ds) / len(ds)) for m in AGGREGATED}
@@ -234,7 +268,7 @@ def make_plots(res) -> dict[str, Path]:
         files["stacks"] = stack_bars(groups, out / "stacks.png", labels=("as deployed" if mv[0] == DEPLOYED else mv[0],
                                                                         "ideal stack"),
                                      title="tokens/s per chip: as deployed vs ideal stack (serving simulator)")
-    pairs = {f"{e.name} / {wl.name.split('-')[0]}": (res.analytic[(e.name, wl.name)]["tok_s_per_chip"],
+    pairs = {f"{e.name} / {_short(wl)}": (res.analytic[(e.name, wl.name)]["tok_s_per_chip"],
                                                      res.simulated[(e.name, wl.name)]["tok_s_per_chip"])
              for e in res.entries for wl in res.space.workloads
              if _ok(res.analytic.get((e.name, wl.name))) and _ok(res.simulated.get((e.name, wl.name)))}
@@ -243,6 +277,11 @@ def make_plots(res) -> dict[str, Path]:
                                        ylabel="simulated tok/s per chip (max rate, p99 SLO)",
                                        title="the sweep's objective vs the serving simulator")
     return files
+
+
+def _short(wl) -> str:
+    """A workload in a plot label: its model's family, and its traffic unless chat."""
+    return wl.name.split("-")[0] + ("" if wl.traffic == "chat" else f" {wl.traffic}")
 
 
 def _tok_s(res, name: str, wl, view: str) -> float | None:
@@ -265,8 +304,20 @@ def _setup_lines(res) -> list[str]:
         lines.append(f"{wl.name}: traffic {wl.traffic} (mean prompt {p:.0f}, output {o:.0f} tokens), SLO TTFT <= "
                      f"{wl.slo_ttft_s:g} s and TPOT <= {wl.slo_tpot_s * 1e3:g} ms, layouts (tp, ep) "
                      f"{', '.join(f'{t}x{e}' for t, e in wl.layouts)}, weights {' / '.join(wl.weights)}, "
-                     f"at most {wl.max_seqs} sequences per replica.")
+                     f"at most {wl.max_seqs} sequences per replica." + _measure_text(wl)
+                     + ("" if wl.ranked else " Reported, not ranked: the sweep picks designs on the other workloads."))
     return lines
+
+
+def _measure_text(wl) -> str:
+    """How the serving simulator measures a workload's throughput, in words."""
+    if wl.measure != "concurrency":
+        return ""
+    a, b = wl.window_s()
+    return (f" Measured as the largest closed-loop concurrency (users each sending the next request when the answer "
+            f"ends) meeting the p99 SLO in the steady state: tokens, energy and latencies counted from {a:,.0f} s to "
+            f"{b:,.0f} s ({wl.warmup_lifetimes:g} request lifetimes of warm-up, then {wl.window_lifetimes:g}; a "
+            "lifetime is the mean output at the TPOT SLO).")
 
 
 def check_ratios(res) -> list[float]:
@@ -306,6 +357,7 @@ def results_json(res) -> dict:
             "by_stack": {v: {src: flat(res.results(src, v)) for src in ("analytic", "simulated")} for v in res.views},
             "moat": {f"{e.name}|{wl.name}": moat(res, e.name, wl) for e in res.entries for wl in res.space.workloads},
             "headline": {wl.name: headline(res, wl) for wl in res.space.workloads},
+            "sweep_best": [dict(zip(*[sweep_best_table(res)[0]], r)) for r in sweep_best_table(res)[1]],
             "headline_by_stack": {v: {wl.name: headline(res, wl, v) for wl in res.space.workloads} for v in res.views}}
 
 
@@ -329,6 +381,7 @@ def write_markdown(res, plots: dict, command: str) -> Path:
         slug = wl.name.replace(".", "_")
         if f"bars_{slug}" in plots:
             lines += ["", f"![{wl.name}](bars_{slug}.png)"]
+    lines += ["", "## Which design each workload wants (the sweep, analytic)", "", BEST_TEXT, "", md_table(*sweep_best_table(res))]
     for key, title in (("pareto", "The design space"), ("check", "Analytic objective vs serving simulator")):
         if key in plots:
             lines += ["", f"## {title}", "", f"![{title}]({plots[key].name})"]
@@ -345,6 +398,11 @@ STACKS_TEXT = ("Output tokens/s per chip at the SLO in the serving simulator, ea
                "chip file's `chip.stack`; the designs with the study's assumed stack) and with the ideal stack (the "
                "silicon with a mature kernel library, every fused kernel and native format, no host time per step). "
                "The moat is ideal / deployed: what the silicon loses to its software today.")
+
+
+BEST_TEXT = ("For each workload alone, the sweep's best design point by the analytic objective (with the designs' "
+             "stack) and its knob values, against the best of the picked designs on that workload (analytic, and its "
+             "share of the best). Where two workloads' rows differ, they want different chips.")
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -382,6 +440,8 @@ def write_html(res, plots: dict, command: str) -> Path:
         slug = wl.name.replace(".", "_")
         if f"bars_{slug}" in plots:
             h.append(_img(plots[f"bars_{slug}"], wl.name))
+    h += ["<h2>Which design each workload wants (the sweep, analytic)</h2>", f"<p>{_md_inline(BEST_TEXT)}</p>",
+          html_table(*sweep_best_table(res))]
     for key, title in (("pareto", "The design space"), ("check", "Analytic objective vs serving simulator")):
         if key in plots:
             h += [f"<h2>{title}</h2>", _img(plots[key], title)]

@@ -39,7 +39,7 @@ from ..chip import Chip, load_chip
 from ..errors import TapeoutError
 from ..llm.spec import load_model
 from .design import Constraints, check_knob, constraints_from
-from .objective import EVALUATORS, Workload
+from .objective import EVALUATORS, MEASURES, Workload
 
 METRICS = ("tok_s_per_chip", "tok_per_j", "tok_s_per_kusd", "usd_per_mtok", "power_w", "batch", "ttft_s", "tpot_s")
 LOWER_IS_BETTER = ("usd_per_mtok", "cost_usd", "area_mm2", "die_mm2", "power_w", "ttft_s", "tpot_s")
@@ -172,9 +172,23 @@ def _workload(path, i: int, d: dict) -> Workload:
         raise SpaceError(path, f"workloads[{i}].layouts", "write a list of [tp, ep] pairs, e.g. [[4, 1], [8, 1]]") from None
 
     load_model(kw["model"])   # an unknown model is an error now, not at every point
+    if kw.get("measure", "rate") not in MEASURES:
+        raise SpaceError(path, f"workloads[{i}].measure", f"{kw['measure']!r}: use one of {', '.join(MEASURES)}")
+    kw = {**traffic_slo(kw.get("traffic", "chat")), **kw}
     w = Workload(**kw)
     w.lengths()
     return w
+
+
+def traffic_slo(traffic: str) -> dict:
+    """{slo_ttft_s, slo_tpot_s} a shipped workload states for its traffic (data/serve/workloads.toml;
+    e.g. reasoning's), else {}: a [[workloads]] table's own SLO overrides it, the engines' default fills in."""
+    from ..serve.workload import llm_workload
+
+    if traffic.startswith("fixed:"):
+        return {}
+    w = llm_workload(traffic)
+    return {k: float(w[k]) for k in ("slo_ttft_s", "slo_tpot_s") if k in w}
 
 
 def _knobs(path, d: dict) -> tuple[tuple[str, tuple], ...]:
@@ -218,6 +232,8 @@ def parse_space(data: dict, path: str = "<space>", variant: str | None = None, r
     wls = data["workloads"]
     if not isinstance(wls, list) or not wls:
         raise SpaceError(path, "workloads", "needs at least one [[workloads]] table")
+    if not any(w.get("ranked", True) for w in wls if isinstance(w, dict)):
+        raise SpaceError(path, "workloads", "needs at least one ranked workload (ranked = false on every one)")
     space = Space(name=str(data.get("name", Path(path).stem)), base=_base(rel_dir, str(data["base"])),
                   knobs=_knobs(path, knobs), constraints=constraints_from(data.get("constraints", {}), f"{path}: constraints"),
                   workloads=tuple(_workload(path, i, w) for i, w in enumerate(wls)), path=str(path),

@@ -10,11 +10,17 @@ A deployment is `chips` chips split into replicas of tp x pp x ep chips (data pa
 `disaggregate=(prefill_chips, decode_chips)` into a prefill pool and a decode pool that pass KV
 caches over the links (or the network when the deployment spans more than one domain).
 `offline=True` issues every request at t = 0 (MLPerf Offline); `max_rate` finds the highest
-Poisson rate whose p99 TTFT and TPOT meet the SLO (MLPerf Server).
+Poisson rate whose p99 TTFT and TPOT meet the SLO (MLPerf Server). `concurrency=N` runs a closed
+loop instead (N users, each sending its next request when its answer ends) and, with `window_s`,
+measures its steady state between warm-up and the window's end; `max_concurrency` finds the largest N
+whose p99 TTFT and TPOT meet the SLO there: the measure for long outputs, whose Poisson runs of a
+few thousand requests never reach a steady state before their arrivals stop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..chip import load_chip
 from ..errors import TapeoutError
@@ -23,7 +29,7 @@ from ..perf.stack import stack_for
 from .engine import POLICIES, Limits
 from .engines import default_slo, engine_settings
 from .kvcache import offload_tier, plan_memory
-from .metrics import summarize
+from .metrics import summarize, window_summary
 from .sim import Pool, Sim
 from .steptime import Parallel, StepTimer
 from .workload import Request, generate, load_trace
@@ -100,7 +106,8 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
           weights: str = "bf16", kv: str | None = None, activations: str | None = None, impl: str | None = None,
           slo_ttft: float | None = None, slo_tpot: float | None = None, progress=None, record_steps: bool = True,
           engine: str | None = None, micro_batches: int | None = None, stack: str | None = None,
-          kv_offload: str | None = None, speculative=None) -> ServeResult:
+          kv_offload: str | None = None, speculative=None, concurrency: int = 0,
+          window_s: tuple[float, float] | None = None) -> ServeResult:
     """Simulate serving; `requests` is a count, a list of Request, or a trace file (CSV / JSONL).
 
     Unset limits and memory plan are `engine`'s (data/serve/engines.toml; `memory_utilization` is
@@ -109,7 +116,9 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     stack (default: the chip's deployed stack); `kv_offload`: "host" or "pool" adds that tier's KV
     blocks (data/serve/kv_offload.toml), streamed back over its link in the steps that need them;
     `speculative`: "mtp:K", "draft:MODEL:K" (optionally ":ALPHA") or a perf.speculative.Speculation: every
-    decode step verifies K drafted tokens per sequence and each sequence gains the expected tokens per step."""
+    decode step verifies K drafted tokens per sequence and each sequence gains the expected tokens per step;
+    `concurrency` N > 0: a closed loop of N users over the `requests` (issued at t = 0, then one per
+    finished request); `window_s` (start, end): metrics over that window only, the run stopped at its end."""
     spec, c = load_model(model), load_chip(chip)
     e = engine_settings(engine).override(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens,
                                          block_size=block_size, memory_fraction=memory_utilization)
@@ -120,7 +129,10 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     if e.max_seqs < 1 or e.max_batched_tokens < 1 or e.block_size < 1 or not 0 < e.memory_fraction <= 1:
         raise TapeoutError("max_seqs, max_batched_tokens and block_size must be >= 1, memory_utilization in (0, 1]")
     par = Parallel(tp, pp, ep, e.micro_batches_per_stage * pp if micro_batches is None else micro_batches)
-    reqs = _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline, prefix_groups, prefix_len)
+    if concurrency < 0 or (window_s is not None and not 0 <= window_s[0] < window_s[1]):
+        raise TapeoutError(f"concurrency={concurrency}, window_s={window_s}: need concurrency >= 0 and 0 <= start < end")
+    reqs = _requests(requests, rate, duration_s, workload, arrival, cv, seed, offline or concurrency > 0, prefix_groups,
+                     prefix_len)
     limits = Limits(e.max_seqs, e.max_batched_tokens)
     model_kw = dict(weights=weights, kv=kv, activations=activations, impl=impl, stack=stack_for(c, stack))
     mem_kw = dict(block_size=e.block_size, utilization=e.memory_fraction, basis=e.memory_basis)
@@ -134,7 +146,7 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
     else:
         pools = {"all": _pool(spec, c, par, chips or par.chips, scheduler, limits, mem_kw, model_kw, prefix_caching, "--chips",
                               tier, _speculation(speculative, spec, par))}
-    rec = Sim(reqs, pools, record_steps).run(progress)
+    rec = Sim(reqs, pools, record_steps, concurrency=concurrency, window_s=window_s).run(progress)
     settings = {"model": spec.name, "chip": c.name, "chips": rec.chips, "tp": tp, "pp": pp, "ep": ep,
                 "micro_batches": par.in_flight, "engine": e.name, "memory_fraction": e.memory_fraction,
                 "memory_basis": e.memory_basis,
@@ -142,7 +154,9 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
                 "disaggregate": list(disaggregate) if disaggregate else None,
                 "replicas": {k: p.replicas for k, p in pools.items()},
                 "workload": workload if not isinstance(requests, (str, list, tuple)) else "trace",
-                "arrival": "offline" if offline else arrival, "rate": None if offline else rate, "cv": cv,
+                "arrival": "closed loop" if concurrency else "offline" if offline else arrival,
+                "rate": None if offline or concurrency else rate, "cv": cv, "concurrency": concurrency,
+                "window_s": list(window_s) if window_s else None,
                 "seed": seed, "max_seqs": e.max_seqs, "max_batched_tokens": e.max_batched_tokens,
                 "block_size": e.block_size, "prefix_caching": prefix_caching, "kv_offload": kv_offload,
                 **_speculation_settings(next(iter(pools.values()))),
@@ -153,7 +167,7 @@ def serve(model, chip="h100-sxm", *, chips: int | None = None, tp: int = 1, pp: 
                   "activation_reserve_bytes": p.memory.activation_bytes, "usable_bytes_per_chip": p.memory.usable_bytes,
                   **_offload_memory(p.memory)}
               for k, p in pools.items()}
-    m = summarize(rec, c, slo_ttft, slo_tpot)
+    m = summarize(rec, c, slo_ttft, slo_tpot) if rec.window is None else window_summary(rec, c, slo_ttft, slo_tpot)
     m["timer_calls"] = rec.timer_calls
     m["kv_offload_bytes_per_chip"], m["kv_offload_s"] = rec.offload_bytes, rec.offload_s
     m["tokens_per_decode_step"] = rec.decode_tokens / rec.decode_seq_steps if rec.decode_seq_steps else None
@@ -225,6 +239,43 @@ def max_rate(model, chip="h100-sxm", *, requests: int = 2000, percentile: int = 
     return lo, best or r
 
 
+def max_concurrency(model, chip="h100-sxm", *, window_s: tuple[float, float], limit: int, percentile: int = 99,
+                    requests: int | None = None, progress=None, **kw) -> tuple[int, ServeResult]:
+    """Largest closed-loop concurrency N <= `limit` whose p-th percentile TTFT and TPOT over the window
+    meet the SLO, with the same seeded requests at every N: bisection on N (a closed loop cannot
+    outrun its deployment, so there is no stability test). Each run draws `requests` requests (default:
+    enough for the window, grown when a run uses them all). Returns (N, the result at N; N = 0 with
+    the result at N = 1 when even one user misses the SLO)."""
+    for k in ("rate", "offline", "concurrency"):
+        kw.pop(k, None)
+    per_user = [4.0]                      # requests each user sends in the run, from the last run
+
+    def run(n: int) -> ServeResult:
+        while True:
+            pool = requests or max(16, int(n * per_user[0] * 1.5) + 8)
+            r = serve(model, chip, requests=pool, concurrency=n, window_s=window_s, record_steps=False, **kw)
+            if not r.metrics["exhausted"] or requests:
+                per_user[0] = max(per_user[0], r.records.arrival[~np.isnan(r.records.arrival)].size / n)
+                return r
+            per_user[0] *= 2
+
+    lo, hi, best, step = 0, limit, None, 0
+    r = run(limit)
+    if meets(r, percentile, check_stable=False):
+        return limit, r
+    while hi - lo > max(1, lo // 50):     # to 2 % of N
+        mid = max(1, (lo + hi) // 2)
+        r = run(mid)
+        step += 1
+        ok = meets(r, percentile, check_stable=False)
+        if progress:
+            progress(step, None, mid, ok)
+        lo, best, hi = (mid, r, hi) if ok else (lo, best, mid)
+        if mid == 1 and not ok:
+            break
+    return lo, best or r
+
+
 def sweep(model, chip="h100-sxm", rates=(), progress=None, **kw) -> list[ServeResult]:
     """One simulation per request rate (same seed, so the same requests, arriving faster)."""
     out = []
@@ -235,4 +286,4 @@ def sweep(model, chip="h100-sxm", rates=(), progress=None, **kw) -> list[ServeRe
     return out
 
 
-__all__ = ["serve", "max_rate", "sweep", "meets", "ServeResult", "Parallel", "POLICIES"]
+__all__ = ["serve", "max_rate", "max_concurrency", "sweep", "meets", "ServeResult", "Parallel", "POLICIES"]

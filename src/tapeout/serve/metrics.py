@@ -11,6 +11,10 @@ energy per token and cost per million tokens.
     energy  = computing energy (tapeout.energy per step) + idle power x idle chip-seconds
     cost    = chips x hourly cost x makespan / output tokens; hourly cost: a rental price, else the
               chip's price or manufacturing cost amortized, plus electricity (tapeout.cost)
+
+A run with a measurement window (a closed loop's steady state, `window_summary`) counts the output
+tokens generated, the energy and the busy time between the window's start and end, and the latencies
+of the requests that arrived inside it (TTFT of those with a first token, TPOT of those finished).
 """
 from __future__ import annotations
 
@@ -86,6 +90,35 @@ def summarize(rec, chip, slo_ttft: float, slo_tpot: float) -> dict:
         "cost_usd_per_mtok": cost,
         "preemptions": int(rec.preempted),
         "prefix_hit_rate": rec.prefix_hits / rec.prefix_lookups if rec.prefix_lookups else None,
+    }
+
+
+def window_summary(rec, chip, slo_ttft: float, slo_tpot: float) -> dict:
+    """The metrics of `summarize` over the run's measurement window `rec.window` (tokens, energy and
+    busy time counted inside it; latencies of the requests that arrived inside it)."""
+    w = rec.window
+    span = max(w["end_s"] - w["start_s"], 1e-12)
+    inside = (rec.arrival >= w["start_s"]) & (rec.arrival <= w["end_s"])
+    ttft, tpot, e2e = (x[inside] for x in latencies(rec))
+    tok = float(w["tokens"])
+    energy = w["energy_j"] + max(rec.chips * span - w["busy_chip_s"], 0.0) * _idle_w(chip)
+    usd_h, how = chip_usd_per_hour(chip)
+    ok = (ttft <= slo_ttft) & (np.isnan(tpot) | (tpot <= slo_tpot))
+    return {
+        "requests": int(inside.sum()), "finished": int((inside & ~np.isnan(rec.finish)).sum()),
+        "ttft_s": asdict(Pct.of(ttft)), "tpot_s": asdict(Pct.of(tpot)), "e2e_s": asdict(Pct.of(e2e)),
+        "window_s": [w["start_s"], w["end_s"]], "makespan_s": rec.makespan_s,
+        "output_tokens": tok,
+        "throughput_tok_s": tok / span, "throughput_tok_s_per_chip": tok / span / rec.chips,
+        "request_rate": float(inside.sum()) / span,
+        "slo": {"ttft_s": slo_ttft, "tpot_s": slo_tpot},
+        "slo_attainment": float(ok.mean()) if len(ok) else math.nan,
+        "chips": rec.chips, "utilization": w["busy_chip_s"] / (rec.chips * span),
+        "energy_j": energy, "energy_j_per_token": energy / max(tok, 1.0),
+        "power_w_per_chip": energy / span / rec.chips,
+        "cost_usd_per_hour_per_chip": usd_h, "cost_basis": how,
+        "cost_usd_per_mtok": usd_per_mtok(usd_h * rec.chips, tok / span) if usd_h and tok else None,
+        "preemptions": int(rec.preempted), "exhausted": bool(rec.exhausted),
     }
 
 

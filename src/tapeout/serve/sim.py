@@ -4,6 +4,11 @@ Events: a request arrives (routed to the least-loaded engine of its pool), an en
 (the engine books the tokens and picks its next step), a KV cache arrives at a decode instance
 (prefill/decode disaggregation). Time advances only through the StepTimer's step times, the
 pipeline stages of a replica, and KV transfers over links or the network.
+
+A closed loop (`concurrency` N > 0) issues the first N requests at their arrival times and each
+later one when a request finishes (N users, each sending its next request as its previous answer
+ends); with `window_s` (start, end) the run counts tokens, energy and busy time from `start` and
+stops at `end`, unfinished requests and all (a steady-state measurement without the drain).
 """
 from __future__ import annotations
 
@@ -84,11 +89,17 @@ class Records:
     offload_s: float = 0.0                       # the transfer time of those bytes (overlapped with compute)
     decode_tokens: int = 0                       # tokens out of decode steps (the first token of each prefill aside)
     decode_seq_steps: int = 0                    # sum over decode steps of the sequences decoding in them
+    window: dict | None = None                   # window_s runs: start_s, end_s and the tokens, energy_j,
+                                                 # busy_chip_s counted between them
+    exhausted: bool = False                      # a closed loop ran out of requests before its end
 
 
 class Sim:
-    def __init__(self, requests, pools: dict[str, Pool], record_steps: bool = True):
+    def __init__(self, requests, pools: dict[str, Pool], record_steps: bool = True, *, concurrency: int = 0,
+                 window_s: tuple[float, float] | None = None):
         self.requests = requests
+        self.concurrency, self.window_s = concurrency, window_s
+        self.issued = min(concurrency, len(requests)) if concurrency > 0 else len(requests)
         self.pools = pools
         self.replicas = {name: [Replica(self, i, p) for i in range(p.replicas)] for name, p in pools.items()}
         self.entry = "prefill" if "prefill" in pools else "all"
@@ -96,6 +107,8 @@ class Sim:
         self.rec = Records(np.array([r.arrival_s for r in requests]), np.array([r.prompt for r in requests]),
                            np.array([r.output for r in requests]), np.full(n, math.nan), np.full(n, math.nan),
                            np.zeros(n, np.int64))
+        self.rec.arrival[self.issued:] = math.nan     # a closed loop's later requests: issued when one finishes
+        self._mark: tuple = ()
         self.heap: list = []
         self._n = 0
         self.done = self.arrived = self.preemptions = self.tokens = 0
@@ -112,22 +125,32 @@ class Sim:
 
     def run(self, progress=None) -> Records:
         self.progress = progress
-        for r in self.requests:
+        for r in self.requests[:self.issued]:
             self.push(r.arrival_s, self.arrive, r)
-        t = 0.0
-        while self.heap:
+        end = self.window_s[1] if self.window_s else math.inf
+        if self.window_s:
+            self.push(self.window_s[0], self.mark)
+        while self.heap and self.heap[0][0] <= end:
             t, _, fn, args = heapq.heappop(self.heap)
             self._now = t
             fn(t, *args)
-        if self.done != len(self.requests):
-            raise RuntimeError(f"simulation ended with {len(self.requests) - self.done} unfinished requests (a scheduler bug)")
+        stopped = bool(self.heap)
+        if not stopped and self.done != self.issued:
+            raise RuntimeError(f"simulation ended with {self.issued - self.done} unfinished requests (a scheduler bug)")
         rec = self.rec
-        rec.makespan_s = float(np.nanmax(rec.finish) - rec.arrival.min()) if len(self.requests) else 0.0
+        if stopped:
+            rec.makespan_s = end - float(np.nanmin(rec.arrival))
+        else:
+            rec.makespan_s = float(np.nanmax(rec.finish) - np.nanmin(rec.arrival)) if len(self.requests) else 0.0
         rec.preempted = self.preemptions
         rec.tokens_generated = self.tokens
+        if self.window_s:
+            tok, joule, busy = (now - then for now, then in zip(self._counters(), self._mark or (0, 0.0, 0.0)))
+            rec.window = {"start_s": self.window_s[0], "end_s": min(end, self._now) if not stopped else end,
+                          "tokens": tok, "energy_j": joule, "busy_chip_s": busy}
         for name, reps in self.replicas.items():
             for r in reps:   # every block is back: free, or holding an idle cached prefix
-                if r.blocks.free + r.blocks.evictable != r.blocks.total:
+                if not stopped and r.blocks.free + r.blocks.evictable != r.blocks.total:
                     raise RuntimeError(f"KV blocks leaked on {name} replica {r.index}: {r.blocks.free} free + "
                                        f"{r.blocks.evictable} cached of {r.blocks.total} (a scheduler bug)")
             rec.prefix_hits += sum(r.blocks.hits for r in reps)
@@ -135,6 +158,15 @@ class Sim:
             rec.busy_chip_s += sum(r.busy_s for r in reps) * self.pools[name].timer.par.chips
         rec.timer_calls = sum(p.timer.calls for p in self.pools.values())
         return rec
+
+    def mark(self, t: float) -> None:
+        """The start of the measurement window: remember the counters."""
+        self._mark = self._counters()
+
+    def _counters(self) -> tuple[int, float, float]:
+        """(tokens generated, computing energy, busy chip-seconds) so far."""
+        busy = sum(sum(r.busy_s for r in reps) * self.pools[name].timer.par.chips for name, reps in self.replicas.items())
+        return self.tokens, self.rec.energy_j, busy
 
     # ---- routing
     def _engine(self, pool: str) -> Engine:
@@ -190,8 +222,20 @@ class Sim:
         if math.isnan(self.rec.first_token[i]):
             self.rec.first_token[i] = t
         self.done += 1
+        if self.concurrency > 0:
+            self.issue_next(t)
         if self.progress is not None:
             self.progress(self.done, len(self.requests))
+
+    def issue_next(self, t: float) -> None:
+        """Closed loop: the user whose request just finished sends the next one."""
+        if self.issued >= len(self.requests):
+            self.rec.exhausted = True
+            return
+        r = self.requests[self.issued]
+        self.issued += 1
+        self.rec.arrival[r.id] = t
+        self.push(t, self.arrive, r)
 
     def requeue(self, engine: Engine, seq: Seq) -> None:
         """A preempted sequence waits (first in line) to recompute its KV cache: on its own engine, or
