@@ -467,9 +467,10 @@ def pool_planes(cc, x: View, out: View, kernel, stride, dilation, func: str, imm
     for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
         s, sram, mine = cc.streams[core], Sram(cc.sram_bytes), blocks[b0:b1]
         bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
-        load = lambda t: _load(s, bufs[t % 2][0], x.box((mine[t][0], mine[t][1], mine[t][2] * sh, 0),
-                                                        (1, 1, need(min(hb, Ho - mine[t][2])), Wp)).reshape(
-            (need(min(hb, Ho - mine[t][2])), Wp)), None)
+
+        def load(t):
+            (n, c, h0), rows = mine[t], need(min(hb, Ho - mine[t][2]))
+            _load(s, bufs[t % 2][0], x.box((n, c, h0 * sh, 0), (1, 1, rows, Wp)).reshape((rows, Wp)), None)
         load(0)
         for t, (n, c, h0) in enumerate(mine):
             if t + 1 < len(mine):
