@@ -27,6 +27,7 @@ from tapeout.errors import ChipFileError
 
 VALID = (resources.files("tapeout.chips") / "h100-sxm.toml").read_text(encoding="utf-8")
 VALID_NPU = (resources.files("tapeout.chips") / "groq-lpu.toml").read_text(encoding="utf-8")
+VALID_EPI = (resources.files("tapeout.chips") / "hanguang-800.toml").read_text(encoding="utf-8")   # output stage, pooling
 
 
 def sub(old: str, new: str, text: str = VALID) -> str:
@@ -191,7 +192,7 @@ def dump(d: dict) -> str:
 
 
 def test_dump_round_trips():
-    for text in (VALID, VALID_NPU):
+    for text in (VALID, VALID_NPU, VALID_EPI):
         assert tomllib.loads(dump(tomllib.loads(text))) == tomllib.loads(text)
         assert parse_chip(dump(tomllib.loads(text))) == parse_chip(text)
 
@@ -221,7 +222,7 @@ MUTATE = settings(max_examples=150, deadline=None, suppress_health_check=[Health
 
 
 @MUTATE
-@given(base=st.sampled_from([VALID, VALID_NPU]), data=st.data(),
+@given(base=st.sampled_from([VALID, VALID_NPU, VALID_EPI]), data=st.data(),
        op=st.sampled_from(["delete", "retype", "negate", "zero", "rename"]))
 def test_mutated_tables_load_or_raise_chip_file_error(base, data, op):
     d = tomllib.loads(base)
@@ -248,13 +249,13 @@ def test_mutated_tables_load_or_raise_chip_file_error(base, data, op):
 
 
 @MUTATE
-@given(base=st.sampled_from([VALID, VALID_NPU]), cut=st.floats(0, 1))
+@given(base=st.sampled_from([VALID, VALID_NPU, VALID_EPI]), cut=st.floats(0, 1))
 def test_truncated_text_loads_or_raises(base, cut):
     load_or_chip_error(base[:int(cut * len(base))])
 
 
 @MUTATE
-@given(base=st.sampled_from([VALID, VALID_NPU]), at=st.floats(0, 1), junk=st.binary(min_size=1, max_size=16))
+@given(base=st.sampled_from([VALID, VALID_NPU, VALID_EPI]), at=st.floats(0, 1), junk=st.binary(min_size=1, max_size=16))
 def test_injected_bytes_load_or_raise(base, at, junk):
     raw = base.encode()
     i = int(at * len(raw))

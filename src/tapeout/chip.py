@@ -34,6 +34,9 @@ KINDS = ("gpu", "npu", "tpu", "lpu")
 DRAM_TYPES = ("HBM3e", "HBM3", "HBM2e", "HBM2", "LPDDR5", "LPDDR5X", "GDDR6", "GDDR6X", "GDDR7", "none")
 DATAFLOWS = ("ws", "os", "is", "simt", "unknown")
 TOPOLOGIES = ("switch", "ring", "mesh", "torus", "fully-connected", "none")
+# what a matrix unit's output stage can apply to results as they leave the accumulators
+EPILOGUE_OPS = ("scale", "bias", "residual", "multiply", "relu", "requantize", "silu", "gelu", "gelu_tanh",
+                "sigmoid", "tanh")
 PEAK_TOLERANCE = 0.02  # a stated peak may differ from cores x clock x MACs by at most this
 
 
@@ -65,6 +68,23 @@ class ChipInfo:
 
 
 @dataclass(frozen=True)
+class Epilogue:
+    """The matrix unit's output stage: elementwise ops applied to results on their way out of the
+    accumulators, pipelined with the array (TPU's activation pipeline, Ascend's FixPipe)."""
+    ops: tuple[str, ...] = _f(choices=EPILOGUE_OPS, doc="op kinds it fuses: scale and bias (per channel, per row "
+                              "or scalar), residual / multiply (a second tensor of the output's shape), relu, "
+                              "requantize (round, clamp, narrow store), activations silu gelu gelu_tanh sigmoid tanh")
+    elements_per_cycle: float | None = _f(1, 1e6, default=None,
+                                          doc="results per cycle per core (absent: the array's columns, so it keeps up)")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """A pooling engine beside the matrix and vector units (max / average over windows)."""
+    elements_per_cycle: float = _f(1, 1e6, doc="window elements read per cycle per core")
+
+
+@dataclass(frozen=True)
 class MatrixUnit:
     macs_per_cycle: dict[str, float] = _f(0, 1e7, doc="dense MACs per cycle per core, by dtype")
     units: int = _f(1, 1024, default=1, doc="matrix units per core")
@@ -72,6 +92,7 @@ class MatrixUnit:
     array_cols: int | None = _f(1, 4096, default=None)
     dataflow: str = _f(choices=DATAFLOWS, default="unknown")
     accumulator_dtype: str = _f(choices=("fp32", "fp16", "int32"), default="fp32")
+    epilogue: Epilogue | None = _f(default=None, doc="output stage (absent: the vector unit post-processes)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,7 @@ class Cores:
     vector: VectorUnit = _f()
     sram: Sram = _f()
     max_clock_hz: float | None = _f(1e7, 1e10, default=None, doc="highest (boost) clock, if above clock_hz")
+    pooling: Pooling | None = _f(default=None, doc="pooling engine (absent: pools run on the vector unit)")
 
 
 @dataclass(frozen=True)
@@ -321,6 +343,8 @@ class _Loader:
             return self.build(t, v, key)
         if typing.get_origin(t) is dict:
             return self.mapping(typing.get_args(t)[1], v, key, meta)
+        if typing.get_origin(t) is tuple:
+            return self.sequence(typing.get_args(t)[0], v, key, meta)
         return self.scalar(t, v, key, meta)
 
     def mapping(self, vt: Any, v: Any, key: str, meta: dict):
@@ -335,6 +359,16 @@ class _Loader:
                 if k not in DTYPES:
                     raise self.err(f"{key}.{k}", "unknown dtype" + _did_you_mean(k, DTYPES) + f"; known: {', '.join(DTYPES)}")
         return {k: self.scalar(vt, x, f"{key}.{k}", meta) for k, x in v.items()}
+
+    def sequence(self, vt: Any, v: Any, key: str, meta: dict) -> tuple:
+        """A list of scalars: non-empty, no repeats, each checked like a scalar (choices, ranges)."""
+        if not isinstance(v, list) or not v:
+            raise self.err(key, f"must be a non-empty list, got {type(v).__name__} {v!r:.40}")
+        items = tuple(self.scalar(vt, x, f"{key}[{k}]", meta) for k, x in enumerate(v))
+        dup = next((x for k, x in enumerate(items) if x in items[:k]), None)
+        if dup is not None:
+            raise self.err(key, f"lists {dup!r} twice")
+        return items
 
     def source(self, k: str, s: Any) -> Source:
         key = f"sources.{k}"

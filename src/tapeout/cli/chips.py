@@ -65,6 +65,8 @@ def _fmt(key: str, v) -> str:
         return "-"
     if isinstance(v, str) or isinstance(v, bool):
         return str(v)
+    if isinstance(v, tuple):                          # a list field, e.g. cores.matrix.epilogue.ops
+        return ", ".join(map(str, v))
     for suffix, fn in _UNITS:
         if key.endswith(suffix):
             return fn(v)

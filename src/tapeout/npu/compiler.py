@@ -33,7 +33,7 @@ from ..ir.dtypes import FLOATS, INTS, float_max, int_range
 from ..ir.interp import avg_pool_divisor, evaluate, pool_pads
 from .emit import Stream, View, dma_copy, split_even
 from .isa import DTYPES, Geometry
-from .kernels import GemmJob, RowProgram, attention, depthwise_conv, gather_rows, gemm, row_kernel
+from .kernels import GemmJob, RowProgram, attention, depthwise_conv, gather_rows, gemm, pool_planes, row_kernel
 from .program import Program, Tensor
 
 MODES = ("bf16", "fp16", "fp8", "int8", "int4-weights", "nvfp4", "mxfp4")
@@ -974,8 +974,10 @@ def _pad(cc, i, e):
 
 
 def _pool(cc, i, e):
-    """Windows through a strided DMA view, one row per output pixel; pads as the IR's (ceil_mode
-    widens the high side); avg divides by the IR's divisor map (count_include_pad rules)."""
+    """Pads as the IR's (ceil_mode widens the high side); avg divides by the IR's divisor map
+    (count_include_pad rules). On a chip with a pooling engine (max, or avg with one divisor) it
+    reads the windows in place (kernels.pool_planes); else windows through a strided DMA view,
+    one row per output pixel, reduced by a row kernel on the vector unit."""
     p, out = e.params, e.outputs[0]
     x = cc.view(e.inputs[0])
     N, C, H, W = x.shape
@@ -986,12 +988,16 @@ def _pool(cc, i, e):
     if any(lo or hi for lo, hi in pads):
         low = STORE_RANGE[x.dtype][0] if x.dtype in STORE_RANGE else -math.inf
         x = _pad_view(cc, x, ((0, 0), (0, 0), *pads), low if mx else 0.0)
+    inv = 1.0 if mx else 1.0 / avg_pool_divisor((H, W), p["kernel"], p["stride"], p["padding"], p["ceil_mode"],
+                                                p["count_include_pad"])
+    if cc.geom.pooling and np.ptp(inv) == 0:
+        pool_planes(cc, x, cc.out_view(out), (kh, kw), (sh, sw), (dh, dw), "max" if mx else "sum", float(np.max(inv)))
+        _release(cc, x if x is not cc.env.get(e.inputs[0].name) else None)
+        return
     s0, s1, s2, s3 = x.strides
     win = View(x.space, x.addr, x.dtype, (N, C, Ho, Wo, kh, kw), (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw))
     rv = cc.materialize(win).reshape((N * C, Ho * Wo, kh * kw))
     _, o = _out_rows(cc, out, (N * C, Ho * Wo))
-    inv = 1.0 if mx else 1.0 / avg_pool_divisor((H, W), p["kernel"], p["stride"], p["padding"], p["ceil_mode"],
-                                                p["count_include_pad"])
     loads, steps = {"x": rv}, [("red", "max" if mx else "sum", "y", "x", float(np.max(inv)))]
     if np.ptp(inv) > 0:                               # windows with different divisors: a per-pixel scale
         c = cc.place_const(f"{out.name}_inv", inv.astype(np.float32), "fp32")

@@ -12,7 +12,7 @@ import itertools
 import math
 from dataclasses import dataclass, replace
 
-from .isa import DTYPES, QUEUE_OF, Barrier, Dma
+from .isa import DTYPES, QUEUE_OF, QUEUES, Barrier, Dma
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,11 @@ class Buf:
 
     def __init__(self, addr: int, nbytes: int):
         self.addr, self.nbytes = addr, nbytes
-        self.w, self.r, self.key = [0, 0, 0], [0, 0, 0], None
+        self.w, self.r, self.key = [0] * len(QUEUES), [0] * len(QUEUES), None
 
 
-_QI = {"dma": 0, "mxu": 1, "vec": 2}
+_QI = {q: k for k, q in enumerate(QUEUES)}
+_NOWAIT = {f"w_{q}": 0 for q in QUEUES}
 
 
 class Stream:
@@ -120,26 +121,26 @@ class Stream:
 
     def __init__(self):
         self.ins: list = []
-        self.count = [0, 0, 0]
+        self.count = [0] * len(QUEUES)
 
     def emit(self, make, reads=(), writes=()):
         """make(**waits) -> instruction. RAW on reads, WAR+WAW on writes."""
-        w = [0, 0, 0]
+        w = [0] * len(QUEUES)
         for b in reads:
             w = [max(x, y) for x, y in zip(w, b.w)]
         for b in writes:
             w = [max(x, y, z) for x, y, z in zip(w, b.w, b.r)]
-        probe = make(w_dma=0, w_mxu=0, w_vec=0)
+        probe = make(**_NOWAIT)
         q = _QI[QUEUE_OF[type(probe)]]
         if q == 1:
             w[1] = 0        # the array runs its queue in order and accumulates in order: no self-wait
-        ins = make(w_dma=w[0], w_mxu=w[1], w_vec=w[2]) if any(w) else probe
+        ins = make(**{f"w_{k}": x for k, x in zip(QUEUES, w)}) if any(w) else probe
         self.count[q] += 1
         c = self.count[q]
         for b in reads:
             b.r[q] = c
         for b in writes:
-            b.w, b.r = [0, 0, 0], [0, 0, 0]
+            b.w, b.r = [0] * len(QUEUES), [0] * len(QUEUES)
             b.w[q] = c
         self.ins.append(ins)
         return ins

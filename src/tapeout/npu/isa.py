@@ -5,12 +5,13 @@ The ISA is derived from the chip file the way VTA derives its ISA from `vta_conf
 instructions address those resources. Every instruction's docstring states its meaning as
 loop pseudo-code; `tapeout.npu.sim` executes exactly that.
 
-Machine model (per core): three in-order queues -- `dma`, `mxu` (the systolic array) and
-`vec` (the vector unit) -- fed from one instruction stream in program order. Each queue keeps
-a completion counter `done[q]` (instructions of queue q finished so far on this core).
-Every instruction carries three wait fields:
+Machine model (per core): five in-order queues -- `dma`, `mxu` (the systolic array), `vec` (the
+vector unit), `epi` (the array's output stage, where the chip has one) and `pool` (the pooling
+engine, where the chip has one) -- fed from one instruction stream in program order. Each queue
+keeps a completion counter `done[q]` (instructions of queue q finished so far on this core).
+Every instruction carries five wait fields:
 
-    before issuing: wait until done["dma"] >= w_dma and done["mxu"] >= w_mxu and done["vec"] >= w_vec
+    before issuing: wait until done[q] >= w_q for every queue q (w_dma, w_mxu, w_vec, w_epi, w_pool)
 
 which are the dependency tokens between a core's queues (counting semaphores). `BARRIER`
 synchronises all queues of all cores. Memory spaces: `dram` (off-chip), `shared` (global
@@ -33,7 +34,7 @@ from ..chip import Chip
 from ..errors import TapeoutError
 
 SPACES = ("dram", "shared", "sram")
-QUEUES = ("dma", "mxu", "vec")
+QUEUES = ("dma", "mxu", "vec", "epi", "pool")   # epi: the array's output stage; pool: the pooling engine
 # ISA dtype name -> numpy dtype ("u8" carries packed int4 / e2m1 pairs, low nibble first;
 # "fp4" is an unpacked e2m1 value per byte, "e8m0" an unsigned power-of-two scale)
 DTYPES = {
@@ -59,8 +60,12 @@ VFUNCS = {
 }
 VFUNC_NAMES = tuple(VFUNCS)
 RFUNCS = ("sum", "max", "min", "absmax", "argmax", "argmin")
-NIBBLES = ("int4", "e2m1")   # how Dequant4 reads a 4-bit code: two's complement -8..7, or fp4 e2m1
-WORD_BYTES = 96  # every instruction encodes to one fixed-width little-endian word of this size
+NIBBLES = ("int4", "e2m1")
+OPERANDS = ("none", "full", "row", "col", "one")   # a Fixpipe stage's second operand: its (rs, cs) below
+OPERAND_STRIDES = {"none": None, "full": lambda n: (n, 1), "row": lambda n: (0, 1), "col": lambda n: (1, 0),
+                   "one": lambda n: (0, 0)}
+FIX_STAGES = 5              # elementwise stages one Fixpipe word holds   # how Dequant4 reads a 4-bit code: two's complement -8..7, or fp4 e2m1
+WORD_BYTES = 128  # every instruction encodes to one fixed-width little-endian word of this size
 
 
 class IsaError(TapeoutError):
@@ -81,6 +86,8 @@ class Geometry:
     shared_bytes: int
     lanes: int
     macs: dict          # dtype -> MACs per cycle per core
+    epilogue_ops: frozenset = frozenset()   # op kinds the array's output stage fuses (chip.EPILOGUE_OPS)
+    pooling: bool = False                    # a pooling engine
 
     @staticmethod
     def from_chip(chip: Chip) -> "Geometry":
@@ -90,7 +97,8 @@ class Geometry:
                            f"with array_rows and array_cols (got kind {chip.chip.kind!r})")
         return Geometry(chip.name, chip.cores.count, m.array_rows, m.array_cols, m.dataflow,
                         int(chip.cores.sram.bytes), int(chip.shared_buffer.bytes), chip.cores.vector.lanes,
-                        dict(m.macs_per_cycle))
+                        dict(m.macs_per_cycle), frozenset(m.epilogue.ops if m.epilogue else ()),
+                        chip.cores.pooling is not None)
 
     def pe_macs(self, dtype: str) -> int:
         """MACs per processing element per cycle for `dtype` (2 where 8-bit MACs split a 16-bit one)."""
@@ -110,7 +118,7 @@ def _e(kind: str, default=dataclasses.MISSING):
     return dataclasses.field(default=default, metadata={"kind": kind})
 
 
-_WAITS = ("w_dma", "w_mxu", "w_vec")
+_WAITS = tuple(f"w_{q}" for q in QUEUES)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +149,8 @@ class Dma:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +174,8 @@ class Gather:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +215,8 @@ class Matmul:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,6 +261,8 @@ class Vec:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,6 +288,8 @@ class Reduce:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,6 +317,8 @@ class Scan:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,6 +349,8 @@ class Dequant4:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,15 +363,83 @@ class Barrier:
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
+
+
+_FIXPIPE_DOC = """The array's output stage: an accumulator tile through up to 5 elementwise stages into SRAM (queue: mxu).
+
+    for r in range(M): for c in range(N):
+        x = f32(acc[acc_addr + (r*N + c)*size(acc_dtype)])
+        for k in range(n):                                   # stage k: func f<k>, operand o<k>, imm<k>
+            rs, cs = {full: (N, 1), row: (0, 1), col: (1, 0), one: (0, 0)}[o<k>_kind]   # none: no operand
+            y = f32(o<k>[o<k>_addr + (r*rs + c*cs)*size(o<k>_dtype)])
+            x = f<k>(y, x, imm<k>) if sw<k> else f<k>(x, y, imm<k>)              # as Vec's func(a, b, imm), fp32
+        d[d_addr + (r*N + c)*size(d_dtype)] = cast(d_dtype, x)              # Vec's rounding and saturation
+
+f<k> is a Vec function of one or two operands (each stage computes exactly what a Vec with a = x
+(b = x when sw<k>) and d_dtype fp32 would). Runs on the matrix unit's output stage
+(cores.matrix.epilogue), its own queue: it drains one tile's accumulators (w_mxu: after its
+Matmuls) while the array runs the next tiles' Matmuls (w_epi: before one reuses its accumulators).
+Time: max(ceil(M*N / elements_per_cycle), SRAM bytes / sram bandwidth) on the output stage.
+"""
+
+_FIX_FIELDS = [(n, k, dataclasses.MISSING) for n, k in (("acc_addr", "u32"), ("acc_dtype", "dtype"), ("M", "u32"),
+                                                          ("N", "u32"), ("d_addr", "u32"), ("d_dtype", "dtype"))]
+_FIX_FIELDS += [("n", "u8", 0)] + [f for k in range(FIX_STAGES) for f in (
+    (f"f{k}", "vfunc", "copy"), (f"o{k}_addr", "u32", 0), (f"o{k}_dtype", "dtype", "fp32"),
+    (f"o{k}_kind", "operand", "none"), (f"sw{k}", "u8", 0), (f"imm{k}", "f32", 0.0))]
+_FIX_FIELDS += [(w, "u32", 0) for w in _WAITS]
+Fixpipe = dataclasses.make_dataclass(
+    "Fixpipe", [(n, str if k in ("vfunc", "dtype", "operand") else float if k == "f32" else int, _e(k, d))
+                for n, k, d in _FIX_FIELDS],
+    frozen=True, slots=True, kw_only=True, namespace={"__doc__": _FIXPIPE_DOC, "__module__": __name__})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pool:
+    """Window max or sum of a strided 2-D SRAM tile on the pooling engine (queue: vec).
+
+        for r in range(rows): for c in range(cols):
+            s = func(f32(a[a_addr + (r*a_rs + c*a_cs + i*a_ks + j*a_ls)*size(a_dtype)])
+                     for i in range(kh) for j in range(kw))               # as Reduce over the kh*kw window
+            d[d_addr + (r*d_rs + c*d_cs)*size(d_dtype)] = cast(d_dtype, imm * s)
+
+    func: max or sum (sum with imm = 1/window is an average pool). Runs on the pooling engine
+    (cores.pooling), its own queue beside the vector unit.
+    Time: ceil(rows*cols*kh*kw / elements_per_cycle) + vector_pipeline_cycles on the pooling engine.
+    """
+    func: str = _e("rfunc")
+    rows: int = _e("u32")
+    cols: int = _e("u32")
+    kh: int = _e("u32")
+    kw: int = _e("u32")
+    d_addr: int = _e("u32")
+    d_dtype: str = _e("dtype")
+    d_rs: int = _e("i32")
+    d_cs: int = _e("i32", 1)
+    a_addr: int = _e("u32")
+    a_dtype: str = _e("dtype")
+    a_rs: int = _e("i32")
+    a_cs: int = _e("i32")
+    a_ks: int = _e("i32")
+    a_ls: int = _e("i32")
+    imm: float = _e("f32", 1.0)
+    w_dma: int = _e("u32", 0)
+    w_mxu: int = _e("u32", 0)
+    w_vec: int = _e("u32", 0)
+    w_epi: int = _e("u32", 0)
+    w_pool: int = _e("u32", 0)
 
 
 # opcode -> class; the mnemonic is the lower-case class name
-OPCODES = {1: Dma, 2: Gather, 3: Matmul, 4: Vec, 5: Reduce, 6: Dequant4, 7: Barrier, 8: Scan}
+OPCODES = {1: Dma, 2: Gather, 3: Matmul, 4: Vec, 5: Reduce, 6: Dequant4, 7: Barrier, 8: Scan, 9: Fixpipe, 10: Pool}
 QUEUE_OF = {Dma: "dma", Gather: "dma", Matmul: "mxu", Vec: "vec", Reduce: "vec", Dequant4: "vec", Barrier: None,
-            Scan: "vec"}
+            Scan: "vec", Fixpipe: "epi", Pool: "pool"}
 _OPCODE_OF = {cls: op for op, cls in OPCODES.items()}
 _MNEMONIC = {cls.__name__.lower(): cls for cls in OPCODES.values()}
-_ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS, "nibble": NIBBLES}
+_ENUMS = {"space": SPACES, "dtype": DTYPE_NAMES, "vfunc": VFUNC_NAMES, "rfunc": RFUNCS, "nibble": NIBBLES,
+          "operand": OPERANDS}
 _STRUCT = {"u8": "B", "u32": "I", "i32": "i", "u64": "Q", "f32": "f", **{k: "B" for k in _ENUMS}}
 
 
@@ -496,6 +586,17 @@ def matmul_latency(geom: Geometry) -> int:
     return geom.rows + geom.rows + geom.cols - 2
 
 
+# which op kind of the chip file's cores.matrix.epilogue.ops a Fixpipe stage is: (func, operand kind) -> kind
+EPILOGUE_KIND = {
+    **{("mul", k): "scale" for k in ("row", "col", "one")}, ("muls", "none"): "scale",
+    **{("add", k): "bias" for k in ("row", "col", "one")}, ("adds", "none"): "bias",
+    ("add", "full"): "residual", ("mul", "full"): "multiply", ("relu", "none"): "relu",
+    **{(f, "none"): "requantize" for f in ("trunc", "round", "floor", "ceil", "maxs", "mins")},
+    **{(f, "none"): f for f in ("silu", "gelu", "gelu_tanh", "sigmoid", "tanh")},
+}
+NARROW_STORES = ("int8", "u8", "fp8", "fp8e5m2", "int32")   # a Fixpipe store to these needs "requantize"
+
+
 def reference_markdown() -> str:
     """The ISA reference (docs/npu.md embeds it; a test keeps the two identical)."""
     out = [f"Every instruction is one {WORD_BYTES}-byte little-endian word: a u8 opcode, then its fields in "
@@ -508,5 +609,6 @@ def reference_markdown() -> str:
                 "```", *textwrap.dedent(rest).strip("\n").splitlines(), "```", "",
                 "Fields: " + ", ".join(f"`{n}`:{k}" for n, k in fields_of(cls)), ""]
     out += ["Enums: space " + ", ".join(SPACES) + "; dtype " + ", ".join(DTYPE_NAMES) + "; vector func "
-            + ", ".join(VFUNC_NAMES) + "; reduce func " + ", ".join(RFUNCS) + "; nibble " + ", ".join(NIBBLES) + "."]
+            + ", ".join(VFUNC_NAMES) + "; reduce func " + ", ".join(RFUNCS) + "; nibble " + ", ".join(NIBBLES)
+            + "; operand " + ", ".join(OPERANDS) + "."]
     return "\n".join(out) + "\n"

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
 from .emit import Buf, Sram, View, _ndindex, dma_copy, split_even
-from .isa import DTYPES, Dequant4, Gather, Matmul, Reduce, Scan, Vec
+from .isa import (DTYPES, EPILOGUE_KIND, FIX_STAGES, NARROW_STORES, OPERAND_STRIDES, Dequant4, Fixpipe, Gather,
+                  Matmul, Pool, Reduce, Scan, Vec)
 
 F32 = "fp32"
 NBUF = 3                    # operand tiles in flight per GEMM (triple buffering)
@@ -209,7 +210,8 @@ def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None):
     best = None
     for tm in sorted({min(M, t) for t in (16, 32, 64, 128, 256, 512)}):
         for tn in sorted({min(_up(N, tc), k * tc) for k in range(1, 17)}):
-            fixed = (LAG + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2
+            fixed = (LAG + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2 + \
+                (LAG + 1) * FIX_STAGES * _small_bytes(tm, tn) * bool(g.epilogue_ops)
             per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
             tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows,
                                  max(g.rows, (W_TILE_BYTES // (tn * es)) // g.rows * g.rows)))
@@ -242,6 +244,8 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
     acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(LAG + 1)]
     ep = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
     obuf = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
+    small = [[sram.alloc(_small_bytes(tm, tn)) for _ in range(FIX_STAGES)] if cc.geom.epilogue_ops else []
+             for _ in range(LAG + 1)]            # per-channel / per-row operands of the output stage
     kslot, pending = 0, []
     for t, (j, m0, n0) in enumerate(tiles):
         job = jobs[j]
@@ -272,7 +276,8 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
             kslot += 1
         if len(pending) == LAG:       # tile t-LAG's epilogue after this tile's loads and matmuls, so the
             _epilogue(*pending.pop(0))  # in-order DMA queue fetches ahead and the array and vector unit overlap
-        pending.append((s, job, ab, acc_dtype, ep[t % (LAG + 1)], obuf[t % (LAG + 1)], m0, n0, m, n))
+        pending.append((s, job, ab, acc_dtype, ep[t % (LAG + 1)], obuf[t % (LAG + 1)], m0, n0, m, n,
+                        cc.geom, small[t % (LAG + 1)]))
     for args in pending:
         _epilogue(*args)
 
@@ -284,20 +289,81 @@ def _load(s, buf: Buf, src: View, key):
     buf.key = key
 
 
-def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n):
+def _small_bytes(tm, tn):
+    return max(tm, tn) * 4
+
+
+def _stage_kind(v: View | None) -> str:
+    """How an epilogue operand varies over the output tile: isa.OPERANDS."""
+    if v is None:
+        return "none"
+    return {(True, True): "full", (False, True): "row", (True, False): "col", (False, False): "one"}[
+        (v.strides[0] != 0 and v.shape[0] > 1, v.strides[1] != 0 and v.shape[1] > 1)]
+
+
+def fused_prefix(geom, ops, out_dtype) -> tuple[int, bool]:
+    """(how many leading epilogue entries the array's output stage takes, whether it also stores the
+    result): entries of a kind the chip's stage lists (isa.EPILOGUE_KIND), at most FIX_STAGES, one
+    operand of the output's shape (its second-tensor read); storing int8/fp8 needs `requantize`."""
+    if not geom.epilogue_ops:
+        return 0, False
+    k = full = 0
+    for func, opnd, _, _ in ops:
+        kind = _stage_kind(opnd)
+        full += kind == "full"
+        if k == FIX_STAGES or full > 1 or EPILOGUE_KIND.get((func, kind)) not in geom.epilogue_ops:
+            break
+        k += 1
+    return k, out_dtype not in NARROW_STORES or "requantize" in geom.epilogue_ops
+
+
+def _tile_operand(opnd: View, m0, n0, m, n) -> tuple[View, str]:
+    """The part of an epilogue operand one output tile reads (a vector when it is constant along an
+    axis), and its kind for that tile."""
+    o = opnd.box((m0, n0), (m, n))
+    vr, vc = o.strides[0] != 0 and m > 1, o.strides[1] != 0 and n > 1
+    return o.box((0, 0), (m if vr else 1, n if vc else 1)), _stage_kind(o)
+
+
+def _fixpipe(s, ops, ab, acc_dtype, dst, d_dtype, eb, small, m0, n0, m, n):
+    """The leading `ops` on the array's output stage: accumulators -> stages -> dst in d_dtype."""
+    kw, reads = {"n": len(ops)}, [ab]
+    for j, (func, opnd, imm, acc_is_b) in enumerate(ops):
+        kind, buf, dt = "none", None, "fp32"
+        if opnd is not None:
+            src, kind = _tile_operand(opnd, m0, n0, m, n)
+            buf, dt = (eb, src.dtype) if kind == "full" else (small[j], src.dtype)
+            _load(s, buf, src, None if kind == "full" else (id(opnd), opnd.addr, m0, n0, m, n, kind))
+            reads.append(buf)
+        kw.update({f"f{j}": func, f"o{j}_addr": buf.addr if buf else 0, f"o{j}_dtype": dt, f"o{j}_kind": kind,
+                   f"sw{j}": int(acc_is_b and opnd is not None), f"imm{j}": float(imm)})
+    s.emit(lambda **w: Fixpipe(acc_addr=ab.addr, acc_dtype=acc_dtype, M=m, N=n, d_addr=dst.addr, d_dtype=d_dtype,
+                               **kw, **w), reads=reads, writes=[dst])
+
+
+def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n, geom, small):
+    """The elementwise chain after one output tile, then its store: the leading ops the array's
+    output stage supports run there (one Fixpipe), the rest as one Vec each; the result is
+    rounded to the output type once (by the Fixpipe or a Vec copy) and DMA'd out."""
+    ops = [x for x in job.epilogue if not (x[0] == "copy" and x[1] is None)]   # identity: steps read fp32
+    out = job.out.box((m0, n0), (m, n))
+    k, store = fused_prefix(geom, ops, out.dtype)
     cur, cur_dt = ab, acc_dtype
-    for func, opnd, imm, acc_is_b in job.epilogue:
-        if func == "copy" and opnd is None:             # identity: every step reads its source as fp32
-            continue
+    if k or store:
+        done = k == len(ops) and store
+        _fixpipe(s, ops[:k], ab, acc_dtype, ob, out.dtype if done else F32, eb, small, m0, n0, m, n)
+        if done:
+            dma_copy(s, View.contiguous("sram", ob.addr, out.dtype, (m, n)), out, reads=[ob])
+            return
+        cur, cur_dt = ob, F32
+    for func, opnd, imm, acc_is_b in ops[k:]:
         kw, reads = {}, [cur]
         if opnd is not None:
-            o = opnd.box((m0, n0), (m, n))
-            vr = o.strides[0] != 0 and m > 1          # operand varies along rows / columns
-            vc = o.strides[1] != 0 and n > 1
-            src = o.box((0, 0), (m if vr else 1, n if vc else 1))
+            src, kind = _tile_operand(opnd, m0, n0, m, n)
             eb.key = None
-            dma_copy(s, src, View.contiguous("sram", eb.addr, o.dtype, src.shape), writes=[eb])
-            slot_o = {"addr": eb.addr, "dtype": o.dtype, "rs": (n if vc else 1) if vr else 0, "cs": 1 if vc else 0}
+            dma_copy(s, src, View.contiguous("sram", eb.addr, src.dtype, src.shape), writes=[eb])
+            rs, cs = OPERAND_STRIDES[kind](n)
+            slot_o = {"addr": eb.addr, "dtype": src.dtype, "rs": rs, "cs": cs}
             slot_c = {"addr": cur.addr, "dtype": cur_dt, "rs": n, "cs": 1}
             a_, b_ = (slot_o, slot_c) if acc_is_b else (slot_c, slot_o)
             kw = {"a_addr": a_["addr"], "a_dtype": a_["dtype"], "a_rs": a_["rs"], "a_cs": a_["cs"],
@@ -308,7 +374,6 @@ def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n):
         s.emit(lambda **w: Vec(func=func, rows=m, cols=n, d_addr=ob.addr, d_dtype=F32, d_rs=n, imm=float(imm), **kw, **w),
                reads=reads, writes=[ob])
         cur, cur_dt = ob, F32
-    out = job.out.box((m0, n0), (m, n))
     s.emit(lambda **w: Vec(func="copy", rows=m, cols=n, d_addr=eb.addr, d_dtype=out.dtype, d_rs=n,
                            a_addr=cur.addr, a_dtype=cur_dt, a_rs=n, **w), reads=[cur], writes=[eb])
     eb.key = None
@@ -379,6 +444,44 @@ def _dw_block(s, block, bufs, r, x, w, bias, out, kernel, stride, dilation):
                             a_addr=acc.addr, a_dtype=F32, a_rs=Wo, **wt), reads=[acc], writes=[ob])
     dma_copy(s, View.contiguous("sram", ob.addr, out.dtype, (r, Wo)),
              out.box((n, o, h0, 0), (1, 1, r, Wo)).reshape((r, Wo)), reads=[ob])
+
+
+# ----------------------------------------------------------------------------- pooling engine
+
+def pool_planes(cc, x: View, out: View, kernel, stride, dilation, func: str, imm: float):
+    """Max / sum pooling on the pooling engine: x[N, C, Hp, Wp] (padded), out[N, C, Ho, Wo].
+    Work: blocks of output rows of one (image, channel) plane, split over the cores. Per block:
+    DMA the input rows it needs (issued one block ahead, so loads overlap the previous block's
+    pooling), one Pool reading the windows in place (imm x max or sum), a DMA to the output."""
+    N, C, Hp, Wp = x.shape
+    Ho, Wo = out.shape[2:]
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    need = lambda r: (r - 1) * sh + (kh - 1) * dh + 1                     # input rows for r output rows
+    per_set = lambda r: need(r) * Wp * x.esize + r * Wo * out.esize + 128
+    hb = Ho
+    while hb > 1 and 2 * per_set(hb) > cc.sram_bytes:
+        hb = (hb + 1) // 2
+    if 2 * per_set(hb) > cc.sram_bytes:
+        raise UnsupportedOpError(f"{cc.op_name}: an input row of {Wp} elements does not fit the {cc.sram_bytes}-byte SRAM")
+    blocks = [(n, c, h0) for n in range(N) for c in range(C) for h0 in range(0, Ho, hb)]
+    for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
+        s, sram, mine = cc.streams[core], Sram(cc.sram_bytes), blocks[b0:b1]
+        bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
+
+        def load(t):
+            (n, c, h0), rows = mine[t], need(min(hb, Ho - mine[t][2]))
+            _load(s, bufs[t % 2][0], x.box((n, c, h0 * sh, 0), (1, 1, rows, Wp)).reshape((rows, Wp)), None)
+        load(0)
+        for t, (n, c, h0) in enumerate(mine):
+            if t + 1 < len(mine):
+                load(t + 1)                   # the next block's rows arrive while this one pools
+            (xb, ob), r = bufs[t % 2], min(hb, Ho - h0)
+            s.emit(lambda **w: Pool(func=func, rows=r, cols=Wo, kh=kh, kw=kw, d_addr=ob.addr, d_dtype=out.dtype,
+                                    d_rs=Wo, a_addr=xb.addr, a_dtype=x.dtype, a_rs=sh * Wp, a_cs=sw, a_ks=dh * Wp,
+                                    a_ls=dw, imm=imm, **w), reads=[xb], writes=[ob])
+            dma_copy(s, View.contiguous("sram", ob.addr, out.dtype, (r, Wo)),
+                     out.box((n, c, h0, 0), (1, 1, r, Wo)).reshape((r, Wo)), reads=[ob])
+    cc.barrier()
 
 
 # ----------------------------------------------------------------------------- attention

@@ -15,6 +15,9 @@ Costs, all derived from the chip file plus `data/npu_timing.toml`:
   Matmul   folds * max(M, rows) cycles on the mxu queue, ready matmul_latency later (isa.Matmul)
   Vec etc. ceil(elements / lanes) (ALU) or / special_functions_per_cycle (SFU), at least the
            SRAM bytes touched / sram bandwidth, + vector_pipeline_cycles
+  Fixpipe  ceil(M*N / epilogue elements_per_cycle), at least its SRAM bytes / sram bandwidth, on the
+           epi queue (the array's output stage: it overlaps the Matmuls that follow it)
+  Pool     ceil(window elements / pooling elements_per_cycle) + vector_pipeline_cycles on the pool queue
 """
 from __future__ import annotations
 
@@ -26,11 +29,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..sourced import table
-from .isa import (DTYPES, QUEUES, VFUNCS, Barrier, Dequant4, Dma, Gather, Geometry, IsaError, Matmul,
-                  Reduce, Scan, Vec, matmul_cycles, matmul_latency, matmul_occupancy)
+from .isa import (_WAITS, DTYPES, OPERAND_STRIDES, QUEUE_OF, QUEUES, VFUNCS, Barrier, Dequant4, Dma, Fixpipe,
+                  Gather, Geometry, IsaError, Matmul, Pool, Reduce, Scan, Vec, matmul_cycles, matmul_latency,
+                  matmul_occupancy)
 from .program import Program
 
-_Q = {q: i for i, q in enumerate(QUEUES)}
 
 
 def timing_params() -> dict:
@@ -50,6 +53,8 @@ class Timing:
     vec_overhead: int
     barrier: int
     overlap: bool
+    epilogue_per_cycle: float = 0.0    # results per cycle of the array's output stage (0: none)
+    pool_per_cycle: float = 0.0        # window elements per cycle of the pooling engine (0: none)
 
     @staticmethod
     def from_chip(chip) -> "Timing":
@@ -61,10 +66,17 @@ class Timing:
         lat = {k: int(round(v * clk)) for k, v in p["dma_latency_s"].items()}
         if not chip.dram.bandwidth_bytes_per_s:          # no DRAM: the "dram" space is on-chip memory
             lat["dram"] = lat["shared"]
-        v = chip.cores.vector
+        v, m, pool = chip.cores.vector, chip.cores.matrix, chip.cores.pooling
+        epi = (m.epilogue.elements_per_cycle or m.array_cols) if m.epilogue else 0.0   # default: keeps up with the array
         return Timing(Geometry.from_chip(chip), clk, bpc, lat, v.lanes,
                       v.special_functions_per_cycle or v.lanes * p["special_function_lane_fraction"], sram_bw,
-                      int(p["vector_pipeline_cycles"]), int(p["barrier_cycles"]), p["matrix_weight_buffers"] >= 2)
+                      int(p["vector_pipeline_cycles"]), int(p["barrier_cycles"]), p["matrix_weight_buffers"] >= 2,
+                      float(epi), float(pool.elements_per_cycle) if pool else 0.0)
+
+    @property
+    def queues(self) -> tuple:
+        """The queues (engines) this chip has: dma, mxu, vec, and epi / pool where it has them."""
+        return tuple(q for q in QUEUES if (q != "epi" or self.epilogue_per_cycle) and (q != "pool" or self.pool_per_cycle))
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -234,8 +246,31 @@ def exec_dequant4(m: Memory, c: int, i: Dequant4):
     m.view("sram", c, i.d_addr, i.d_dtype, (i.rows, i.cols), (i.d_rs, 1))[...] = cast(r, i.d_dtype)
 
 
+def fixpipe_stages(i) -> list:
+    """A Fixpipe's stages as (func, operand kind, operand addr, operand dtype, swapped, imm)."""
+    return [(getattr(i, f"f{k}"), getattr(i, f"o{k}_kind"), getattr(i, f"o{k}_addr"), getattr(i, f"o{k}_dtype"),
+             getattr(i, f"sw{k}"), getattr(i, f"imm{k}")) for k in range(i.n)]
+
+
+def exec_fixpipe(m: Memory, c: int, i):
+    x = _operand(m, c, i.M, i.N, i.acc_addr, i.acc_dtype, i.N, 1)
+    for func, kind, addr, dtype, sw, imm in fixpipe_stages(i):
+        y = None if kind == "none" else _operand(m, c, i.M, i.N, addr, dtype, *OPERAND_STRIDES[kind](i.N))
+        a, b = (y, x) if sw else (x, y)
+        with np.errstate(all="ignore"):
+            x = _f32(_F[func](a, b, None, np.float32(imm)))
+    m.view("sram", c, i.d_addr, i.d_dtype, (i.M, i.N), (i.N, 1))[...] = cast(x, i.d_dtype)
+
+
+def exec_pool(m: Memory, c: int, i: Pool):
+    win = m.view("sram", c, i.a_addr, i.a_dtype, (i.rows, i.cols, i.kh, i.kw), (i.a_rs, i.a_cs, i.a_ks, i.a_ls))
+    a = np.ascontiguousarray(_f32(win)).reshape(i.rows * i.cols, i.kh * i.kw)     # Reduce's operand layout
+    r = (_R[i.func](a) * np.float32(i.imm)).reshape(i.rows, i.cols)
+    m.view("sram", c, i.d_addr, i.d_dtype, (i.rows, i.cols), (i.d_rs, i.d_cs))[...] = cast(_f32(r), i.d_dtype)
+
+
 EXEC = {Dma: exec_dma, Gather: exec_gather, Matmul: exec_matmul, Vec: exec_vec, Reduce: exec_reduce,
-        Dequant4: exec_dequant4, Scan: exec_scan}
+        Dequant4: exec_dequant4, Scan: exec_scan, Fixpipe: exec_fixpipe, Pool: exec_pool}
 
 
 # ----------------------------------------------------------------------------- costs (cycles, bytes)
@@ -281,9 +316,37 @@ def _vec_cost(t: Timing, i):
     return max(cyc, math.ceil(nbytes / t.sram_bytes_per_cycle)) + t.vec_overhead, 0, {"sram": nbytes}
 
 
+def fixpipe_cycles(t: Timing, M: int, N: int, sram_bytes: int) -> int:
+    """Cycles a Fixpipe occupies the array's output stage (see isa.Fixpipe)."""
+    if not t.epilogue_per_cycle:
+        raise IsaError(f"fixpipe: chip {t.geom.name} has no matrix output stage (cores.matrix.epilogue)")
+    return max(math.ceil(M * N / t.epilogue_per_cycle), math.ceil(sram_bytes / t.sram_bytes_per_cycle))
+
+
+def pool_cycles(t: Timing, window_elements: int) -> int:
+    """Cycles a Pool occupies the pooling engine (see isa.Pool)."""
+    if not t.pool_per_cycle:
+        raise IsaError(f"pool: chip {t.geom.name} has no pooling engine (cores.pooling)")
+    return math.ceil(window_elements / t.pool_per_cycle) + t.vec_overhead
+
+
+def _fixpipe_cost(t: Timing, i):
+    n = i.M * i.N
+    nbytes = n * DTYPES[i.d_dtype].itemsize + sum(
+        {"full": n, "row": i.N, "col": i.M, "one": 1}.get(kind, 0) * DTYPES[dt].itemsize
+        for _, kind, _, dt, _, _ in fixpipe_stages(i))
+    return fixpipe_cycles(t, i.M, i.N, nbytes), 0, {"sram": nbytes}
+
+
+def _pool_cost(t: Timing, i: Pool):
+    n = i.rows * i.cols * i.kh * i.kw
+    nbytes = n * DTYPES[i.a_dtype].itemsize + i.rows * i.cols * DTYPES[i.d_dtype].itemsize
+    return pool_cycles(t, n), 0, {"sram": nbytes}
+
+
 COST = {Dma: _dma_cost, Gather: _dma_cost, Matmul: _matmul_cost, Vec: _vec_cost, Reduce: _vec_cost,
-        Dequant4: _vec_cost, Scan: _vec_cost}
-QIDX = {Dma: 0, Gather: 0, Matmul: 1, Vec: 2, Reduce: 2, Dequant4: 2, Scan: 2}
+        Dequant4: _vec_cost, Scan: _vec_cost, Fixpipe: _fixpipe_cost, Pool: _pool_cost}
+QIDX = {cls: QUEUES.index(q) for cls, q in QUEUE_OF.items() if q}
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -303,9 +366,10 @@ def simulate(prog: Program, inputs=(), count_only: bool = False, timing: Timing 
     t = timing or Timing.from_chip(prog.chip)
     mem = None if count_only else _load(prog, t.geom, inputs)
     ncores = len(prog.streams)
-    free = [[0, 0, 0] for _ in range(ncores)]          # cycle each queue is next free
-    done = [([], [], []) for _ in range(ncores)]        # completion cycle of each instruction, per queue
-    busy, stall = [0, 0, 0], [0, 0, 0]
+    nq = len(QUEUES)
+    free = [[0] * nq for _ in range(ncores)]            # cycle each queue is next free
+    done = [tuple([] for _ in QUEUES) for _ in range(ncores)]   # completion cycle of each instruction, per queue
+    busy, stall = [0] * nq, [0] * nq
     traffic: dict = {"dram": 0, "shared": 0, "sram": 0}
     events: list = []
     pos = [0] * ncores
@@ -322,7 +386,7 @@ def simulate(prog: Program, inputs=(), count_only: bool = False, timing: Timing 
         releases.append(release)
         release += t.barrier
         for c in range(ncores):
-            free[c][:] = [release] * 3
+            free[c][:] = [release] * nq
             pos[c] += 1                                  # step over the barrier
     outs = None if count_only else [_output(mem.read(o.space, o.addr, o.shape, o.dtype)) for o in prog.outputs]
     return Result(outs, _stats(prog, t, release, busy, stall, traffic), events, t.clock_hz, releases)
@@ -342,7 +406,7 @@ def _run_segment(stream, p, c, t, mem, free, done, busy, stall, traffic, events)
             return p
         q = QIDX[cls]
         ready = free[q]
-        for k, w in ((0, i.w_dma), (1, i.w_mxu), (2, i.w_vec)):
+        for k, w in enumerate(getattr(i, f) for f in _WAITS):
             if w:
                 if w > len(done[k]):
                     raise IsaError(f"core {c} instruction {p}: waits for {QUEUES[k]} count {w}, "
@@ -382,12 +446,13 @@ def _load(prog: Program, geom: Geometry, inputs) -> Memory:
 def _stats(prog, t: Timing, cycles, busy, stall, traffic) -> dict:
     ncores = len(prog.streams)
     cycles = max(int(cycles), 1)
+    eng = [(QUEUES.index(q), q) for q in t.queues]      # the chip's queues: dma mxu vec (+ epi, pool)
     return {
         "cycles": cycles,
         "seconds": cycles / t.clock_hz,
-        "engine_busy_cycles": {q: int(busy[k]) for k, q in enumerate(QUEUES)},
-        "utilization": {q: busy[k] / (cycles * ncores) for k, q in enumerate(QUEUES)},
-        "stall_cycles": {q: int(stall[k]) for k, q in enumerate(QUEUES)},
+        "engine_busy_cycles": {q: int(busy[k]) for k, q in eng},
+        "utilization": {q: busy[k] / (cycles * ncores) for k, q in eng},
+        "stall_cycles": {q: int(stall[k]) for k, q in eng},
         "bytes": {k: int(v) for k, v in traffic.items()},
         "instructions": prog.n_instructions,
         "cores": ncores,

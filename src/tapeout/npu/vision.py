@@ -290,7 +290,8 @@ def simulate_batch(model: str, chip: str, dtype: str, batch: int) -> dict:
             c["ops"][k] = c["ops"].get(k, 0.0) + n * v / clk
         for k, v in r["busy"].items():
             c["busy"][k] = c["busy"].get(k, 0.0) + n * v / clk / cores
-    busy = {q: sum(c["busy"].get(q, 0.0) for c in classes.values()) for q in ("dma", "mxu", "vec")}
+    queues = [q for q in ("dma", "mxu", "vec", "epi", "pool") if q in sims[0][2]["busy"]]    # the chip's engines
+    busy = {q: sum(c["busy"].get(q, 0.0) for c in classes.values()) for q in queues}
     sec = cycles / clk
     return {"samples_s": batch / sec, "batch": batch, "seconds_per_batch": sec, "cycles": cycles,
             "utilization": {q: b / sec for q, b in busy.items()}, "classes": classes,
