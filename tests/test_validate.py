@@ -230,3 +230,41 @@ def test_cli_writes_the_whole_file(tmp_path):
     only = CliRunner().invoke(app, ["validate", str(src), "--out", str(out), "--rows", "C"])
     assert only.exit_code == 0 and [r["id"] for r in json.loads(out.read_text())["results"]] == ["C"]
     assert _cli(["validate", str(src), "--rows", "Z"]).returncode == 2
+
+
+def test_decode_with_a_fixed_workload_runs_at_the_mean_cache_length():
+    kw = dict(MOE, scenario="decode", batch_per_chip=16, metric="output_tok_s_per_chip")
+    by_workload = predict_row(dict(kw, workload="fixed:1024:1024"))
+    assert by_workload["details"]["context"] == 1536
+    assert by_workload["predicted"] == pytest.approx(predict_row(dict(kw, context=1536))["predicted"], rel=1e-12)
+    assert by_workload["predicted"] < predict_row(dict(kw, context=1024))["predicted"]   # longer caches, slower step
+    assert "context" in predict_row(kw)["reason"]
+
+
+def test_cloudmatrix_decode_rows_take_the_quoted_prompt_and_output():
+    from importlib import resources
+
+    _, rows = load_rows(resources.files("tapeout") / "data" / "calibration" / "published.json")
+    decode = [r for r in rows if r["chip"] == "ascend-910c" and r["scenario"] == "decode"]
+    assert len(decode) == 5
+    for r in decode:        # quote columns: TPOT SLO, prompt, output, batch per NPU, TPOT, tokens/s per NPU
+        cols = [c.strip().replace(",", "") for c in r["quote"].strip("|").split("|")]
+        assert r["workload"] == f"fixed:{cols[1]}:{cols[2]}" and r["batch_per_chip"] == int(cols[3])
+        assert r["published"] == float(cols[5]) and "context" not in r
+
+
+def test_rocm_stack_grows_the_405b_tp8_step_with_the_batch_as_published():
+    """The Oracle vLLM table's latency grows ~5x from batch 1 to 256 at 128 + 128 tokens, linearly from batch 1
+    (where the GEMMs are weight-bound): the TP8 all-reduce payload grows with the batch. The fitted rocm-vllm
+    stack's collective bandwidth must carry that; with the links at peak (ideal comm) batch 256 is ~2x fast."""
+    import dataclasses
+
+    from tapeout.stack import load_stack
+
+    r = dict(chip="mi300x", chips=8, tp=8, pp=1, ep=1, model="llama-3.1-405b", weights="fp8", kv="fp8",
+             scenario="static", workload="fixed:128:128", metric="output_tok_s")
+    rocm = load_stack("rocm-vllm")
+    b1, b256 = (predict_row(dict(r, batch=b), stack=rocm)["predicted"] for b in (1, 256))
+    assert 0.8 < (b256 / b1) / (1846 / 36) < 1.25                  # published: 36 and 1,846 tok/s
+    peak = dataclasses.replace(rocm, name="rocm-peak-links", overrides={**rocm.overrides, "comm_efficiency": 1.0})
+    assert predict_row(dict(r, batch=256), stack=peak)["predicted"] > 1.5 * b256

@@ -17,7 +17,8 @@ Scenarios (SCENARIOS: name -> function of a Case and a Layout, returning every m
                the moment the last one finishes, so the engine always holds min(concurrency, left)
                requests; that is the offline run with at most `concurrency` sequences in flight
 - latency      static at batch 1
-- decode       a decode pool at `batch_per_chip` sequences per chip with `context`-token caches
+- decode       a decode pool at `batch_per_chip` sequences per chip with `context`-token caches (or, given a
+               fixed:PROMPT:OUTPUT workload instead, at the mean cache length of its decode, PROMPT + OUTPUT / 2)
 - prefill      a prefill pool running `tokens_per_step` tokens per chip per step in `prompt`-token prompts
 
 `batch`, `concurrency`, `max_seqs` (per replica) and `requests` count the deployment; `batch_per_chip` and
@@ -201,17 +202,27 @@ def _check_pool_memory(case: Case, lay: Layout, seqs: int, tokens: int, prompt: 
     check_fit(add_memory(m, speculation(case.row.get("speculative")), c, spec, dt, seqs, tokens, lay.tp, lay.ep), c, spec)
 
 
+def _decode_context(case: Case) -> int:
+    """Cache length of a decode pool's step: `context` as stated, else the mean over a fixed:PROMPT:OUTPUT
+    workload's decode, PROMPT + OUTPUT / 2 (a pool in steady state holds sequences spread evenly over their
+    outputs, and a batch started together averages the same; attention time is linear in the length)."""
+    if case.row.get("context") is not None or case.row.get("workload") is None:
+        return int(case.need("context"))
+    p, o = _fixed(case)
+    return p + o // 2
+
+
 def _decode(case: Case, lay: Layout, check_memory: bool = True) -> dict:
     from .llm.kernels import Batch
 
     _one_stage(lay, "decode")
-    b, ctx = int(case.need("batch_per_chip")), int(case.need("context"))
+    b, ctx = int(case.need("batch_per_chip")), _decode_context(case)
     group = b * lay.tp
     if check_memory:
         _check_pool_memory(case, lay, group, ctx, 1)
     sec = _pool_step(case, lay, Batch.of("decode", group, ctx)) if not case.row.get("speculative") else \
         _spec_pool_tpot(case, lay, group, ctx)
-    out = {"output_tok_s_per_chip": b / sec, "output_tok_s": b * case.chips / sec, "tpot_ms": sec * 1e3}
+    out = {"output_tok_s_per_chip": b / sec, "output_tok_s": b * case.chips / sec, "tpot_ms": sec * 1e3, "context": ctx}
     if case.row.get("slo_tpot_s") is not None:
         out["meets_slo_tpot"] = sec <= case.row["slo_tpot_s"]
     return out
