@@ -60,6 +60,7 @@ def test_constants_mirror_the_compiler():
 
 def test_gpu_and_cube_chips_keep_their_model():
     assert not npu.applies(load_chip("h100-sxm")) and not npu.applies(load_chip("ascend-910c"))
+    assert not npu.applies(load_chip("tpu-v5e"))
     assert npu.applies(load_chip("tapeout-n7")) and npu.applies(load_chip("hanguang-800"))
 
 

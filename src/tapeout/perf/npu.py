@@ -27,10 +27,13 @@ NBUF_SLOTS = 3   # must equal tapeout.npu.kernels.NBUF; checked in tests/test_np
 
 
 def applies(chip) -> bool:
-    """The chip is one the virtual NPU runs as its file describes it: an npu/tpu with a known
-    array that is weight-stationary (or of unstated dataflow, which the virtual NPU runs WS)."""
+    """The chip is one the virtual NPU runs as its file describes it: an npu/tpu with one known
+    array per core that is weight-stationary (or of unstated dataflow, which the virtual NPU runs
+    WS). Several arrays per core (TPU MXUs) the virtual NPU folds into wider PEs, which is not
+    their timing, so those chips keep the analytical systolic path."""
     m = chip.cores.matrix
-    return chip.chip.kind in ("npu", "tpu") and bool(m.array_rows and m.array_cols) and m.dataflow in ("ws", "unknown")
+    return chip.chip.kind in ("npu", "tpu") and bool(m.array_rows and m.array_cols) and m.units == 1 and \
+        m.dataflow in ("ws", "unknown")
 
 
 @dataclass(frozen=True)
