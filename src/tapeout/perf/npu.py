@@ -286,6 +286,12 @@ def _attention(chip, k, d: str) -> dict:
     kv_bytes = B * hkv * Skv * (dqk + dv) * 2
     # decode reads the cache from DRAM; prefill's k and v were just computed (shared buffer while they fit)
     kv_space = "dram" if Sq == 1 else space_of(chip, kv_bytes)
+    if Sq == 1 and Skv > ATTN_KEYS:    # a batch's mean context: between whole key chunks, linear in the keys
+        lo = int(k.shape[2]) // ATTN_KEYS * ATTN_KEYS
+        a, b = (attention_cycles(chip, B, int(hq), int(hkv), 1, x, int(dqk), int(dv), False, dt, "shared", "dram",
+                                 "shared") for x in (lo, lo + ATTN_KEYS))
+        f = (k.shape[2] - lo) / ATTN_KEYS
+        return {**b, "cycles": a["cycles"] + f * (b["cycles"] - a["cycles"])}
     return attention_cycles(chip, B, int(hq), int(hkv), Sq, Skv, int(dqk), int(dv), bool(causal), dt,
                             space_of(chip, B * hq * Sq * dqk * 2), kv_space, space_of(chip, B * hq * Sq * dv * 2))
 
