@@ -198,6 +198,17 @@ def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0)
     cc.barrier()
 
 
+def gemm_plan(chip, M, N, K, njobs, in_dtype, acc_dtype, group=0, mac=None) -> tuple[int, int, int]:
+    """The (tm, tn, tk) that `gemm` uses for this shape on `chip`, without emitting anything: the
+    tile plan the analytical model (tapeout.perf.npu) costs in closed form."""
+    from types import SimpleNamespace
+
+    from .isa import Geometry
+    g = Geometry.from_chip(chip)
+    cc = SimpleNamespace(geom=g, chip=chip, ncores=g.cores, sram_bytes=g.sram_bytes, op_name="gemm")
+    return _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac)
+
+
 def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None):
     """Output tile (tm x tn) and K chunk (tk) that fit SRAM and minimise the busiest core's time:
     ceil(tiles / cores) x max(array cycles, DMA cycles) of one tile, plus a per-tile overhead.

@@ -78,9 +78,9 @@ def _layer(b, x, i, dims, cos, sin, phase, length, abstract, rng):
     ones = (lambda n, nm: _w(b, (n,), nm, True, rng)) if abstract else \
         (lambda n, nm: b.const(np.ones(n, np.float32), name=nm, dtype="bf16"))
     h = b.rms_norm(x, ones(H, f"in_norm{i}"), axes=(-1,), eps=eps)
-    q = b.linear(h, _w(b, (nh * D, H), f"wq{i}", abstract, rng))
-    k = b.linear(h, _w(b, (nkv * D, H), f"wk{i}", abstract, rng))
-    v = b.linear(h, _w(b, (nkv * D, H), f"wv{i}", abstract, rng))
+    qkv = b.linear(h, _w(b, ((nh + 2 * nkv) * D, H), f"wqkv{i}", abstract, rng))    # one fused projection
+    cut = (0, nh * D, (nh + nkv) * D, (nh + 2 * nkv) * D)                         # (vLLM's QKVParallelLinear)
+    q, k, v = (b.slice(qkv, starts=(0, 0, cut[j]), stops=(None, None, cut[j + 1])) for j in range(3))
     heads = lambda t, n: b.transpose(b.reshape(t, shape=(B, L, n, D)), perm=(0, 2, 1, 3))
     q, k, v = _rope(b, heads(q, nh), cos, sin, D), _rope(b, heads(k, nkv), cos, sin, D), heads(v, nkv)
     if phase == "decode":

@@ -22,6 +22,7 @@ import weakref
 from ..chip import Chip
 from ..errors import TapeoutError
 from ..llm.kernels import Kernel
+from . import npu
 from .params import PerfParams
 
 INF = float("inf")
@@ -288,6 +289,14 @@ COSTS = {
 
 
 def kernel_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
+    if npu.applies(chip):   # a chip the virtual NPU runs: its timing in closed form (perf/npu.py)
+        cache = chip_cache(chip)
+        key = ("npu", p, k.kind, k.name, k.shape, k.dtype, k.flops, k.bytes_read, k.bytes_written, k.weight_bytes)
+        if key not in cache:
+            d = _mma_dtype(chip, k.dtype) if k.kind in ("gemm", "attention") else k.dtype
+            cache[key] = npu.kernel_cost(chip, p, k, d)
+        if cache[key] is not None:
+            return cache[key]
     if k.kind == "gemm":
         M, N, K, groups = k.shape
         in_b = (k.bytes_read - k.weight_bytes) / max(groups * M * K, 1e-9)

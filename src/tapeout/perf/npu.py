@@ -1,0 +1,379 @@
+"""The virtual NPU's timing in closed form: the analytical model's path for chips it can run.
+
+The simulator (tapeout.npu.sim) walks every instruction of a compiled program on three in-order
+queues per core (dma, mxu, vec). This module times the same kernels without emitting or walking
+them: the compiler's own tile plan (`tapeout.npu.kernels.gemm_plan`), the same instruction
+counts per tile, each instruction costed by the simulator's own cost table (`sim.COST`, so a
+change to an instruction's timing flows through), and the queues combined in closed form:
+
+- the busiest core (core 0: kernels split their tiles or rows evenly, the first cores get one
+  more) sets the kernel's time; every kernel ends with a barrier;
+- a queue that runs back to back takes the sum of its instructions' occupancies; the other
+  queues add their pipeline fill (before the first instruction of the busy queue can start) and
+  drain (after its last one);
+- an operand buffer is reused three chunks later (triple buffering), so a load waits for the
+  matmul three chunks before it to complete: a chunk costs at least (DMA + DRAM latency +
+  matmul + array latency) / 3, the bound that keeps a decode GEMM below the DRAM bandwidth.
+
+Every figure is a cycle count at the chip's clock from the chip file and data/npu_timing.toml;
+nothing here is fitted.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+NBUF_SLOTS = 3   # must equal tapeout.npu.kernels.NBUF; checked in tests/test_npu_consistency.py
+
+
+def applies(chip) -> bool:
+    """The chip is one the virtual NPU runs as its file describes it: an npu/tpu with one known
+    array per core that is weight-stationary (or of unstated dataflow, which the virtual NPU runs
+    WS). Several arrays per core (TPU MXUs) the virtual NPU folds into wider PEs, which is not
+    their timing, so those chips keep the analytical systolic path."""
+    m = chip.cores.matrix
+    return chip.chip.kind in ("npu", "tpu") and bool(m.array_rows and m.array_cols) and m.units == 1 and \
+        m.dataflow in ("ws", "unknown")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the closed forms need of one chip: the simulator's Timing and cost table."""
+    t: object          # tapeout.npu.sim.Timing
+    cost: dict         # instruction class -> cost function (sim.COST)
+    isa: object        # the tapeout.npu.isa module (instruction classes, DTYPES)
+
+    @property
+    def cores(self) -> int:
+        return self.t.geom.cores
+
+    def dma(self, space: str, nbytes: float, dtype: str = "bf16") -> tuple[int, int]:
+        """(queue cycles, latency) of one DMA of `nbytes` between `space` and a core's SRAM."""
+        n = max(1, int(round(nbytes / self.isa.DTYPES[dtype].itemsize)))
+        i = self.isa.Dma(src_space=space, src_addr=0, dst_space="sram", dst_addr=0, dtype=dtype, n0=1, n1=1, n2=n)
+        occ, lat, _ = self.cost[self.isa.Dma](self.t, i)
+        return occ, lat
+
+    def matmul(self, m: int, k: int, n: int, in_dtype: str, acc_dtype: str) -> tuple[int, int]:
+        i = self.isa.Matmul(acc_addr=0, a_addr=0, w_addr=0, M=m, K=k, N=n, lda=k, ldw=n, ldc=n, in_dtype=in_dtype,
+                            acc_dtype=acc_dtype)
+        occ, lat, _ = self.cost[self.isa.Matmul](self.t, i)
+        return occ, lat
+
+    def vec(self, func: str, rows: int, cols: int, d: str = "fp32", a: str = "fp32", b: str = "fp32",
+            c: str = "fp32") -> int:
+        i = self.isa.Vec(func=func, rows=rows, cols=cols, d_addr=0, d_dtype=d, d_rs=cols, a_addr=0, a_dtype=a,
+                         a_rs=cols, b_addr=0, b_dtype=b, c_addr=0, c_dtype=c)
+        return self.cost[self.isa.Vec](self.t, i)[0]
+
+    def reduce(self, rows: int, cols: int, a: str = "fp32") -> int:
+        i = self.isa.Reduce(func="sum", rows=rows, cols=cols, d_addr=0, d_dtype="fp32", d_rs=1, a_addr=0, a_dtype=a,
+                            a_rs=cols)
+        return self.cost[self.isa.Reduce](self.t, i)[0]
+
+
+def machine(chip) -> Machine:
+    from ..npu import isa, sim   # the simulator's own tables (npu does not import perf: no cycle)
+    from .kernels import chip_cache
+    c = chip_cache(chip)
+    if "npu_machine" not in c:
+        c["npu_machine"] = Machine(sim.Timing.from_chip(chip), sim.COST, isa)
+    return c["npu_machine"]
+
+
+def space_of(chip, nbytes: float) -> str:
+    """Where the compiler keeps an activation of `nbytes`: the shared buffer while it fits, else DRAM.
+    The compiler allocates first-fit among the values alive at the time (the residual stream, the
+    kernel's other operands); a kernel-level model does not see them, so an operand counts as
+    fitting while it takes at most half of the buffer."""
+    return "shared" if chip.shared_buffer.bytes and nbytes <= chip.shared_buffer.bytes / 2 else "dram"
+
+
+def _busiest(n_items: int, cores: int) -> int:
+    """Items of the first core when `n_items` are split evenly over `cores` (npu.emit.split_even)."""
+    return -(-n_items // max(1, min(cores, n_items)))
+
+
+def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "bf16", acc_dtype: str = "fp32",
+                out_dtype: str = "bf16", a_space: str = "shared", out_space: str = "shared",
+                epilogue: tuple = ()) -> dict:
+    """Cycles of the NPU's `gemm` kernel for C[M,N] = A[M,K] @ W[K,N] (x groups jobs), weights in DRAM.
+
+    `epilogue`: (vector func, operand dtype or None, operand shape: True full, False / "row" one value
+    per column, "col" one per row) per fused op after
+    the accumulation (bias, activation, residual); the final cast to `out_dtype` and the store are
+    always there. Returns {"cycles", "dma", "mxu", "vec"} of the busiest core (busy cycles per queue)."""
+    from ..npu.kernels import gemm_plan
+    mc = machine(chip)
+    t, cores = mc.t, mc.cores
+    tm, tn, tk = gemm_plan(chip, M, N, K, groups, in_dtype, acc_dtype)
+    es = mc.isa.DTYPES[in_dtype].itemsize
+    mt, nt, nk = -(-M // tm), -(-N // tn), -(-K // tk)
+    mine = _busiest(groups * mt * nt, cores)
+    # a resident operand chunk is not reloaded: the chunk NBUF_SLOTS loads back had the same key only
+    # when the K chunks per tile divide NBUF_SLOTS (same k0), i.e. `back` tiles earlier
+    back = {1: NBUF_SLOTS, NBUF_SLOTS: 1}.get(nk)
+    L_in, L_w, L_out = t.latency[a_space], t.latency["dram"], t.latency[out_space]
+    dma = mxu = vec = 0.0
+    period = 0.0
+    first = last = None
+    for g in range(mine):
+        j, rem = divmod(g, nt * mt)
+        ni, mi = divmod(rem, mt)
+        m, n = min(tm, M - mi * tm), min(tn, N - ni * tn)
+        a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
+        w_hit = back is not None and g >= back and (g - back) // mt == g // mt
+        epi_dma = 0
+        v = 0
+        cur = acc_dtype
+        for func, odt, rows in epilogue:
+            if odt is not None:
+                shape = {"col": m, "row": n, True: m * n, False: n}[rows]     # full operand, per row, per column
+                epi_dma += mc.dma("shared", shape * mc.isa.DTYPES[odt].itemsize, odt)[0]
+            v += mc.vec(func, m, n, "fp32", cur, odt or "fp32")
+            cur = "fp32"
+        v += mc.vec("copy", m, n, out_dtype, cur)
+        store = mc.dma(out_space, m * n * mc.isa.DTYPES[out_dtype].itemsize, out_dtype)[0]
+        for ki in range(nk):
+            k = min(tk, K - ki * tk)
+            d = (0 if a_hit else mc.dma(a_space, m * k * es, in_dtype)[0]) + \
+                (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0])
+            o, lam = mc.matmul(m, k, n, in_dtype, acc_dtype)
+            if first is None:
+                first = d + max(L_in, L_w)
+            e = epi_dma + store if ki == nk - 1 else 0
+            period += max(d + e, o, (d + max(L_in, L_w) + o + lam) / NBUF_SLOTS)
+            dma, mxu = dma + d + e, mxu + o
+            last = (o, lam)
+        vec += v
+        tail = v + store + L_out
+    o_last, lam = last
+    memory, compute = period + o_last + lam + tail, first + mxu + lam + tail
+    vector = first + mxu / mine + lam + vec + store + L_out      # epilogues back to back after the first tile
+    return {"cycles": max(memory, compute, vector), "memory_bound": memory > max(compute, vector),
+            "dma": dma, "mxu": mxu, "vec": vec, "tiles": (tm, tn, tk)}
+
+
+ATTN_Q_ROWS, ATTN_KEYS = 128, 512   # must equal tapeout.npu.kernels.attention's tq and tk (checked by a test)
+
+
+def attention_cycles(chip, B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, Dv: int, causal: bool,
+                     dtype: str = "bf16", q_space: str = "shared", kv_space: str = "shared",
+                     out_space: str = "shared") -> dict:
+    """Cycles of the NPU's flash `attention` kernel (npu.kernels.attention): one job per (batch, head),
+    or per KV head with the group's query rows stacked for decode; query blocks of 128 rows against
+    512-key chunks with an online softmax, causal chunks past the diagonal skipped.
+
+    Per chunk the array and the vector unit hand the scores back and forth: QK^T, then max, the
+    exponentials and the running sums on the vector unit, then PV, whose result the vector unit
+    folds into the output; QK^T of the next chunk follows PV on the in-order array. A chunk takes
+    the longest of that dependency chain, the vector unit's and the DMA queue's work."""
+    mc = machine(chip)
+    t, es = mc.t, mc.isa.DTYPES[dtype].itemsize
+    stack = Hq // Hkv if Lq == 1 and not causal else 1
+    jobs = B * Hq // stack
+    rows = Lq * stack
+    tq, tk = min(rows, ATTN_Q_ROWS), min(Lk, ATTN_KEYS)
+    mine = _busiest(jobs, mc.cores)
+    L_kv, L_q, L_out = t.latency[kv_space], t.latency[q_space], t.latency[out_space]
+    total = dma = mxu = vec = 0.0
+    for r0 in range(0, rows, tq):
+        r = min(tq, rows - r0)
+        chunks = [min(tk, Lk - c0) for c0 in range(0, Lk, tk) if not (causal and c0 > r0 + r - 1)]
+        diag = [causal and c0 + c - 1 > r0 for c0, c in zip(range(0, Lk, tk), chunks)]
+        dq = mc.dma(q_space, r * D * es, dtype)[0]
+        end = mc.vec("select", r, 1) + mc.vec("div", r, Dv, dtype)
+        store = mc.dma(out_space, r * Dv * es, dtype)[0]
+        A = B = 0.0                      # the DMA queue's path, and the array/vector dependency chain
+        for i, c in enumerate(chunks):
+            dk, dv = mc.dma(kv_space, c * D * es, dtype)[0], mc.dma(kv_space, c * Dv * es, dtype)[0]
+            qk, lam = mc.matmul(r, D, c, dtype, "fp32")
+            pv, _ = mc.matmul(r, c, Dv, dtype, "fp32")
+            soft = (mc.vec("tril", r, c) if diag[i] else 0) + mc.reduce(r, c) + mc.vec("max", r, 1) + \
+                mc.vec("subexp", r, 1) + mc.vec("subexp", r, c, dtype)
+            after = mc.reduce(r, c, dtype) + mc.vec("fma", r, 1) + mc.vec("copy", r, 1)
+            fo = mc.vec("fma", r, Dv)
+            fold = max(after, pv + lam) + fo        # PV's result folded into the output
+            if i + 1 < len(chunks):                 # the next QK^T follows PV on the array
+                nxt = mc.matmul(r, D, chunks[i + 1], dtype, "fp32")[0]
+                B += qk + lam + soft + max(pv, fold - nxt - lam)
+            else:
+                B += qk + lam + soft + fold
+                A += max(L_kv + qk + lam + soft + pv + lam - dv, L_kv + pv + lam) + fo
+            A += dk + dv
+            if i == 0:
+                B += dk + L_kv
+            dma, mxu, vec = dma + dk + dv, mxu + qk + pv, vec + soft + after + fo
+        fills = 2 * mc.vec("fill", r, 1) + mc.vec("fill", r, Dv)
+        total += dq + max(A, B) + end + store
+        dma += dq + store
+        vec += fills + end
+    return {"cycles": mine * total + L_out, "memory_bound": dma > mxu + vec,
+            "dma": mine * dma, "mxu": mine * mxu, "vec": mine * vec}
+
+
+def row_cycles(chip, rows: int, cols: int, loads, steps, stores, whole_rows: bool = False) -> dict:
+    """Cycles of the NPU's `row_kernel` (npu.kernels.row_kernel) over a [rows, cols] tensor.
+
+    loads / stores: (tile kind, ISA dtype, memory space) per operand, kind full (rows x cols),
+    col (one per row) or row (one per column, loaded once); steps: (op, vector func, kind of its
+    result, dtype of its result, dtypes of its operands) with op "vec" or "red". Rows are cut into
+    boxes that fit half the SRAM (double buffers), at most 1024 rows, 4096 columns unless whole
+    rows are needed, spread over the cores. The vector steps start when the first load lands; a
+    box's store sits in the in-order DMA queue before the next box's loads and waits for the
+    last step, so boxes follow one another."""
+    mc = machine(chip)
+    t, size = mc.t, lambda dt: mc.isa.DTYPES[dt].itemsize
+    tiles = [(k, dt) for k, dt, _ in loads] + [(k, dt) for _, _, k, dt, _ in steps]
+    full = sum(size(dt) for k, dt in tiles if k == "full")
+    col = sum(size(dt) for k, dt in tiles if k == "col")
+    max_cols = cols if whole_rows else min(cols, 4096)
+    budget = t.geom.sram_bytes // 2 - sum(cols * 4 for k, _ in tiles if k == "row")
+    max_rows = max(1, min(budget // (2 * (full * max_cols + col) + 64), 1024, -(-rows // mc.cores)))
+    col_boxes = -(-cols // max_cols)
+    n_boxes = -(-rows // max_rows) * col_boxes
+    mine = _busiest(n_boxes, mc.cores)
+    total = dma = vec = 0.0
+    for b in range(mine):
+        r = min(max_rows, rows - (b // col_boxes) * max_rows)
+        c = min(max_cols, cols - (b % col_boxes) * max_cols)
+        n_of = {"full": (r, c), "col": (r, 1), "row": (1, c), "one": (1, 1)}
+        lds = [mc.dma(sp, math.prod(n_of[k]) * size(dt), dt)[0] for k, dt, sp in loads
+               if k in ("full", "col") or b < col_boxes]
+        lat = max((t.latency[sp] for _, _, sp in loads), default=0)
+        vs = [mc.reduce(r, c, *ins[:1]) if op == "red" else mc.vec(func, *n_of[k], dt, *ins)
+              for op, func, k, dt, ins in steps]
+        st = sum(mc.dma(sp, math.prod(n_of[k]) * size(dt), dt)[0] for k, dt, sp in stores)
+        ld, v = sum(lds), sum(vs)
+        total += max(lds[0] + lat + v, ld + lat + vs[-1]) + st if lds else v + st
+        dma, vec = dma + ld + st, vec + v
+    out_lat = max((t.latency[sp] for _, _, sp in stores), default=0)
+    return {"cycles": total + out_lat, "memory_bound": dma > vec, "dma": dma, "vec": vec, "mxu": 0.0}
+
+
+def dma_copy_cycles(chip, nbytes: float, src: str, dst: str, dtype: str = "bf16") -> float:
+    """Cycles of a kernel that only moves `nbytes` by DMA, split evenly over the cores."""
+    mc = machine(chip)
+    far = [s for s in (src, dst) if s != "sram"] or ["sram"]
+    occ = max(mc.dma(s, nbytes / mc.cores, dtype)[0] for s in far)
+    return occ + max(mc.t.latency[s] for s in far)
+
+
+# ----------------------------------------------------------------------------- perf kernels on the NPU
+
+ISA_IN = {"int8": ("int8", "int32"), "fp8": ("fp8", "fp32"), "fp16": ("fp16", "fp32")}   # else bf16 into fp32
+ISA_BY_BYTES = {4: "fp32", 2: "bf16", 1: "int8"}
+DEQUANT = (("mul", "fp32", "col"), ("mul", "fp32", "row"))     # int8/fp8: x scale per row, w scale per column
+
+
+def _gemm(chip, k, d: str) -> dict | None:
+    M, N, K, groups = (int(math.ceil(x)) for x in k.shape)
+    in_b = (k.bytes_read - k.weight_bytes) / max(groups * M * K, 1)
+    w_b = k.weight_bytes / max(groups * N * K, 1)
+    out_b = k.bytes_written / max(groups * M * N, 1)
+    if w_b < 1 or min(M, N, K) < 1:   # 4-bit weights (dequant4 on the vector unit): not in closed form yet
+        return None
+    in_dt, acc = ISA_IN.get(d, ("bf16", "fp32"))
+    out_dt = ISA_BY_BYTES.get(round(out_b), "bf16")
+    return gemm_cycles(chip, M, N, K, groups, in_dt, acc, out_dt, space_of(chip, groups * M * K * in_b),
+                       space_of(chip, groups * M * N * out_b), DEQUANT if in_dt in ("int8", "fp8") else ())
+
+
+def _attention(chip, k, d: str) -> dict:
+    B, Sq, Skv, hq, hkv, dqk, dv, causal = k.shape
+    B, Sq, Skv = int(B), int(Sq), int(math.ceil(Skv))
+    dt = "fp16" if d == "fp16" else "bf16"
+    kv_bytes = B * hkv * Skv * (dqk + dv) * 2
+    # decode reads the cache from DRAM; prefill's k and v were just computed (shared buffer while they fit)
+    kv_space = "dram" if Sq == 1 else space_of(chip, kv_bytes)
+    if Sq == 1 and Skv > ATTN_KEYS:    # a batch's mean context: between whole key chunks, linear in the keys
+        lo = int(k.shape[2]) // ATTN_KEYS * ATTN_KEYS
+        a, b = (attention_cycles(chip, B, int(hq), int(hkv), 1, x, int(dqk), int(dv), False, dt, "shared", "dram",
+                                 "shared") for x in (lo, lo + ATTN_KEYS))
+        f = (k.shape[2] - lo) / ATTN_KEYS
+        return {**b, "cycles": a["cycles"] + f * (b["cycles"] - a["cycles"])}
+    return attention_cycles(chip, B, int(hq), int(hkv), Sq, Skv, int(dqk), int(dv), bool(causal), dt,
+                            space_of(chip, B * hq * Sq * dqk * 2), kv_space, space_of(chip, B * hq * Sq * dv * 2))
+
+
+RMS_STEPS = [("vec", "mul", "full", "fp32", ("bf16", "bf16")), ("red", "sum", "col", "fp32", ("fp32",)),
+             ("vec", "adds", "col", "fp32", ()), ("vec", "rsqrt", "col", "fp32", ()),
+             ("vec", "mul", "full", "fp32", ("bf16", "fp32")), ("vec", "mul", "full", "bf16", ("fp32", "bf16"))]
+
+
+def _rows(chip, k) -> dict:
+    """Row kernels as the NPU compiler writes them: norms (compiler._norm's steps; a fused add+norm
+    adds the residual first and stores both), everything else one vector op per FLOP per element
+    (an elementwise chain, one `vec` per op) over its operands."""
+    rows, cols = (int(math.ceil(x)) for x in (tuple(k.shape) + (1, 1))[:2])
+    n = max(rows * cols, 1)
+    sp_in, sp_out = space_of(chip, k.bytes_read), space_of(chip, k.bytes_written)
+    if k.kind in ("norm", "fused_norm"):
+        fused = k.kind == "fused_norm"
+        add = [("vec", "add", "full", "bf16", ("bf16", "bf16"))] if fused else []
+        loads = [("full", "bf16", sp_in)] * (2 if fused else 1) + [("row", "bf16", "dram")]
+        stores = [("full", "bf16", sp_out)] * (2 if fused else 1)
+        return row_cycles(chip, rows, cols, loads, add + RMS_STEPS, stores, whole_rows=True)
+    n_in = max(1, round(k.bytes_read / (2 * n)))
+    n_out = max(1, round(k.bytes_written / (2 * n)))
+    ops = max(1, round(k.flops / n))
+    steps = [("vec", "add", "full", "fp32" if i < ops - 1 else "bf16", ("bf16",) * min(2, n_in)) for i in range(ops)]
+    return row_cycles(chip, rows, cols, [("full", "bf16", sp_in)] * n_in, steps, [("full", "bf16", sp_out)] * n_out,
+                      whole_rows=k.kind in ("softmax",))
+
+
+NPU_KERNELS = {"gemm": _gemm, "attention": _attention}
+
+
+def kernel_cost(chip, p, k, dtype: str):
+    """(cycles, memory_s, fixed_s, launches) of perf kernel `k` on the virtual NPU, or None where the
+    closed forms do not cover it (collectives, 4-bit weights). The whole time goes to the path that
+    bounds it (compute: cycles that scale with the clock; memory: seconds that do not). A stack
+    reaches a fraction of what the compiler reaches: its parameters relative to the family's
+    (the ideal stack's) scale the time. The kernel's closing barrier is the launch gap."""
+    if k.kind == "comm":
+        return None
+    fn = NPU_KERNELS.get(k.kind, lambda c, kk, d: _rows(c, kk))
+    r = fn(chip, k, dtype)
+    if r is None:
+        return None
+    from .params import load_params
+    base = load_params(chip.chip.family)
+    if r["memory_bound"]:
+        eff = p.kv_dram_efficiency / base.kv_dram_efficiency if k.kind == "attention" else \
+            p.tiled_dram_efficiency / base.tiled_dram_efficiency if k.kind == "gemm" else \
+            p.dram_efficiency / base.dram_efficiency
+        return 0.0, r["cycles"] / chip.cores.clock_hz / eff, 0.0, 1
+    eff = {"gemm": p.mma_efficiency / base.mma_efficiency,
+           "attention": p.attention_mma_efficiency / base.attention_mma_efficiency}.get(k.kind, 1.0)
+    return r["cycles"] / eff * chip.max_clock_hz / chip.cores.clock_hz, 0.0, 0.0, 1
+
+
+def conv2d_cycles(chip, N: int, C: int, H: int, W: int, O: int, k: int, stride: int = 1, pad: int = 0,
+                  dtype: str = "bf16", epilogue: tuple = (("add", "bf16", False), ("relu", None, False)),
+                  x_space: str = "shared", out_space: str = "shared") -> dict:
+    """Cycles of an ungrouped conv2d as the NPU compiler lowers it (compiler._conv2d): a padded copy
+    of the input (a fill, then the interior), im2col (one strided DMA per tap and image, dealt to
+    the cores in turn), one GEMM over all images (rows = image x output pixel) with the bias and
+    activation as its epilogue, and the NHWC result copied to NCHW. int8: int8 x int8 into int32."""
+    mc = machine(chip)
+    es = mc.isa.DTYPES[dtype].itemsize
+    Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    xp = N * C * (H + 2 * pad) * (W + 2 * pad) * es
+    sp = space_of(chip, xp)
+    parts = []
+    if pad:
+        parts += [dma_copy_cycles(chip, xp, "dram", sp, dtype), dma_copy_cycles(chip, N * C * H * W * es, x_space, sp, dtype)]
+    cols_space = space_of(chip, N * Ho * Wo * C * k * k * es)
+    src = sp if pad else x_space
+    per = mc.dma(src, Ho * Wo * C * es, dtype)[0]
+    far = [s for s in (src, cols_space) if s != "sram"]
+    per = max(mc.dma(s, Ho * Wo * C * es, dtype)[0] for s in far)
+    parts.append(_busiest(k * k * N, mc.cores) * per + max(mc.t.latency[s] for s in far))
+    acc = "int32" if dtype == "int8" else "fp32"
+    out_es = 4 if dtype == "int8" else es
+    g = gemm_cycles(chip, N * Ho * Wo, O, C * k * k, 1, dtype, acc, "fp32" if dtype == "int8" else dtype, cols_space,
+                    space_of(chip, N * Ho * Wo * O * out_es), epilogue)
+    parts.append(g["cycles"])
+    parts.append(dma_copy_cycles(chip, N * Ho * Wo * O * out_es, space_of(chip, N * Ho * Wo * O * out_es), out_space))
+    return {"cycles": sum(parts) + (len(parts) - 1) * mc.t.barrier, "parts": parts, "gemm": g}
