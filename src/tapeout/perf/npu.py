@@ -21,7 +21,7 @@ nothing here is fitted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NBUF_SLOTS = 3   # must equal tapeout.npu.kernels.NBUF; checked in tests/test_npu_consistency.py
 
@@ -42,6 +42,14 @@ class Machine:
     t: object          # tapeout.npu.sim.Timing
     cost: dict         # instruction class -> cost function (sim.COST)
     isa: object        # the tapeout.npu.isa module (instruction classes, DTYPES)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)   # (what, args) -> cost: a sweep asks
+    # the same few thousand instruction shapes again and again
+
+    def _cached(self, key, make):
+        r = self.memo.get(key)
+        if r is None:
+            r = self.memo[key] = make()
+        return r
 
     @property
     def cores(self) -> int:
@@ -50,26 +58,23 @@ class Machine:
     def dma(self, space: str, nbytes: float, dtype: str = "bf16") -> tuple[int, int]:
         """(queue cycles, latency) of one DMA of `nbytes` between `space` and a core's SRAM."""
         n = max(1, int(round(nbytes / self.isa.DTYPES[dtype].itemsize)))
-        i = self.isa.Dma(src_space=space, src_addr=0, dst_space="sram", dst_addr=0, dtype=dtype, n0=1, n1=1, n2=n)
-        occ, lat, _ = self.cost[self.isa.Dma](self.t, i)
-        return occ, lat
+        return self._cached(("dma", space, n, dtype), lambda: self.cost[self.isa.Dma](self.t, self.isa.Dma(
+            src_space=space, src_addr=0, dst_space="sram", dst_addr=0, dtype=dtype, n0=1, n1=1, n2=n))[:2])
 
     def matmul(self, m: int, k: int, n: int, in_dtype: str, acc_dtype: str) -> tuple[int, int]:
-        i = self.isa.Matmul(acc_addr=0, a_addr=0, w_addr=0, M=m, K=k, N=n, lda=k, ldw=n, ldc=n, in_dtype=in_dtype,
-                            acc_dtype=acc_dtype)
-        occ, lat, _ = self.cost[self.isa.Matmul](self.t, i)
-        return occ, lat
+        return self._cached(("mm", m, k, n, in_dtype, acc_dtype), lambda: self.cost[self.isa.Matmul](self.t, self.isa.Matmul(
+            acc_addr=0, a_addr=0, w_addr=0, M=m, K=k, N=n, lda=k, ldw=n, ldc=n, in_dtype=in_dtype,
+            acc_dtype=acc_dtype))[:2])
 
     def vec(self, func: str, rows: int, cols: int, d: str = "fp32", a: str = "fp32", b: str = "fp32",
             c: str = "fp32") -> int:
-        i = self.isa.Vec(func=func, rows=rows, cols=cols, d_addr=0, d_dtype=d, d_rs=cols, a_addr=0, a_dtype=a,
-                         a_rs=cols, b_addr=0, b_dtype=b, c_addr=0, c_dtype=c)
-        return self.cost[self.isa.Vec](self.t, i)[0]
+        return self._cached(("vec", func, rows, cols, d, a, b, c), lambda: self.cost[self.isa.Vec](self.t, self.isa.Vec(
+            func=func, rows=rows, cols=cols, d_addr=0, d_dtype=d, d_rs=cols, a_addr=0, a_dtype=a, a_rs=cols, b_addr=0,
+            b_dtype=b, c_addr=0, c_dtype=c))[0])
 
     def reduce(self, rows: int, cols: int, a: str = "fp32") -> int:
-        i = self.isa.Reduce(func="sum", rows=rows, cols=cols, d_addr=0, d_dtype="fp32", d_rs=1, a_addr=0, a_dtype=a,
-                            a_rs=cols)
-        return self.cost[self.isa.Reduce](self.t, i)[0]
+        return self._cached(("red", rows, cols, a), lambda: self.cost[self.isa.Reduce](self.t, self.isa.Reduce(
+            func="sum", rows=rows, cols=cols, d_addr=0, d_dtype="fp32", d_rs=1, a_addr=0, a_dtype=a, a_rs=cols))[0])
 
 
 def machine(chip) -> Machine:
@@ -106,7 +111,8 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
     from ..npu.kernels import gemm_plan
     mc = machine(chip)
     t, cores = mc.t, mc.cores
-    tm, tn, tk = gemm_plan(chip, M, N, K, groups, in_dtype, acc_dtype)
+    tm, tn, tk = mc._cached(("plan", M, N, K, groups, in_dtype, acc_dtype),
+                            lambda: gemm_plan(chip, M, N, K, groups, in_dtype, acc_dtype))
     es = mc.isa.DTYPES[in_dtype].itemsize
     mt, nt, nk = -(-M // tm), -(-N // tn), -(-K // tk)
     mine = _busiest(groups * mt * nt, cores)
@@ -114,17 +120,9 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
     # when the K chunks per tile divide NBUF_SLOTS (same k0), i.e. `back` tiles earlier
     back = {1: NBUF_SLOTS, NBUF_SLOTS: 1}.get(nk)
     L_in, L_w, L_out = t.latency[a_space], t.latency["dram"], t.latency[out_space]
-    dma = mxu = vec = 0.0
-    period = 0.0
-    first = last = None
-    for g in range(mine):
-        j, rem = divmod(g, nt * mt)
-        ni, mi = divmod(rem, mt)
-        m, n = min(tm, M - mi * tm), min(tn, N - ni * tn)
-        a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
-        w_hit = back is not None and g >= back and (g - back) // mt == g // mt
-        epi_dma = 0
-        v = 0
+    def tile(m, n, a_hit, w_hit):
+        """(period, dma, mxu, vec, store, first DMA, last matmul's (occupancy, latency)) of one output tile."""
+        epi_dma = v = 0
         cur = acc_dtype
         for func, odt, rows in epilogue:
             if odt is not None:
@@ -134,18 +132,35 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
             cur = "fp32"
         v += mc.vec("copy", m, n, out_dtype, cur)
         store = mc.dma(out_space, m * n * mc.isa.DTYPES[out_dtype].itemsize, out_dtype)[0]
+        period = dma = mxu = 0.0
+        d0 = last = None
         for ki in range(nk):
             k = min(tk, K - ki * tk)
             d = (0 if a_hit else mc.dma(a_space, m * k * es, in_dtype)[0]) + \
                 (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0])
-            o, lam = mc.matmul(m, k, n, in_dtype, acc_dtype)
-            if first is None:
-                first = d + max(L_in, L_w)
+            o, lam = last = mc.matmul(m, k, n, in_dtype, acc_dtype)
+            d0 = d if d0 is None else d0
             e = epi_dma + store if ki == nk - 1 else 0
             period += max(d + e, o, (d + max(L_in, L_w) + o + lam) / NBUF_SLOTS)
             dma, mxu = dma + d + e, mxu + o
-            last = (o, lam)
-        vec += v
+        return period, dma, mxu, v, store, d0, last
+
+    dma = mxu = vec = 0.0
+    period = 0.0
+    first = last = None
+    tiles = {}
+    for g in range(mine):
+        j, rem = divmod(g, nt * mt)
+        ni, mi = divmod(rem, mt)
+        m, n = min(tm, M - mi * tm), min(tn, N - ni * tn)
+        a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
+        w_hit = back is not None and g >= back and (g - back) // mt == g // mt
+        key = (m, n, a_hit, w_hit)
+        r = tiles.get(key) or tiles.setdefault(key, tile(*key))
+        p_, d_, o_, v, store, d0, last = r
+        if first is None:
+            first = d0 + max(L_in, L_w)
+        period, dma, mxu, vec = period + p_, dma + d_, mxu + o_, vec + v
         tail = v + store + L_out
     o_last, lam = last
     memory, compute = period + o_last + lam + tail, first + mxu + lam + tail
@@ -234,19 +249,24 @@ def row_cycles(chip, rows: int, cols: int, loads, steps, stores, whole_rows: boo
     n_boxes = -(-rows // max_rows) * col_boxes
     mine = _busiest(n_boxes, mc.cores)
     total = dma = vec = 0.0
-    for b in range(mine):
-        r = min(max_rows, rows - (b // col_boxes) * max_rows)
-        c = min(max_cols, cols - (b % col_boxes) * max_cols)
+    lat = max((t.latency[sp] for _, _, sp in loads), default=0)
+
+    def box(r, c, first_row):
         n_of = {"full": (r, c), "col": (r, 1), "row": (1, c), "one": (1, 1)}
         lds = [mc.dma(sp, math.prod(n_of[k]) * size(dt), dt)[0] for k, dt, sp in loads
-               if k in ("full", "col") or b < col_boxes]
-        lat = max((t.latency[sp] for _, _, sp in loads), default=0)
+               if k in ("full", "col") or first_row]
         vs = [mc.reduce(r, c, *ins[:1]) if op == "red" else mc.vec(func, *n_of[k], dt, *ins)
               for op, func, k, dt, ins in steps]
         st = sum(mc.dma(sp, math.prod(n_of[k]) * size(dt), dt)[0] for k, dt, sp in stores)
         ld, v = sum(lds), sum(vs)
-        total += max(lds[0] + lat + v, ld + lat + vs[-1]) + st if lds else v + st
-        dma, vec = dma + ld + st, vec + v
+        return (max(lds[0] + lat + v, ld + lat + vs[-1]) + st if lds else v + st), ld + st, v
+
+    boxes = {}
+    for b in range(mine):
+        key = (min(max_rows, rows - (b // col_boxes) * max_rows), min(max_cols, cols - (b % col_boxes) * max_cols),
+               b < col_boxes)
+        tt, d, v = boxes.get(key) or boxes.setdefault(key, box(*key))
+        total, dma, vec = total + tt, dma + d, vec + v
     out_lat = max((t.latency[sp] for _, _, sp in stores), default=0)
     return {"cycles": total + out_lat, "memory_bound": dma > vec, "dma": dma, "vec": vec, "mxu": 0.0}
 
