@@ -312,15 +312,16 @@ def _stage_kind(v: View | None) -> str:
         (v.strides[0] != 0 and v.shape[0] > 1, v.strides[1] != 0 and v.shape[1] > 1)]
 
 
-def fused_prefix(geom, ops, out_dtype) -> tuple[int, bool]:
+def fused_prefix(geom, kinds, out_dtype) -> tuple[int, bool]:
     """(how many leading epilogue entries the array's output stage takes, whether it also stores the
-    result): entries of a kind the chip's stage lists (isa.EPILOGUE_KIND), at most FIX_STAGES, one
-    operand of the output's shape (its second-tensor read); storing int8/fp8 needs `requantize`."""
+    result), from each entry's (vector func, operand kind: isa.OPERAND_STRIDES' keys): entries of a kind
+    the chip's stage lists (isa.EPILOGUE_KIND), at most FIX_STAGES, one operand of the output's shape
+    (its second-tensor read); storing int8/fp8 needs `requantize`. The analytical model
+    (tapeout.perf.npu) calls this too, with the kinds it derives from its own epilogue description."""
     if not geom.epilogue_ops:
         return 0, False
     k = full = 0
-    for func, opnd, _, _ in ops:
-        kind = _stage_kind(opnd)
+    for func, kind in kinds:
         full += kind == "full"
         if k == FIX_STAGES or full > 1 or EPILOGUE_KIND.get((func, kind)) not in geom.epilogue_ops:
             break
@@ -358,7 +359,7 @@ def _epilogue(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n, geom, small):
     rounded to the output type once (by the Fixpipe or a Vec copy) and DMA'd out."""
     ops = [x for x in job.epilogue if not (x[0] == "copy" and x[1] is None)]   # identity: steps read fp32
     out = job.out.box((m0, n0), (m, n))
-    k, store = fused_prefix(geom, ops, out.dtype)
+    k, store = fused_prefix(geom, [(f, _stage_kind(o)) for f, o, _, _ in ops], out.dtype)
     cur, cur_dt = ab, acc_dtype
     if k or store:
         done = k == len(ops) and store

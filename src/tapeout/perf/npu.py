@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 NBUF_SLOTS = 3   # must equal tapeout.npu.kernels.NBUF; checked in tests/test_npu_consistency.py
+LAG = 2          # must equal tapeout.npu.kernels.LAG (output tiles an epilogue trails its matmuls by); checked there
 
 
 def applies(chip) -> bool:
@@ -72,6 +73,16 @@ class Machine:
             func=func, rows=rows, cols=cols, d_addr=0, d_dtype=d, d_rs=cols, a_addr=0, a_dtype=a, a_rs=cols, b_addr=0,
             b_dtype=b, c_addr=0, c_dtype=c))[0])
 
+    def fixpipe(self, m: int, n: int, d_dtype: str, stages: tuple) -> int:
+        """Output-stage cycles of a Fixpipe over an m x n tile: stages (func, operand kind or None, dtype)."""
+        def make():
+            kw = {"n": len(stages)}
+            for j, (f, kind, odt) in enumerate(stages):
+                kw.update({f"f{j}": f, f"o{j}_kind": kind or "none", f"o{j}_dtype": odt or "fp32"})
+            return self.cost[self.isa.Fixpipe](self.t, self.isa.Fixpipe(acc_addr=0, acc_dtype="fp32", M=m, N=n,
+                                                                         d_addr=0, d_dtype=d_dtype, **kw))[0]
+        return self._cached(("fix", m, n, d_dtype, stages), make)
+
     def reduce(self, rows: int, cols: int, a: str = "fp32") -> int:
         return self._cached(("red", rows, cols, a), lambda: self.cost[self.isa.Reduce](self.t, self.isa.Reduce(
             func="sum", rows=rows, cols=cols, d_addr=0, d_dtype="fp32", d_rs=1, a_addr=0, a_dtype=a, a_rs=cols))[0])
@@ -99,15 +110,85 @@ def _busiest(n_items: int, cores: int) -> int:
     return -(-n_items // max(1, min(cores, n_items)))
 
 
+OPERAND_KIND = {True: "full", False: "row", "row": "row", "col": "col", "one": "one"}   # epilogue rows -> isa kind
+NEVER = float("-inf")
+
+
+def epilogue_steps(chip, epilogue: tuple, m: int, n: int, acc_dtype: str, out_dtype: str, out_space: str) -> tuple:
+    """One m x n output tile's epilogue as npu.kernels._epilogue emits it, each step costed by the
+    simulator: ("load", occupancy, latency) of an output-stage operand, ("fix", cycles) the Fixpipe on
+    the array's output stage (the leading ops it takes: npu.kernels.fused_prefix), ("ld_eb", occupancy,
+    latency) an operand of a vector op (all share one SRAM buffer: a load waits for the vector op that
+    read the previous one), ("vec", cycles), and the final ("store", occupancy, latency)."""
+    from ..npu.kernels import fused_prefix
+    mc = machine(chip)
+    key = ("epi", epilogue, m, n, acc_dtype, out_dtype, out_space)
+    if key in mc.memo:
+        return mc.memo[key]
+    size = lambda dt: mc.isa.DTYPES[dt].itemsize
+    ops = [(f, None if odt is None else OPERAND_KIND[rows], odt, sp[0] if sp else "shared")
+           for f, odt, rows, *sp in epilogue]
+    count = {"full": m * n, "row": n, "col": m, "one": 1}
+    k, fstore = fused_prefix(mc.t.geom, [(f, kind or "none") for f, kind, _, _ in ops], out_dtype)
+    steps, cur = [], acc_dtype
+    if k or fstore:
+        done = k == len(ops) and fstore
+        fix = [(f, kind, odt) for f, kind, odt, _ in ops[:k]]
+        steps += [("load", *mc.dma(sp, count[kind] * size(odt), odt)) for _, kind, odt, sp in ops[:k] if kind]
+        steps.append(("fix", mc.fixpipe(m, n, out_dtype if done else "fp32", tuple(fix)), any(x[1] == "full" for x in fix)))
+        if done:
+            steps.append(("store", *mc.dma(out_space, m * n * size(out_dtype), out_dtype)))
+            return mc.memo.setdefault(key, tuple(steps))
+        cur = "fp32"
+    for f, kind, odt, sp in ops[k:]:
+        if kind:
+            steps.append(("ld_eb", *mc.dma(sp, count[kind] * size(odt), odt)))
+        steps.append(("vec", mc.vec(f, m, n, "fp32", cur, odt or "fp32"), bool(kind)))
+        cur = "fp32"
+    steps.append(("vec", mc.vec("copy", m, n, out_dtype, cur), False))
+    steps.append(("store", *mc.dma(out_space, m * n * size(out_dtype), out_dtype)))
+    return mc.memo.setdefault(key, tuple(steps))
+
+
+def run_epilogue(steps, acc_ready, dma_free, dma_done, vec_free, epi_free):
+    """The queues after one tile's epilogue (npu.sim's walk of these steps): the cycle the DMA queue
+    is next free, its last completion (DMAs complete in order), the vector unit and the output stage
+    next free. A step starts when its queue is free and what it reads is ready: the accumulators
+    (`acc_ready`), its operand (every DMA issued before it complete), the step before it."""
+    ready, eb = acc_ready, NEVER
+    for st in steps:
+        kind = st[0]
+        if kind == "load":
+            dma_free += st[1]
+            dma_done = max(dma_done, dma_free + st[2])
+        elif kind == "ld_eb":
+            dma_free = max(dma_free, eb) + st[1]
+            dma_done = max(dma_done, dma_free + st[2])
+        elif kind == "fix":
+            epi_free = max(epi_free, ready, dma_done) + st[1]
+            ready, eb = epi_free, epi_free if st[2] else eb
+        elif kind == "vec":
+            vec_free = max(vec_free, ready, dma_done if st[2] else NEVER) + st[1]
+            ready, eb = vec_free, vec_free if st[2] else eb
+        else:  # store
+            dma_free = max(dma_free, ready) + st[1]
+            dma_done = max(dma_done, dma_free + st[2])
+    return dma_free, dma_done, vec_free, epi_free
+
+
 def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "bf16", acc_dtype: str = "fp32",
                 out_dtype: str = "bf16", a_space: str = "shared", out_space: str = "shared",
                 epilogue: tuple = ()) -> dict:
     """Cycles of the NPU's `gemm` kernel for C[M,N] = A[M,K] @ W[K,N] (x groups jobs), weights in DRAM.
 
     `epilogue`: (vector func, operand dtype or None, operand shape: True full, False / "row" one value
-    per column, "col" one per row) per fused op after
-    the accumulation (bias, activation, residual); the final cast to `out_dtype` and the store are
-    always there. Returns {"cycles", "dma", "mxu", "vec"} of the busiest core (busy cycles per queue)."""
+    per column, "col" one per row[, operand's memory space: shared unless given]) per fused op after
+    the accumulation (scale, bias, activation, residual); the final cast to `out_dtype` and the store
+    are always there. The leading ops the chip's matrix output stage supports run there (a Fixpipe
+    on its own queue), the rest on the vector unit (`epilogue_steps`). A tile's epilogue trails its
+    matmuls by LAG tiles: the DMA queue runs it after the loads of the tile LAG later, waiting there
+    for the vector ops its operand loads and store depend on (`run_epilogue`).
+    Returns {"cycles", "dma", "mxu", "vec", "epi"} of the busiest core (busy cycles per queue)."""
     from ..npu.kernels import gemm_plan
     mc = machine(chip)
     t, cores = mc.t, mc.cores
@@ -119,19 +200,19 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
     # a resident operand chunk is not reloaded: the chunk NBUF_SLOTS loads back had the same key only
     # when the K chunks per tile divide NBUF_SLOTS (same k0), i.e. `back` tiles earlier
     back = {1: NBUF_SLOTS, NBUF_SLOTS: 1}.get(nk)
-    L_in, L_w, L_out = t.latency[a_space], t.latency["dram"], t.latency[out_space]
-    def tile(m, n, a_hit, w_hit):
-        """(period, dma, mxu, vec, store, first DMA, last matmul's (occupancy, latency)) of one output tile."""
-        epi_dma = v = 0
-        cur = acc_dtype
-        for func, odt, rows in epilogue:
-            if odt is not None:
-                shape = {"col": m, "row": n, True: m * n, False: n}[rows]     # full operand, per row, per column
-                epi_dma += mc.dma("shared", shape * mc.isa.DTYPES[odt].itemsize, odt)[0]
-            v += mc.vec(func, m, n, "fp32", cur, odt or "fp32")
-            cur = "fp32"
-        v += mc.vec("copy", m, n, out_dtype, cur)
-        store = mc.dma(out_space, m * n * mc.isa.DTYPES[out_dtype].itemsize, out_dtype)[0]
+    L_in, L_w = t.latency[a_space], t.latency["dram"]
+    L_ld = max(L_in, L_w)
+    steps = lambda m, n: epilogue_steps(chip, epilogue, m, n, acc_dtype, out_dtype, out_space)
+
+    def tile(m, n, a_hit, w_hit, prev):
+        """(period, dma, mxu, vec, epi, first DMA, last matmul's (occupancy, latency), the last chunk's share
+        of the period and its DMA time) of one output tile, with the epilogue of tile `prev` (its (m, n),
+        or None) on the DMA queue after its loads."""
+        ep = steps(m, n)
+        v = sum(s[1] for s in ep if s[0] == "vec")
+        fx = sum(s[1] for s in ep if s[0] == "fix")
+        epi_dma = sum(s[1] for s in ep if s[0] in ("load", "ld_eb", "store"))
+        e = run_epilogue(steps(*prev), NEVER, 0, L_ld, NEVER, NEVER)[0] if prev else 0
         period = dma = mxu = 0.0
         d0 = last = None
         for ki in range(nk):
@@ -140,33 +221,45 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
                 (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0])
             o, lam = last = mc.matmul(m, k, n, in_dtype, acc_dtype)
             d0 = d if d0 is None else d0
-            e = epi_dma + store if ki == nk - 1 else 0
-            period += max(d + e, o, (d + max(L_in, L_w) + o + lam) / NBUF_SLOTS)
-            dma, mxu = dma + d + e, mxu + o
-        return period, dma, mxu, v, store, d0, last
+            e_k = e if ki == nk - 1 else 0
+            p_k = max(d + e_k, o, (d + max(L_in, L_w) + o + lam) / NBUF_SLOTS)
+            period, dma, mxu = period + p_k, dma + d, mxu + o
+        return period, dma + epi_dma, mxu, v, fx, d0, last, (p_k, d + e_k)
 
-    dma = mxu = vec = 0.0
+    dma = mxu = vec = epi = 0.0
     period = 0.0
     first = last = None
-    tiles = {}
+    tiles, shapes, mxus = {}, [], []
     for g in range(mine):
         j, rem = divmod(g, nt * mt)
         ni, mi = divmod(rem, mt)
         m, n = min(tm, M - mi * tm), min(tn, N - ni * tn)
         a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
         w_hit = back is not None and g >= back and (g - back) // mt == g // mt
-        key = (m, n, a_hit, w_hit)
+        key = (m, n, a_hit, w_hit, shapes[g - LAG] if g >= LAG else None)
         r = tiles.get(key) or tiles.setdefault(key, tile(*key))
-        p_, d_, o_, v, store, d0, last = r
+        p_, d_, o_, v, fx, d0, last, end = r
         if first is None:
             first = d0 + max(L_in, L_w)
-        period, dma, mxu, vec = period + p_, dma + d_, mxu + o_, vec + v
-        tail = v + store + L_out
+        period, dma, mxu, vec, epi = period + p_, dma + d_, mxu + o_, vec + v, epi + fx
+        shapes.append((m, n))
+        mxus.append(o_)
     o_last, lam = last
-    memory, compute = period + o_last + lam + tail, first + mxu + lam + tail
-    vector = first + mxu / mine + lam + vec + store + L_out      # epilogues back to back after the first tile
-    return {"cycles": max(memory, compute, vector), "memory_bound": memory > max(compute, vector),
-            "dma": dma, "mxu": mxu, "vec": vec, "tiles": (tm, tn, tk)}
+    # the DMA queue is done with the loads when it has issued the last one (the period's last chunk
+    # counts the array's time too); the last LAG tiles' epilogues follow, the last one after the last matmul
+    loads = period - end[0] + end[1]
+    acc_last = loads + L_ld + o_last + lam
+    q = (loads, loads + L_ld, NEVER, NEVER)
+    for g in range(max(0, mine - LAG), mine):
+        q = run_epilogue(steps(*shapes[g]), acc_last - sum(mxus[g + 1:]), *q)
+    memory = q[1]
+    tail = run_epilogue(steps(*shapes[-1]), 0, NEVER, NEVER, NEVER, NEVER)[1]
+    compute = first + mxu + lam + tail
+    store = next(s[1] + s[2] for s in steps(*shapes[-1]) if s[0] == "store")
+    vector = first + mxu / mine + lam + vec + store       # epilogues back to back after the first tile
+    output = first + mxu / mine + lam + epi + store
+    return {"cycles": max(memory, compute, vector, output), "memory_bound": memory > max(compute, vector, output),
+            "dma": dma, "mxu": mxu, "vec": vec, "epi": epi, "tiles": (tm, tn, tk)}
 
 
 ATTN_Q_ROWS, ATTN_KEYS = 128, 512   # must equal tapeout.npu.kernels.attention's tq and tk (checked by a test)
@@ -283,7 +376,8 @@ def dma_copy_cycles(chip, nbytes: float, src: str, dst: str, dtype: str = "bf16"
 
 ISA_IN = {"int8": ("int8", "int32"), "fp8": ("fp8", "fp32"), "fp16": ("fp16", "fp32")}   # else bf16 into fp32
 ISA_BY_BYTES = {4: "fp32", 2: "bf16", 1: "int8"}
-DEQUANT = (("mul", "fp32", "col"), ("mul", "fp32", "row"))     # int8/fp8: x scale per row, w scale per column
+DEQUANT = (("mul", "fp32", "col"), ("mul", "fp32", "row", "dram"))   # int8/fp8: x scale per row (computed), w
+# scale per column (a constant, in DRAM)
 
 
 def _gemm(chip, k, d: str) -> dict | None:
@@ -370,7 +464,7 @@ def kernel_cost(chip, p, k, dtype: str):
 
 
 def conv2d_cycles(chip, N: int, C: int, H: int, W: int, O: int, k: int, stride: int = 1, pad: int = 0,
-                  dtype: str = "bf16", epilogue: tuple = (("add", "bf16", False), ("relu", None, False)),
+                  dtype: str = "bf16", epilogue: tuple = (("add", "bf16", False, "dram"), ("relu", None, False)),
                   x_space: str = "shared", out_space: str = "shared") -> dict:
     """Cycles of an ungrouped conv2d as the NPU compiler lowers it (compiler._conv2d): a padded copy
     of the input (a fill, then the interior), im2col (one strided DMA per tap and image, dealt to
