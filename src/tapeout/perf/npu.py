@@ -204,27 +204,32 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
     L_ld = max(L_in, L_w)
     steps = lambda m, n: epilogue_steps(chip, epilogue, m, n, acc_dtype, out_dtype, out_space)
 
+    def chunk(m, k, n, a_hit, w_hit):
+        """(DMA cycles, matmul (occupancy, latency), the chunk's period but for the epilogue it precedes)."""
+        d = (0 if a_hit else mc.dma(a_space, m * k * es, in_dtype)[0]) + \
+            (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0])
+        o, lam = mm = mc.matmul(m, k, n, in_dtype, acc_dtype)
+        return d, mm, max(d, o, (d + L_ld + o + lam) / NBUF_SLOTS)
+
+    def body(m, n, a_hit, w_hit):
+        """One output tile's K chunks (all tk deep but the last) and its own epilogue's work."""
+        full = chunk(m, tk, n, a_hit, w_hit)
+        d, (o, lam), p = last = chunk(m, K - (nk - 1) * tk, n, a_hit, w_hit)
+        ep = steps(m, n)
+        return ((nk - 1) * full[2], (nk - 1) * full[0] + d + sum(s[1] for s in ep if s[0] in ("load", "ld_eb", "store")),
+                (nk - 1) * full[1][0] + o, sum(s[1] for s in ep if s[0] == "vec"),
+                sum(s[1] for s in ep if s[0] == "fix"), full[0] if nk > 1 else d, last)
+
     def tile(m, n, a_hit, w_hit, prev):
         """(period, dma, mxu, vec, epi, first DMA, last matmul's (occupancy, latency), the last chunk's share
         of the period and its DMA time) of one output tile, with the epilogue of tile `prev` (its (m, n),
-        or None) on the DMA queue after its loads."""
-        ep = steps(m, n)
-        v = sum(s[1] for s in ep if s[0] == "vec")
-        fx = sum(s[1] for s in ep if s[0] == "fix")
-        epi_dma = sum(s[1] for s in ep if s[0] in ("load", "ld_eb", "store"))
-        e = run_epilogue(steps(*prev), NEVER, 0, L_ld, NEVER, NEVER)[0] if prev else 0
-        period = dma = mxu = 0.0
-        d0 = last = None
-        for ki in range(nk):
-            k = min(tk, K - ki * tk)
-            d = (0 if a_hit else mc.dma(a_space, m * k * es, in_dtype)[0]) + \
-                (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0])
-            o, lam = last = mc.matmul(m, k, n, in_dtype, acc_dtype)
-            d0 = d if d0 is None else d0
-            e_k = e if ki == nk - 1 else 0
-            p_k = max(d + e_k, o, (d + max(L_in, L_w) + o + lam) / NBUF_SLOTS)
-            period, dma, mxu = period + p_k, dma + d, mxu + o
-        return period, dma + epi_dma, mxu, v, fx, d0, last, (p_k, d + e_k)
+        or None) on the DMA queue after its loads (so after its last chunk's)."""
+        head, dma, mxu, v, fx, d0, (d, (o, lam), p) = mc._cached(("gemm body", M, N, K, groups, in_dtype, acc_dtype, a_space,
+                                                                   m, n, a_hit, w_hit), lambda: body(m, n, a_hit, w_hit))
+        e = mc._cached(("epi dma", epilogue, prev, acc_dtype, out_dtype, out_space, L_ld),
+                       lambda: run_epilogue(steps(*prev), NEVER, 0, L_ld, NEVER, NEVER)[0]) if prev else 0
+        p_last = max(p, d + e)
+        return head + p_last, dma, mxu, v, fx, d0, (o, lam), (p_last, d + e)
 
     dma = mxu = vec = epi = 0.0
     period = 0.0
