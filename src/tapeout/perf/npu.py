@@ -202,69 +202,79 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
     back = {1: NBUF_SLOTS, NBUF_SLOTS: 1}.get(nk)
     L_in, L_w = t.latency[a_space], t.latency["dram"]
     L_ld = max(L_in, L_w)
+    lam = mc.matmul(tm, tk, tn, in_dtype, acc_dtype)[1]          # the array's latency: the same for every matmul
     steps = lambda m, n: epilogue_steps(chip, epilogue, m, n, acc_dtype, out_dtype, out_space)
 
     def chunk(m, k, n, a_hit, w_hit):
-        """(DMA cycles, matmul (occupancy, latency), the chunk's period but for the epilogue it precedes)."""
-        d = (0 if a_hit else mc.dma(a_space, m * k * es, in_dtype)[0]) + \
-            (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0])
-        o, lam = mm = mc.matmul(m, k, n, in_dtype, acc_dtype)
-        return d, mm, max(d, o, (d + L_ld + o + lam) / NBUF_SLOTS)
+        """(DMA cycles, matmul occupancy) of one K chunk."""
+        return (0 if a_hit else mc.dma(a_space, m * k * es, in_dtype)[0]) + \
+            (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0]), mc.matmul(m, k, n, in_dtype, acc_dtype)[0]
 
     def body(m, n, a_hit, w_hit):
-        """One output tile's K chunks (all tk deep but the last) and its own epilogue's work."""
-        full = chunk(m, tk, n, a_hit, w_hit)
-        d, (o, lam), p = last = chunk(m, K - (nk - 1) * tk, n, a_hit, w_hit)
-        ep = steps(m, n)
-        return ((nk - 1) * full[2], (nk - 1) * full[0] + d + sum(s[1] for s in ep if s[0] in ("load", "ld_eb", "store")),
-                (nk - 1) * full[1][0] + o, sum(s[1] for s in ep if s[0] == "vec"),
-                sum(s[1] for s in ep if s[0] == "fix"), full[0] if nk > 1 else d, last)
+        """One output tile's K chunks (all tk deep but the last): (DMA busy, matmul busy, the first chunk's
+        DMA and matmul, the last one's, and the DMA queue's time for them when every chunk waits
+        for the matmul three chunks before, whose buffers it reuses: a chunk takes at least a third of
+        its load, the load's latency and a matmul.)"""
+        (d, o), (dl, ol) = chunk(m, tk, n, a_hit, w_hit), chunk(m, K - (nk - 1) * tk, n, a_hit, w_hit)
+        paced = (nk - 1) * max(d, (d + L_ld + o + lam) / NBUF_SLOTS) + max(dl, (dl + L_ld + ol + lam) / NBUF_SLOTS)
+        return (nk - 1) * d + dl, (nk - 1) * o + ol, (d, o) if nk > 1 else (dl, ol), (dl, ol), paced
 
-    def tile(m, n, a_hit, w_hit, prev):
-        """(period, dma, mxu, vec, epi, first DMA, last matmul's (occupancy, latency), the last chunk's share
-        of the period and its DMA time) of one output tile, with the epilogue of tile `prev` (its (m, n),
-        or None) on the DMA queue after its loads (so after its last chunk's)."""
-        head, dma, mxu, v, fx, d0, (d, (o, lam), p) = mc._cached(("gemm body", M, N, K, groups, in_dtype, acc_dtype, a_space,
-                                                                   m, n, a_hit, w_hit), lambda: body(m, n, a_hit, w_hit))
-        e = mc._cached(("epi dma", epilogue, prev, acc_dtype, out_dtype, out_space, L_ld),
-                       lambda: run_epilogue(steps(*prev), NEVER, 0, L_ld, NEVER, NEVER)[0]) if prev else 0
-        p_last = max(p, d + e)
-        return head + p_last, dma, mxu, v, fx, d0, (o, lam), (p_last, d + e)
+    def epi(mn):
+        """A tile's epilogue: (its DMA queue time when it need not wait for the accumulators, and its
+        last completion; the same from the accumulators' ready when the DMA queue is free; the DMA,
+        vector and output-stage busy cycles)."""
+        ep = steps(*mn)
+        free = run_epilogue(ep, NEVER, 0, L_ld, NEVER, NEVER)
+        after = run_epilogue(ep, 0, NEVER, NEVER, NEVER, NEVER)
+        busy = lambda kinds: sum(x[1] for x in ep if x[0] in kinds)
+        return free[0], free[1], after[0], after[1], busy(("load", "ld_eb", "store")), busy(("vec",)), busy(("fix",))
 
-    dma = mxu = vec = epi = 0.0
-    period = 0.0
-    first = last = None
-    tiles, shapes, mxus = {}, [], []
+    key = (M, N, K, groups, in_dtype, acc_dtype, a_space, out_space, out_dtype, epilogue)
+    dma = mxu = vec = fix = 0.0
+    D = X = first = None            # the DMA queue's time, the array's
+    accs, eps, chunk_o = [], [], []
+
+    def chain(D, g):
+        """The DMA queue after tile g's epilogue: it runs when the queue gets to it, its vector ops
+        (and so its later loads and its store) not before tile g's accumulators are ready."""
+        e_free, _, e_after, _, *_ = eps[g]
+        return max(D + e_free, accs[g] + e_after)
+
     for g in range(mine):
         j, rem = divmod(g, nt * mt)
         ni, mi = divmod(rem, mt)
         m, n = min(tm, M - mi * tm), min(tn, N - ni * tn)
         a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
         w_hit = back is not None and g >= back and (g - back) // mt == g // mt
-        key = (m, n, a_hit, w_hit, shapes[g - LAG] if g >= LAG else None)
-        r = tiles.get(key) or tiles.setdefault(key, tile(*key))
-        p_, d_, o_, v, fx, d0, last, end = r
-        if first is None:
-            first = d0 + max(L_in, L_w)
-        period, dma, mxu, vec, epi = period + p_, dma + d_, mxu + o_, vec + v, epi + fx
-        shapes.append((m, n))
-        mxus.append(o_)
-    o_last, lam = last
-    # the DMA queue is done with the loads when it has issued the last one (the period's last chunk
-    # counts the array's time too); the last LAG tiles' epilogues follow, the last one after the last matmul
-    loads = period - end[0] + end[1]
-    acc_last = loads + L_ld + o_last + lam
-    q = (loads, loads + L_ld, NEVER, NEVER)
-    for g in range(max(0, mine - LAG), mine):
-        q = run_epilogue(steps(*shapes[g]), acc_last - sum(mxus[g + 1:]), *q)
-    memory = q[1]
-    tail = run_epilogue(steps(*shapes[-1]), 0, NEVER, NEVER, NEVER, NEVER)[1]
+        d_, o_, (d0, o0), (dl, ol), paced = mc._cached(("gemm body",) + key + (m, n, a_hit, w_hit),
+                                                        lambda: body(m, n, a_hit, w_hit))
+        ep = mc._cached(("gemm epi",) + key + (m, n), lambda: epi((m, n)))
+        if D is None:
+            first = d0 + L_ld
+            D, X = 0, first
+        c = g * nk - NBUF_SLOTS       # the chunk whose buffers this tile's first chunk reuses
+        if c >= 0:
+            D = max(D, accs[c // nk] - (nk - 1 - c % nk) * chunk_o[c // nk])
+        start = D
+        D += max(d_, paced if nk > NBUF_SLOTS else 0)
+        X = max(X + o_, start + d0 + L_ld + o_, D + L_ld + ol)     # matmuls wait for their loads
+        accs.append(X + lam)
+        chunk_o.append(o0)
+        eps.append(ep)
+        if g >= LAG:
+            D = chain(D, g - LAG)
+        dma, mxu, vec, fix = dma + d_ + ep[4], mxu + o_, vec + ep[5], fix + ep[6]
+    for g in range(max(0, mine - LAG), mine - 1):
+        D = chain(D, g)
+    e_free, e_free_done, e_after, e_after_done, *_ = eps[-1]
+    memory = max(D + e_free_done, accs[-1] + e_after_done)
+    tail = e_after_done
     compute = first + mxu + lam + tail
-    store = next(s[1] + s[2] for s in steps(*shapes[-1]) if s[0] == "store")
+    store = next(x[1] + x[2] for x in steps(m, n) if x[0] == "store")
     vector = first + mxu / mine + lam + vec + store       # epilogues back to back after the first tile
-    output = first + mxu / mine + lam + epi + store
+    output = first + mxu / mine + lam + fix + store
     return {"cycles": max(memory, compute, vector, output), "memory_bound": memory > max(compute, vector, output),
-            "dma": dma, "mxu": mxu, "vec": vec, "epi": epi, "tiles": (tm, tn, tk)}
+            "dma": dma, "mxu": mxu, "vec": vec, "epi": fix, "tiles": (tm, tn, tk)}
 
 
 ATTN_Q_ROWS, ATTN_KEYS = 128, 512   # must equal tapeout.npu.kernels.attention's tq and tk (checked by a test)
