@@ -212,12 +212,15 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
 
     def body(m, n, a_hit, w_hit):
         """One output tile's K chunks (all tk deep but the last): (DMA busy, matmul busy, the first chunk's
-        DMA and matmul, the last one's, and the DMA queue's time for them when every chunk waits
-        for the matmul three chunks before, whose buffers it reuses: a chunk takes at least a third of
-        its load, the load's latency and a matmul.)"""
+        DMA and matmul, the DMA queue's time for them when every chunk waits for the matmul three
+        chunks before, whose buffers it reuses (a chunk takes at least a third of its load, the load's
+        latency and a matmul), and the array's time from the first load's issue to the last matmul's
+        issue + occupancy when it only waits for loads: the latest of each chunk's load landing + the
+        matmuls from it on (linear in the chunk for the full ones: the first or the last of them).)"""
         (d, o), (dl, ol) = chunk(m, tk, n, a_hit, w_hit), chunk(m, K - (nk - 1) * tk, n, a_hit, w_hit)
         paced = (nk - 1) * max(d, (d + L_ld + o + lam) / NBUF_SLOTS) + max(dl, (dl + L_ld + ol + lam) / NBUF_SLOTS)
-        return (nk - 1) * d + dl, (nk - 1) * o + ol, (d, o) if nk > 1 else (dl, ol), (dl, ol), paced
+        fed = L_ld + ol + max((nk - 1) * d + dl, d + (nk - 1) * o if nk > 1 else 0, (nk - 1) * d + o if nk > 1 else 0)
+        return (nk - 1) * d + dl, (nk - 1) * o + ol, (d, o) if nk > 1 else (dl, ol), paced, fed
 
     def epi(mn):
         """A tile's epilogue: (its DMA queue time when it need not wait for the accumulators, and its
@@ -246,7 +249,7 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
         m, n = min(tm, M - mi * tm), min(tn, N - ni * tn)
         a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
         w_hit = back is not None and g >= back and (g - back) // mt == g // mt
-        d_, o_, (d0, o0), (dl, ol), paced = mc._cached(("gemm body",) + key + (m, n, a_hit, w_hit),
+        d_, o_, (d0, o0), paced, fed = mc._cached(("gemm body",) + key + (m, n, a_hit, w_hit),
                                                         lambda: body(m, n, a_hit, w_hit))
         ep = mc._cached(("gemm epi",) + key + (m, n), lambda: epi((m, n)))
         if D is None:
@@ -257,7 +260,7 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
             D = max(D, accs[c // nk] - (nk - 1 - c % nk) * chunk_o[c // nk])
         start = D
         D += max(d_, paced if nk > NBUF_SLOTS else 0)
-        X = max(X + o_, start + d0 + L_ld + o_, D + L_ld + ol)     # matmuls wait for their loads
+        X = max(X + o_, start + fed)                  # matmuls follow one another and wait for their loads
         accs.append(X + lam)
         chunk_o.append(o0)
         eps.append(ep)
