@@ -13,7 +13,11 @@ change to an instruction's timing flows through), and the queues combined in clo
   drain (after its last one);
 - an operand buffer is reused three chunks later (triple buffering), so a load waits for the
   matmul three chunks before it to complete: a chunk costs at least (DMA + DRAM latency +
-  matmul + array latency) / 3, the bound that keeps a decode GEMM below the DRAM bandwidth.
+  matmul + array latency) / 3, the bound that keeps a decode GEMM below the DRAM bandwidth;
+- a GEMM is a recurrence over the busiest core's output tiles (the DMA queue's time, the array's,
+  each tile's accumulators ready), with each tile's epilogue as the kernel emits it, LAG tiles
+  behind its matmuls: the output-stage prefix (npu.kernels.fused_prefix) as a Fixpipe, the rest
+  as vector ops whose operand loads and the store sit in the in-order DMA queue (`run_epilogue`).
 
 Every figure is a cycle count at the chip's clock from the chip file and data/npu_timing.toml;
 nothing here is fitted.
@@ -240,7 +244,7 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
     def chain(D, g):
         """The DMA queue after tile g's epilogue: it runs when the queue gets to it, its vector ops
         (and so its later loads and its store) not before tile g's accumulators are ready."""
-        e_free, _, e_after, _, *_ = eps[g]
+        e_free, _, e_after, *_ = eps[g]
         return max(D + e_free, accs[g] + e_after)
 
     for g in range(mine):
@@ -269,7 +273,7 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
         dma, mxu, vec, fix = dma + d_ + ep[4], mxu + o_, vec + ep[5], fix + ep[6]
     for g in range(max(0, mine - LAG), mine - 1):
         D = chain(D, g)
-    e_free, e_free_done, e_after, e_after_done, *_ = eps[-1]
+    _, e_free_done, _, e_after_done, *_ = eps[-1]
     memory = max(D + e_free_done, accs[-1] + e_after_done)
     tail = e_after_done
     compute = first + mxu + lam + tail
