@@ -79,6 +79,15 @@ class MemoryPlan:
     def kv_tokens(self) -> int:
         return self.blocks * self.block_size
 
+    def offload_bytes(self, in_use_tokens: float, touched_tokens: float, ep: int) -> float:
+        """Bytes per chip a step streams from the offload tier: the replica's `in_use_tokens` of KV beyond
+        what HBM holds (HBM fills first), at most the `touched_tokens` (new + cached context) of the step,
+        spread over the `ep` attention groups. 0 without a tier."""
+        if self.offload is None:
+            return 0.0
+        spilled = max(0, in_use_tokens - self.blocks_in_hbm * self.block_size)
+        return min(spilled, touched_tokens) * self.kv_bytes_per_token / ep
+
 
 def _expert_params(spec) -> float:
     m = spec.moe
