@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DoesNotFitError, TapeoutError
-from ..llm.kernels import Batch
+from ..llm.kernels import DTYPE_BYTES, Batch
 from ..llm.spec import load_model
 from ..perf.api import dtypes_for, run_batch
 from ..perf.speculative import spec_step, speculation
@@ -109,6 +109,7 @@ class Workload:
     ranked: bool = True                   # False: evaluated and reported, left out of the means that rank designs
     speculative: str | None = None        # "mtp:K[:ALPHA]" or "draft:MODEL:K[:ALPHA]": speculative decoding (perf.speculative)
     kv_offload: str | None = None         # "host" or "pool": a second KV tier (serve.kvcache.offload_tier)
+    kv: str | None = None                 # KV-cache dtype (default: perf.api.dtypes_for's, fp8 with native fp8 weights, else bf16)
 
     def __post_init__(self):
         if self.speculative is not None:
@@ -117,6 +118,8 @@ class Workload:
             speculation(self.speculative)            # a one-line TapeoutError for a malformed one
         if self.kv_offload is not None and self.kv_offload not in OFFLOAD_TIERS:
             raise TapeoutError(f"kv_offload {self.kv_offload!r}: use one of {', '.join(OFFLOAD_TIERS)}")
+        if self.kv is not None and self.kv not in DTYPE_BYTES:
+            raise TapeoutError(f"kv dtype {self.kv!r}: use one of {', '.join(DTYPE_BYTES)}")
 
     @property
     def name(self) -> str:
@@ -171,10 +174,14 @@ class _Layout:
         self.spec, self.chip, self.wl, self.tp, self.ep, self.weights = spec, chip, wl, tp, ep, weights
         self.stack = stack_for(chip, stack)
         self.P, self.O = wl.lengths()
-        self.dt = dtypes_for(weights, None, None, chip, self.stack)
+        self.dt = dtypes_for(weights, wl.kv, None, chip, self.stack)
         par = Parallel(tp, 1, ep)
         par.check(spec)
-        self.sp, self.tier = speculation(wl.speculative), offload_tier(chip, wl.kv_offload)
+        self.sp = speculation(wl.speculative)
+        try:
+            self.tier = offload_tier(chip, wl.kv_offload)
+        except TapeoutError as e:
+            raise Infeasible(f"{wl.name}: {e}") from None
         self.tokens_per_step = self.sp.tokens_per_step if self.sp else 1.0
         if self.sp is not None and self.sp.draft:
             try:
@@ -198,7 +205,7 @@ class _Layout:
 
     def _run(self, prefill=(), decode=()):
         return run_batch(self.spec, self.chip, Batch(prefill=prefill, decode=decode), weights=self.weights,
-                         tp=self.tp, ep=self.ep, stack=self.stack)
+                         kv=self.wl.kv, tp=self.tp, ep=self.ep, stack=self.stack)
 
     def decode(self, n: int) -> tuple[float, float]:
         """(seconds, joules per chip) of one decode step of n sequences per group: a plain decode step, or a
@@ -213,6 +220,13 @@ class _Layout:
                 hit = (ss.seconds, ss.energy_j(self.chip))
             self._dec[n] = hit
         return hit
+
+    def compute_s(self, n: float) -> float:
+        """Seconds of a decode step of n sequences per group without the offload transfer (linear in the grid)."""
+        lo = max([g for g in GRID if g <= n] or [1])
+        hi = min([g for g in GRID if g >= n] or [GRID[-1]])
+        t0, t1 = self.decode(lo)[0], self.decode(hi)[0]
+        return t0 + (0.0 if hi == lo else (n - lo) / (hi - lo)) * (t1 - t0)
 
     def offload_bytes(self, n: float) -> float:
         """Bytes per chip a decode step of n sequences per group streams from the offload tier (0 without one):
@@ -236,9 +250,9 @@ class _Layout:
         tpot, ttft, _, _ = self.at(n)
         return tpot <= self.wl.slo_tpot_s and ttft <= self.wl.slo_ttft_s
 
-    def best_batch(self) -> float:
-        """Largest n (sequences per group, real-valued) meeting the SLO and memory, or Infeasible."""
-        cap = min(self.n_max, GRID[-1])
+    def best_batch(self, cap: float | None = None) -> float:
+        """Largest n (sequences per group, real-valued) meeting the SLO and memory (and `cap`), or Infeasible."""
+        cap = min(self.n_max, GRID[-1], math.inf if cap is None else cap)
         if cap < 1:
             raise Infeasible(f"{self.wl.name}: KV cache holds {self.n_max * self.ep:.2f} sequences of "
                              f"{self.P + self.O:.0f} tokens (tp={self.tp} ep={self.ep})")
@@ -259,8 +273,25 @@ class _Layout:
             a, b = (m, b) if self.ok(m) else (a, m)
         return a
 
+    def offload_batch(self, n: float) -> float:
+        """With an offload tier, the n (of n, the batch HBM holds and the batch where the transfer starts to
+        outlast the compute) with the most tokens/s: past the batch HBM holds, every sequence added spills KV
+        that each step streams over the tier, and once that transfer binds TPOT grows with n faster than n."""
+        per_seq = self.mem.blocks_in_hbm * self.mem.block_size / (self.P + self.O) / self.ep
+        cands = [n]
+        if 1 <= per_seq < n:
+            cands.append(self.best_batch(per_seq))
+            lo, hi = per_seq, n                     # the transfer fits under the compute at lo, not (maybe) at hi
+            for _ in range(30):
+                m = (lo + hi) / 2
+                lo, hi = (m, hi) if with_offload(self.compute_s(m), self.tier, self.offload_bytes(m)) <= self.compute_s(m) else (lo, m)
+            cands.append(lo)
+        return max(cands, key=lambda x: x / self.at(x)[0])
+
     def served(self) -> Served:
         n = self.best_batch()
+        if self.tier is not None:
+            n = self.offload_batch(n)
         tpot, ttft, t_d, e_d = self.at(n)
         chips = self.tp * self.ep
         tok_s_chip = n * self.ep / tpot / chips
@@ -302,7 +333,7 @@ def _simulate(chip, wl: Workload, tp: int, ep: int, weights: str, st, seed: int)
     """One layout in the serving simulator with the workload's measure (Infeasible when nothing meets the SLO)."""
     kw = dict(tp=tp, ep=ep, workload=wl.traffic, weights=weights, slo_ttft=wl.slo_ttft_s, slo_tpot=wl.slo_tpot_s,
               seed=seed, max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler, stack=st,
-              speculative=wl.speculative, kv_offload=wl.kv_offload)
+              speculative=wl.speculative, kv_offload=wl.kv_offload, kv=wl.kv)
     if wl.measure == "concurrency":
         load, r = max_concurrency(wl.model, chip, window_s=wl.window_s(), limit=wl.max_seqs, **kw)
         extra = {"concurrency": load, "request_rate": r.metrics["request_rate"], "preemptions": r.metrics["preemptions"]}

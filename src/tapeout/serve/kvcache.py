@@ -54,6 +54,8 @@ def offload_tier(chip, kind: str | None) -> OffloadTier | None:
         return OffloadTier("host", t["host"]["memory_bytes_per_chip"], lane * chip.links.host.pcie_lanes)
     if kind == "pool":
         bw = min(t["pool"]["bandwidth_bytes_per_s_per_chip"], chip.links.chip_to_chip.bandwidth_bytes_per_s)
+        if bw <= 0:
+            raise TapeoutError(f"{chip.name}: kv_offload 'pool' needs a chip-to-chip link (links.chip_to_chip has none)")
         return OffloadTier("pool", t["pool"]["memory_bytes_per_chip"], bw)
     raise TapeoutError(f"kv_offload {kind!r}: use one of {', '.join(OFFLOAD_TIERS)}")
 
