@@ -32,6 +32,21 @@ the workload's `measure`:
                  reaches its steady state before the arrivals stop (its batch is still filling, then
                  it drains), so `rate` under-reports such traffic several times over.
 
+Speculative decoding (`Workload.speculative`, "mtp:K" or "draft:MODEL:K", optionally ":ALPHA"; perf.speculative):
+each decode step is a verification of K+1 tokens per sequence plus the drafting passes
+(`perf.speculative.spec_step`) and yields T = 1 + a_1 + a_1 a_2 + ... tokens per sequence, so a request
+needs O / T steps and n T / O requests finish per step:
+
+    TPOT(n) = t_spec(n) / T + n t_prefill(k) / (k O)       TTFT(n) = t_prefill(k) + t_spec(n)
+
+and the drafter's weights and KV cache come out of the memory (`plan_memory(speculative=...)`).
+
+KV offload (`Workload.kv_offload`, "host" or "pool"; data/serve/kv_offload.toml): the KV capacity adds
+the tier's blocks (`plan_memory(offload=...)`); the replica's n ep sequences at the mean context hold
+n ep (P + O/2) tokens, those beyond HBM are read from the tier every decode step (the serving
+simulator's rule, `MemoryPlan.offload_bytes`), and a decode step takes at least their transfer time
+(`serve.steptime.with_offload`: max(compute, bytes / tier bandwidth); the transfer costs no joules).
+
 Slower (seconds per point) and the reference: the analytic objective ranks designs, the simulator
 gives headline numbers.
 
@@ -51,15 +66,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DoesNotFitError, TapeoutError
-from ..llm.kernels import Batch
+from ..llm.kernels import DTYPE_BYTES, Batch
 from ..llm.spec import load_model
 from ..perf.api import dtypes_for, run_batch
+from ..perf.speculative import spec_step, speculation
 from ..perf.stack import stack_for
 from ..perf.step import step_energy_j
 from ..serve.api import max_concurrency, max_rate
 from ..serve.data import table
-from ..serve.kvcache import plan_memory
-from ..serve.steptime import Parallel
+from ..serve.kvcache import OFFLOAD_TIERS, offload_tier, plan_memory
+from ..serve.steptime import Parallel, with_offload
 from ..serve.workload import lengths
 from .design import Infeasible
 
@@ -91,6 +107,19 @@ class Workload:
     warmup_lifetimes: float = 1.5         # measure "concurrency": warm-up, in request lifetimes (output x TPOT SLO)
     window_lifetimes: float = 3.0         # measure "concurrency": the measurement window after it
     ranked: bool = True                   # False: evaluated and reported, left out of the means that rank designs
+    speculative: str | None = None        # "mtp:K[:ALPHA]" or "draft:MODEL:K[:ALPHA]": speculative decoding (perf.speculative)
+    kv_offload: str | None = None         # "host" or "pool": a second KV tier (serve.kvcache.offload_tier)
+    kv: str | None = None                 # KV-cache dtype (default: perf.api.dtypes_for's, fp8 with native fp8 weights, else bf16)
+
+    def __post_init__(self):
+        if self.speculative is not None:
+            if not isinstance(self.speculative, str):
+                raise TapeoutError(f"speculative {self.speculative!r}: write a string such as \"mtp:1\"")
+            speculation(self.speculative)            # a one-line TapeoutError for a malformed one
+        if self.kv_offload is not None and self.kv_offload not in OFFLOAD_TIERS:
+            raise TapeoutError(f"kv_offload {self.kv_offload!r}: use one of {', '.join(OFFLOAD_TIERS)}")
+        if self.kv is not None and self.kv not in DTYPE_BYTES:
+            raise TapeoutError(f"kv dtype {self.kv!r}: use one of {', '.join(DTYPE_BYTES)}")
 
     @property
     def name(self) -> str:
@@ -145,13 +174,27 @@ class _Layout:
         self.spec, self.chip, self.wl, self.tp, self.ep, self.weights = spec, chip, wl, tp, ep, weights
         self.stack = stack_for(chip, stack)
         self.P, self.O = wl.lengths()
-        self.dt = dtypes_for(weights, None, None, chip, self.stack)
+        self.dt = dtypes_for(weights, wl.kv, None, chip, self.stack)
         par = Parallel(tp, 1, ep)
         par.check(spec)
+        self.sp = speculation(wl.speculative)
         try:
-            mem = plan_memory(spec, chip, self.dt, par, max_batched_tokens=wl.max_batched_tokens, max_seqs=wl.max_seqs)
+            self.tier = offload_tier(chip, wl.kv_offload)
+        except TapeoutError as e:
+            raise Infeasible(f"{wl.name}: {e}") from None
+        self.tokens_per_step = self.sp.tokens_per_step if self.sp else 1.0
+        if self.sp is not None and self.sp.draft:
+            try:
+                load_model(self.sp.draft).check_parallel(tp)
+            except TapeoutError as e:
+                raise Infeasible(f"{wl.name}: speculative {self.sp.text!r}: {e}") from None
+        try:
+            mem = plan_memory(spec, chip, self.dt, par, max_batched_tokens=wl.max_batched_tokens, max_seqs=wl.max_seqs,
+                              offload=self.tier, speculative=self.sp)
         except DoesNotFitError as e:
             raise Infeasible(f"{wl.name}: {e}") from None
+        self.mem = mem
+        self.ctx = max(1, round(self.P + self.O / 2))            # the mean context of a decoding sequence
         per_seq = mem.kv_tokens / (self.P + self.O)
         self.n_max = min(per_seq, wl.max_seqs) / ep            # sequences per attention group
         self._dec: dict[int, tuple[float, float]] = {}
@@ -162,14 +205,34 @@ class _Layout:
 
     def _run(self, prefill=(), decode=()):
         return run_batch(self.spec, self.chip, Batch(prefill=prefill, decode=decode), weights=self.weights,
-                         tp=self.tp, ep=self.ep, stack=self.stack)
+                         kv=self.wl.kv, tp=self.tp, ep=self.ep, stack=self.stack)
 
     def decode(self, n: int) -> tuple[float, float]:
+        """(seconds, joules per chip) of one decode step of n sequences per group: a plain decode step, or a
+        speculative one (verification of K+1 tokens per sequence plus the drafting passes)."""
         hit = self._dec.get(n)
         if hit is None:
-            st = self._run(decode=(max(1, round(self.P + self.O / 2)),) * n)
-            hit = self._dec[n] = (st.seconds, step_energy_j(self.chip, st))
+            if self.sp is None:
+                st = self._run(decode=(self.ctx,) * n)
+                hit = (st.seconds, step_energy_j(self.chip, st))
+            else:
+                ss = spec_step(self.sp, self.chip, self.spec, n, self.ctx, self.dt, self.stack, None, self.tp, self.ep, 0.0)
+                hit = (ss.seconds, ss.energy_j(self.chip))
+            self._dec[n] = hit
         return hit
+
+    def compute_s(self, n: float) -> float:
+        """Seconds of a decode step of n sequences per group without the offload transfer (linear in the grid)."""
+        lo = max([g for g in GRID if g <= n] or [1])
+        hi = min([g for g in GRID if g >= n] or [GRID[-1]])
+        t0, t1 = self.decode(lo)[0], self.decode(hi)[0]
+        return t0 + (0.0 if hi == lo else (n - lo) / (hi - lo)) * (t1 - t0)
+
+    def offload_bytes(self, n: float) -> float:
+        """Bytes per chip a decode step of n sequences per group streams from the offload tier (0 without one):
+        the replica's n ep sequences at the mean context, HBM first."""
+        tokens = n * self.ep * self.ctx
+        return self.mem.offload_bytes(tokens, tokens, self.ep)
 
     def at(self, n: float) -> tuple[float, float, float, float]:
         """(TPOT, TTFT, seconds per decode step, joules per chip per decode step) at n sequences per group,
@@ -179,15 +242,17 @@ class _Layout:
         (t0, e0), (t1, e1) = self.decode(lo), self.decode(hi)
         w = 0.0 if hi == lo else (n - lo) / (hi - lo)
         t, e = t0 + w * (t1 - t0), e0 + w * (e1 - e0)
-        return t + n * self.t_pre / (self.k_pre * self.O), self.t_pre + t, t, e
+        if self.tier is not None:
+            t = with_offload(t, self.tier, self.offload_bytes(n))
+        return t / self.tokens_per_step + n * self.t_pre / (self.k_pre * self.O), self.t_pre + t, t, e
 
     def ok(self, n: float) -> bool:
         tpot, ttft, _, _ = self.at(n)
         return tpot <= self.wl.slo_tpot_s and ttft <= self.wl.slo_ttft_s
 
-    def best_batch(self) -> float:
-        """Largest n (sequences per group, real-valued) meeting the SLO and memory, or Infeasible."""
-        cap = min(self.n_max, GRID[-1])
+    def best_batch(self, cap: float | None = None) -> float:
+        """Largest n (sequences per group, real-valued) meeting the SLO and memory (and `cap`), or Infeasible."""
+        cap = min(self.n_max, GRID[-1], math.inf if cap is None else cap)
         if cap < 1:
             raise Infeasible(f"{self.wl.name}: KV cache holds {self.n_max * self.ep:.2f} sequences of "
                              f"{self.P + self.O:.0f} tokens (tp={self.tp} ep={self.ep})")
@@ -208,17 +273,41 @@ class _Layout:
             a, b = (m, b) if self.ok(m) else (a, m)
         return a
 
+    def offload_batch(self, n: float) -> float:
+        """With an offload tier, the n (of n, the batch HBM holds and the batch where the transfer starts to
+        outlast the compute) with the most tokens/s: past the batch HBM holds, every sequence added spills KV
+        that each step streams over the tier, and once that transfer binds TPOT grows with n faster than n."""
+        per_seq = self.mem.blocks_in_hbm * self.mem.block_size / (self.P + self.O) / self.ep
+        cands = [n]
+        if 1 <= per_seq < n:
+            cands.append(self.best_batch(per_seq))
+            lo, hi = per_seq, n                     # the transfer fits under the compute at lo, not (maybe) at hi
+            for _ in range(30):
+                m = (lo + hi) / 2
+                lo, hi = (m, hi) if with_offload(self.compute_s(m), self.tier, self.offload_bytes(m)) <= self.compute_s(m) else (lo, m)
+            cands.append(lo)
+        return max(cands, key=lambda x: x / self.at(x)[0])
+
     def served(self) -> Served:
         n = self.best_batch()
+        if self.tier is not None:
+            n = self.offload_batch(n)
         tpot, ttft, t_d, e_d = self.at(n)
         chips = self.tp * self.ep
         tok_s_chip = n * self.ep / tpot / chips
-        # per chip over one "generation": O decode steps and n/k prefill batches
-        joules = self.O * e_d + n / self.k_pre * self.e_pre
-        seconds = self.O * t_d + n / self.k_pre * self.t_pre
+        # per chip over one "generation": O / T decode steps and n/k prefill batches
+        steps = self.O / self.tokens_per_step
+        joules = steps * e_d + n / self.k_pre * self.e_pre
+        seconds = steps * t_d + n / self.k_pre * self.t_pre
         power = joules / seconds
+        extra = {"stack": self.stack.name}
+        if self.sp is not None:
+            extra.update(speculative=self.sp.text, tokens_per_step=self.tokens_per_step)
+        if self.tier is not None:
+            extra.update(kv_offload=self.tier.name, kv_tokens_in_hbm=self.mem.blocks_in_hbm * self.mem.block_size,
+                         kv_tokens=self.mem.kv_tokens, kv_offload_bytes_per_step=self.offload_bytes(n))
         return Served(tok_s_chip, tok_s_chip / power, power, n * self.ep, ttft, tpot, self.tp, self.ep,
-                      self.weights, {"stack": self.stack.name})
+                      self.weights, extra)
 
 
 def analytic(chip, wl: Workload, stack=None) -> Served:
@@ -243,7 +332,8 @@ def analytic(chip, wl: Workload, stack=None) -> Served:
 def _simulate(chip, wl: Workload, tp: int, ep: int, weights: str, st, seed: int) -> Served:
     """One layout in the serving simulator with the workload's measure (Infeasible when nothing meets the SLO)."""
     kw = dict(tp=tp, ep=ep, workload=wl.traffic, weights=weights, slo_ttft=wl.slo_ttft_s, slo_tpot=wl.slo_tpot_s,
-              seed=seed, max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler, stack=st)
+              seed=seed, max_seqs=wl.max_seqs, max_batched_tokens=wl.max_batched_tokens, scheduler=wl.scheduler, stack=st,
+              speculative=wl.speculative, kv_offload=wl.kv_offload, kv=wl.kv)
     if wl.measure == "concurrency":
         load, r = max_concurrency(wl.model, chip, window_s=wl.window_s(), limit=wl.max_seqs, **kw)
         extra = {"concurrency": load, "request_rate": r.metrics["request_rate"], "preemptions": r.metrics["preemptions"]}

@@ -174,6 +174,11 @@ def _workload(path, i: int, d: dict) -> Workload:
     load_model(kw["model"])   # an unknown model is an error now, not at every point
     if kw.get("measure", "rate") not in MEASURES:
         raise SpaceError(path, f"workloads[{i}].measure", f"{kw['measure']!r}: use one of {', '.join(MEASURES)}")
+    for k in ("speculative", "kv_offload", "kv"):   # e.g. speculative = "mtp:1", kv_offload = "pool"
+        try:
+            Workload(kw["model"], **{k: kw.get(k)})
+        except TapeoutError as e:
+            raise SpaceError(path, f"workloads[{i}].{k}", str(e)) from None
     kw = {**traffic_slo(kw.get("traffic", "chat")), **kw}
     w = Workload(**kw)
     w.lengths()

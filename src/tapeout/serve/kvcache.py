@@ -54,6 +54,8 @@ def offload_tier(chip, kind: str | None) -> OffloadTier | None:
         return OffloadTier("host", t["host"]["memory_bytes_per_chip"], lane * chip.links.host.pcie_lanes)
     if kind == "pool":
         bw = min(t["pool"]["bandwidth_bytes_per_s_per_chip"], chip.links.chip_to_chip.bandwidth_bytes_per_s)
+        if bw <= 0:
+            raise TapeoutError(f"{chip.name}: kv_offload 'pool' needs a chip-to-chip link (links.chip_to_chip has none)")
         return OffloadTier("pool", t["pool"]["memory_bytes_per_chip"], bw)
     raise TapeoutError(f"kv_offload {kind!r}: use one of {', '.join(OFFLOAD_TIERS)}")
 
@@ -78,6 +80,15 @@ class MemoryPlan:
     @property
     def kv_tokens(self) -> int:
         return self.blocks * self.block_size
+
+    def offload_bytes(self, in_use_tokens: float, touched_tokens: float, ep: int) -> float:
+        """Bytes per chip a step streams from the offload tier: the replica's `in_use_tokens` of KV beyond
+        what HBM holds (HBM fills first), at most the `touched_tokens` (new + cached context) of the step,
+        spread over the `ep` attention groups. 0 without a tier."""
+        if self.offload is None:
+            return 0.0
+        spilled = max(0, in_use_tokens - self.blocks_in_hbm * self.block_size)
+        return min(spilled, touched_tokens) * self.kv_bytes_per_token / ep
 
 
 def _expert_params(spec) -> float:

@@ -202,8 +202,7 @@ class Sim:
         mem = engine.replica.pool.memory
         if mem.offload is None:
             return 0.0
-        spilled = max(0, engine.blocks.in_use() - mem.blocks_in_hbm) * mem.block_size
-        return min(spilled, touched) * mem.kv_bytes_per_token / engine.replica.pool.timer.par.ep
+        return mem.offload_bytes(engine.blocks.in_use() * mem.block_size, touched, engine.replica.pool.timer.par.ep)
 
     # ---- request milestones (called by engines)
     def decoded(self, seqs: int, tokens: int) -> None:

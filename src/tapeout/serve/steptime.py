@@ -76,6 +76,17 @@ class Parallel:
             raise TapeoutError(f"pp={self.pp}: more stages than {spec.name}'s {spec.layers} layers")
 
 
+def tier_seconds(tier, nbytes: float) -> float:
+    """Seconds to stream `nbytes` per chip from a KV offload tier (kvcache.OffloadTier) over its link."""
+    return nbytes / tier.bandwidth_bytes_per_s
+
+
+def with_offload(compute_s: float, tier, nbytes: float) -> float:
+    """A step that streams `nbytes` per chip from `tier` layer by layer, overlapped with its compute:
+    max(compute, transfer) (a perfect prefetch; the module docstring's KV offload)."""
+    return max(compute_s, tier_seconds(tier, nbytes)) if nbytes > 0 else compute_s
+
+
 def _grid(x: float, r: float, exact_below: int = 32) -> tuple[float, float, float]:
     """(lower grid point, upper grid point, weight of upper) for x >= 0."""
     if x <= exact_below:
@@ -161,14 +172,16 @@ class StepTimer:
         `offload_bytes` per chip to stream from the offload tier, at least their transfer time."""
         sec, joule = self._compute(prefill, n_decode, sum_ctx)
         if offload_bytes > 0:
-            sec = max(sec, self.offload_s(offload_bytes))
+            if self.offload is None:
+                raise ValueError("offload_bytes without an offload tier")
+            sec = with_offload(sec, self.offload, offload_bytes)
         return sec, joule
 
     def offload_s(self, nbytes: float) -> float:
         """Seconds to stream nbytes per chip from the offload tier."""
         if self.offload is None:
             raise ValueError("offload_bytes without an offload tier")
-        return nbytes / self.offload.bandwidth_bytes_per_s
+        return tier_seconds(self.offload, nbytes)
 
     def _compute(self, prefill, n_decode, sum_ctx) -> tuple[float, float]:
         k, T, P = prefill
