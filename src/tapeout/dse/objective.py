@@ -315,10 +315,19 @@ def analytic(chip, wl: Workload, stack=None) -> Served:
 
     spec, st = load_model(wl.model), stack_for(chip, stack)
     weights = wl.dtype_for(chip, st)
+    return _best_layout(wl, lambda tp, ep: _Layout(spec, chip, wl, tp, ep, weights, st).served())
+
+
+def _best_layout(wl: Workload, serve_one) -> Served:
+    """The layout of `wl.layouts` whose `serve_one(tp, ep)` gives the most tokens/s per chip, or
+    Infeasible with every layout's reason (a layout that does not fit counts as infeasible)."""
     best, reasons = None, []
     for tp, ep in wl.layouts:
         try:
-            s = _Layout(spec, chip, wl, tp, ep, weights, st).served()
+            s = serve_one(tp, ep)
+        except DoesNotFitError as e:
+            reasons.append(f"{wl.name}: {e}")
+            continue
         except Infeasible as e:
             reasons.append(str(e))
             continue
@@ -356,21 +365,7 @@ def simulated(chip, wl: Workload, stack=None, seed: int = 0) -> Served:
 
     st = stack_for(chip, stack)
     weights = wl.dtype_for(chip, st)
-    best, reasons = None, []
-    for tp, ep in wl.layouts:
-        try:
-            s = _simulate(chip, wl, tp, ep, weights, st, seed)
-        except DoesNotFitError as e:
-            reasons.append(f"{wl.name}: {e}")
-            continue
-        except Infeasible as e:
-            reasons.append(str(e))
-            continue
-        if best is None or s.tok_s_per_chip > best.tok_s_per_chip:
-            best = s
-    if best is None:
-        raise Infeasible("; ".join(reasons))
-    return best
+    return _best_layout(wl, lambda tp, ep: _simulate(chip, wl, tp, ep, weights, st, seed))
 
 
 EVALUATORS = {"analytic": analytic, "simulated": simulated}

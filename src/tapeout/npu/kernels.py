@@ -293,6 +293,17 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
         _epilogue(*args)
 
 
+def _row_block(cc, Ho: int, Wp: int, per_set) -> int:
+    """Output rows per block of a row-streaming kernel: the most (Ho, halved until it fits) whose
+    buffer set, `per_set(rows)` bytes, fits twice (double buffering) in the core's SRAM."""
+    hb = Ho
+    while hb > 1 and 2 * per_set(hb) > cc.sram_bytes:
+        hb = (hb + 1) // 2
+    if 2 * per_set(hb) > cc.sram_bytes:
+        raise UnsupportedOpError(f"{cc.op_name}: an input row of {Wp} elements does not fit the {cc.sram_bytes}-byte SRAM")
+    return hb
+
+
 def _load(s, buf: Buf, src: View, key):
     if key is not None and buf.key == key:
         return
@@ -408,12 +419,7 @@ def depthwise_conv(cc, x: View, w: View, bias: View | None, out: View, kernel, s
     _, O, Ho, Wo = out.shape
     (kh, kw), (sh, _), (dh, _) = kernel, stride, dilation
     need = lambda r: (r - 1) * sh + (kh - 1) * dh + 1                     # input rows for r output rows
-    per_set = lambda r: need(r) * Wp * x.esize + r * Wo * (4 + out.esize) + 64 * 3 + kh * kw * 4
-    hb = Ho
-    while hb > 1 and 2 * per_set(hb) > cc.sram_bytes:
-        hb = (hb + 1) // 2
-    if 2 * per_set(hb) > cc.sram_bytes:
-        raise UnsupportedOpError(f"{cc.op_name}: an input row of {Wp} elements does not fit the {cc.sram_bytes}-byte SRAM")
+    hb = _row_block(cc, Ho, Wp, lambda r: need(r) * Wp * x.esize + r * Wo * (4 + out.esize) + 64 * 3 + kh * kw * 4)
     blocks = [(n, o, h0) for n in range(N) for o in range(O) for h0 in range(0, Ho, hb)]
     for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
         s, sram = cc.streams[core], Sram(cc.sram_bytes)
@@ -469,12 +475,7 @@ def pool_planes(cc, x: View, out: View, kernel, stride, dilation, func: str, imm
     Ho, Wo = out.shape[2:]
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     need = lambda r: (r - 1) * sh + (kh - 1) * dh + 1                     # input rows for r output rows
-    per_set = lambda r: need(r) * Wp * x.esize + r * Wo * out.esize + 128
-    hb = Ho
-    while hb > 1 and 2 * per_set(hb) > cc.sram_bytes:
-        hb = (hb + 1) // 2
-    if 2 * per_set(hb) > cc.sram_bytes:
-        raise UnsupportedOpError(f"{cc.op_name}: an input row of {Wp} elements does not fit the {cc.sram_bytes}-byte SRAM")
+    hb = _row_block(cc, Ho, Wp, lambda r: need(r) * Wp * x.esize + r * Wo * out.esize + 128)
     blocks = [(n, c, h0) for n in range(N) for c in range(C) for h0 in range(0, Ho, hb)]
     for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
         s, sram, mine = cc.streams[core], Sram(cc.sram_bytes), blocks[b0:b1]
