@@ -1,5 +1,5 @@
 """The tapeout IR: a flat single-assignment program (like a jaxpr) and its numpy reference
-interpreter. See notes/ir-contract.md and docs/ir.md.
+interpreter. See docs/ir-contract.md and docs/ir.md.
 
     from tapeout.ir import Builder, evaluate
     b = Builder(); x = b.input((2, 3), "f32"); y = b.exp(x); prog = b.build(y)

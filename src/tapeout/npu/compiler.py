@@ -75,7 +75,7 @@ def ew_steps(e, ins):
 
 
 def cast_steps(src: str, dst: str, x):
-    """The IR's cast (notes/ir-contract.md) as vector steps; the final store rounds to nearest even
+    """The IR's cast (docs/ir-contract.md) as vector steps; the final store rounds to nearest even
     and saturates at the storage type, so only what differs from that needs a step."""
     if dst == "bool":
         return [("ne", [x, 0.0], 0.0)]
