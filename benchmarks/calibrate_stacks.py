@@ -52,12 +52,13 @@ FREE = {
     "comm_efficiency": (0.05, 1.0),
     "comm_latency_s": (0.0, 400e-6),
     "step_overhead_s": (0.0, 40e-3),
+    "comm_message_s": (0.0, 10e-6),
 }
 TIED = {"tiled_dram_efficiency": ("dram_efficiency", 0.85 / 0.9),
         "kv_dram_efficiency": ("dram_efficiency", 1.0)}
 IDEAL = {"mma_efficiency": 0.9, "attention_mma_efficiency": 0.75, "dram_efficiency": 0.9, "comm_efficiency": 1.0, "comm_latency_s": 0.0,
-         "step_overhead_s": 0.0}
-TIME_SCALE = {"comm_latency_s": 20e-6, "step_overhead_s": 1e-3}   # prior width of the times
+         "step_overhead_s": 0.0, "comm_message_s": 0.0}
+TIME_SCALE = {"comm_latency_s": 20e-6, "step_overhead_s": 1e-3, "comm_message_s": 1e-6}   # prior width of the times
 PRIOR = 0.05      # weight of the prior residuals against one row's log ratio
 NFEV = 15         # least-squares iterations where rows are simulated (each: every row predicted 4 times)
 GENERATIONS = 15  # differential-evolution generations where every row is analytical
@@ -161,7 +162,7 @@ def _local(rows, stack, start: dict | None, free=SIMULATED_FREE) -> dict:
     def resid(x):
         return np.concatenate([log_ratios(rows, stack, values(x)), _prior(_x(values(x)))])
     guess = {"mma_efficiency": 0.7, "attention_mma_efficiency": 0.6, "dram_efficiency": 0.8, "comm_efficiency": 0.7,
-             "comm_latency_s": 20e-6, "step_overhead_s": 1e-3}
+             "comm_latency_s": 20e-6, "step_overhead_s": 1e-3, "comm_message_s": 0.5e-6}
     starts = [guess] + ([{**guess, "comm_efficiency": COMM_LOW_START}] if "comm_efficiency" in free else [])
     best = None
     for g in starts:     # the collective bandwidth has two basins (links near peak, or a library far below it)

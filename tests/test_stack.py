@@ -132,3 +132,29 @@ def test_a_stack_that_shards_over_cores_replicates_kv_heads_per_core():
     assert per_core.bytes_read > 1.9 * per_chip.bytes_read - 1e6
     assert load_stack("neuron").rank_cores(load_chip("inferentia2")) == 2
     assert load_stack("ideal").rank_cores(load_chip("inferentia2")) == 1
+
+
+def test_all_to_all_pays_one_message_per_peer_its_tokens_reach():
+    """MoE dispatch/combine send one message to each distinct peer: few at a small batch (each
+    token-expert pair lands on a random one of ep chips), all ep - 1 once the batch is large, so the
+    stack's per-message cost adds a concave, saturating term per all-to-all (and none elsewhere)."""
+    from tapeout.llm.kernels import _peers
+
+    assert _peers(0, 160) == 0 and _peers(10, 1) == 0
+    assert _peers(64, 160) == pytest.approx(159 * (1 - (159 / 160) ** 64))
+    assert 50 < _peers(64, 160) < 60 and _peers(8 * 96, 160) > 157 and _peers(1e6, 160) == pytest.approx(159)
+    cost = 1e-6
+    for b in (8, 96):
+        batch = Batch.of("decode", b, 2048)
+        kw = dict(weights="int8", kv="int8", ep=16, clock_hz=1.5e9)
+        base = run_batch("deepseek-v3", "ascend-910c", batch, stack="ideal", **kw)
+        slow = run_batch("deepseek-v3", "ascend-910c", batch, stack=_with("ideal", comm_message_s=cost), **kw)
+        a2a = [k for k in build_step(load_model("deepseek-v3"), batch, dtypes_for("int8", "int8", None, load_chip("ascend-910c")),
+                                     ep=16) if k.kind == "comm"]
+        assert a2a and all(k.shape[2] == "alltoall" for k in a2a)
+        expect = sum(k.count * k.shape[3] for k in a2a) * cost
+        assert slow.by_kind()["comm"] - base.by_kind()["comm"] == pytest.approx(expect, rel=1e-6)
+        assert expect == pytest.approx(2 * 58 * _peers(b * 8, 16) * cost, rel=1e-6)
+    dense = Batch.of("decode", 16, 1024)      # tensor-parallel all-reduces send no per-peer messages
+    assert run_batch("llama-3.1-8b", "h100-sxm", dense, tp=8, stack=_with("ideal", comm_message_s=cost), clock_hz=1.5e9).seconds == \
+        pytest.approx(run_batch("llama-3.1-8b", "h100-sxm", dense, tp=8, stack="ideal", clock_hz=1.5e9).seconds)

@@ -183,9 +183,11 @@ class _Builder:
         kind = "fused_norm" if self.impl == "fused" else "norm"
         self.add(kind, name, 4.0 * rows * cols, rd, wr, (rows, cols), count)
 
-    def comm(self, name, nbytes, n, count, kind="allreduce"):
+    def comm(self, name, nbytes, n, count, kind="allreduce", messages=0.0):
+        """A collective of `nbytes` among `n` chips; `messages`: the messages one chip sends (an
+        all-to-all sends one to each peer its tokens route to; the stack's comm_message_s each)."""
         if n > 1:
-            self.add("comm", name, 0.0, nbytes, nbytes, (float(nbytes), n, kind), count)
+            self.add("comm", name, 0.0, nbytes, nbytes, (float(nbytes), n, kind, float(messages)), count)
 
 
 def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: str = "fused",
@@ -315,7 +317,8 @@ def _moe(b: _Builder, L: int) -> None:
     per_expert = pairs / max(active, 1e-9)
     inter = _shard(m.intermediate, b.tp)
     disp = T * m.top_k * h * b.dt.a * (b.ep - 1) / b.ep
-    b.comm("alltoall_dispatch", disp, b.ep, L, kind="alltoall")
+    peers = _peers(T * m.top_k, b.ep)
+    b.comm("alltoall_dispatch", disp, b.ep, L, kind="alltoall", messages=peers)
     for name, N, K in (("expert_gate_up", 2 * inter, h), ("expert_down", h, inter)):
         w = active * N * K * b.dt.w
         b.add("gemm", name, 2.0 * pairs * N * K, pairs * K * b.dt.gemm_in + w, pairs * N * b.dt.a,
@@ -323,9 +326,15 @@ def _moe(b: _Builder, L: int) -> None:
         if name == "expert_gate_up":
             b.ew("expert_silu_mul", pairs * inter, 2, L, flops_per=5, cols=inter)
     b.ew("moe_combine", pairs * h, 1, L, writes=1.0 / m.top_k, cols=h)
-    b.comm("alltoall_combine", disp, b.ep, L, kind="alltoall")
+    b.comm("alltoall_combine", disp, b.ep, L, kind="alltoall", messages=peers)
     if m.shared_experts:
         _mlp(b, L, m.shared_intermediate * m.shared_experts, "shared_expert")
+
+
+def _peers(pairs: float, ep: int) -> float:
+    """Expected distinct other chips that `pairs` token-expert pairs, each on one of `ep` chips at
+    random, reach: the messages of one all-to-all from this chip (ep - 1 once the batch is large)."""
+    return (ep - 1) * (1.0 - (1.0 - 1.0 / ep) ** pairs) if ep > 1 else 0.0
 
 
 def _expert_load(E: int, k: int, T: int, ep: int, skew: float) -> tuple[float, float]:

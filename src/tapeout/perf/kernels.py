@@ -276,7 +276,7 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
 
 
 def comm_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
-    nbytes, n, kind = k.shape
+    nbytes, n, kind = k.shape[:3]
     from ..parallel import collective_time  # the serving/parallelism layer owns link models
 
     return 0.0, collective_time(chip, kind, nbytes, int(n), algorithm="auto"), 0.0, 1

@@ -64,6 +64,7 @@ class PerfParams:
     step_overhead_s: float = 0.0   # host time per engine step outside the kernels (scheduler, sampling)
     comm_efficiency: float = 1.0   # achieved fraction of the collective's modelled link time
     comm_latency_s: float = 0.0    # fixed software cost of one collective (launch, synchronisation)
+    comm_message_s: float = 0.0    # software cost per message of an all-to-all: one per peer a chip sends to
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # name -> its source, cited
 
     def cite(self, name: str) -> str:

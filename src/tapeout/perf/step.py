@@ -82,8 +82,9 @@ HOST = Kernel("host", "engine step on the host", 0.0, 0.0, 0.0)
 
 def _cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
     cyc, mem, fixed, n = kernel_cost(chip, p, k)
-    if k.kind == "comm":  # the stack's collective library: achieved fraction of the link model, fixed cost
-        return cyc, mem / p.comm_efficiency, fixed + p.comm_latency_s, n
+    if k.kind == "comm":  # the stack's collective library: achieved fraction of the link model, fixed cost,
+        messages = k.shape[3] if len(k.shape) > 3 else 0.0   # and a cost per message (all-to-all peers)
+        return cyc, mem / p.comm_efficiency, fixed + p.comm_latency_s + p.comm_message_s * messages, n
     return cyc, mem, fixed, n
 
 
