@@ -9,7 +9,8 @@ from there, in a few parameters with a physical meaning:
 - `[params.*]`: overrides of the family's performance parameters (achieved fraction of matrix
   peak in a tile, of DRAM bandwidth when streaming weights or the KV cache, gap between
   kernels), plus `step_overhead_s` (host time per engine step: scheduling, sampling, Python),
-  `comm_efficiency` and `comm_latency_s` (collectives: fraction of link bandwidth, fixed cost);
+  `comm_efficiency` and `comm_latency_s` (collectives: fraction of link bandwidth, fixed cost),
+  `comm_message_s` (cost per message of an MoE all-to-all: one per peer a chip's tokens reach);
 - `meta.kernels`: the fused kernels it has (`flash_attention`, `paged_attention`, `mla`,
   `grouped_moe`, `fused_norm`, `graphs`), and `dynamic_shapes` (kernels sized to the actual
   context; without it a static batch decodes over its whole compiled length, as ahead-of-time
