@@ -43,14 +43,14 @@ from tapeout.perf.api import dtypes_for  # noqa: E402
 from tapeout.perf.stack import stack_for  # noqa: E402
 
 STUDY = "inference-7nm"
-# The study's picks at commit 34c5c0e (`tapeout study inference-7nm`: tapeout.dse.study.pick_designs on its
-# 3,600-point sweep), as knob values of its space: all 32 cores of 128x128 with 8 HBM2e stacks and 7 links
+# The study's picks (`tapeout study inference-7nm`: tapeout.dse.study.pick_designs on its 3,600-point sweep,
+# as docs/study.md quotes them), as knob values of its space: 128x128 arrays with 8 HBM2e stacks and 7 links
 # of 100 GB/s; the value pick is also the balanced one (the knee). `--picks` takes them from a study run.
-SHARED = {"cores": 32, "array": "128x128", "dram": "HBM2e", "dram_stacks": 8, "links": 7, "link_bytes_per_s": 100e9}
+SHARED = {"array": "128x128", "dram": "HBM2e", "dram_stacks": 8, "links": 7, "link_bytes_per_s": 100e9}
 PICKS = {
-    "tapeout-n7-throughput": {**SHARED, "clock_hz": 1.6e9, "tdp_w": 400},
-    "tapeout-n7-efficiency": {**SHARED, "clock_hz": 1.2e9, "tdp_w": 300},
-    "tapeout-n7-value": {**SHARED, "clock_hz": 1.6e9, "tdp_w": 300},      # also "balanced"
+    "tapeout-n7-throughput": {**SHARED, "cores": 32, "clock_hz": 1.6e9, "tdp_w": 400},
+    "tapeout-n7-efficiency": {**SHARED, "cores": 16, "clock_hz": 1.0e9, "tdp_w": 300},
+    "tapeout-n7-value": {**SHARED, "cores": 32, "clock_hz": 1.6e9, "tdp_w": 300},      # also "balanced"
 }
 INCUMBENTS = ("h100-sxm", "h20", "ascend-910c")
 FP4_REFERENCE = "b200"          # Blackwell: fp4 MACs (not an incumbent of the study: not sold in China)
