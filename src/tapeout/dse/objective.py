@@ -221,12 +221,18 @@ class _Layout:
             self._dec[n] = hit
         return hit
 
-    def compute_s(self, n: float) -> float:
-        """Seconds of a decode step of n sequences per group without the offload transfer (linear in the grid)."""
+    def interp(self, n: float) -> tuple[float, float]:
+        """(seconds, joules per chip) of a decode step of n sequences per group without the offload
+        transfer, linear between the grid points around n."""
         lo = max([g for g in GRID if g <= n] or [1])
         hi = min([g for g in GRID if g >= n] or [GRID[-1]])
-        t0, t1 = self.decode(lo)[0], self.decode(hi)[0]
-        return t0 + (0.0 if hi == lo else (n - lo) / (hi - lo)) * (t1 - t0)
+        (t0, e0), (t1, e1) = self.decode(lo), self.decode(hi)
+        w = 0.0 if hi == lo else (n - lo) / (hi - lo)
+        return t0 + w * (t1 - t0), e0 + w * (e1 - e0)
+
+    def compute_s(self, n: float) -> float:
+        """Seconds of a decode step of n sequences per group without the offload transfer."""
+        return self.interp(n)[0]
 
     def offload_bytes(self, n: float) -> float:
         """Bytes per chip a decode step of n sequences per group streams from the offload tier (0 without one):
@@ -237,11 +243,7 @@ class _Layout:
     def at(self, n: float) -> tuple[float, float, float, float]:
         """(TPOT, TTFT, seconds per decode step, joules per chip per decode step) at n sequences per group,
         linear between the grid points around n."""
-        lo = max([g for g in GRID if g <= n] or [1])
-        hi = min([g for g in GRID if g >= n] or [GRID[-1]])
-        (t0, e0), (t1, e1) = self.decode(lo), self.decode(hi)
-        w = 0.0 if hi == lo else (n - lo) / (hi - lo)
-        t, e = t0 + w * (t1 - t0), e0 + w * (e1 - e0)
+        t, e = self.interp(n)
         if self.tier is not None:
             t = with_offload(t, self.tier, self.offload_bytes(n))
         return t / self.tokens_per_step + n * self.t_pre / (self.k_pre * self.O), self.t_pre + t, t, e

@@ -50,7 +50,7 @@ class Machine:
     memo: dict = field(default_factory=dict, compare=False, repr=False)   # (what, args) -> cost: a sweep asks
     # the same few thousand instruction shapes again and again
 
-    def _cached(self, key, make):
+    def cached(self, key, make):
         r = self.memo.get(key)
         if r is None:
             r = self.memo[key] = make()
@@ -63,17 +63,17 @@ class Machine:
     def dma(self, space: str, nbytes: float, dtype: str = "bf16") -> tuple[int, int]:
         """(queue cycles, latency) of one DMA of `nbytes` between `space` and a core's SRAM."""
         n = max(1, int(round(nbytes / self.isa.DTYPES[dtype].itemsize)))
-        return self._cached(("dma", space, n, dtype), lambda: self.cost[self.isa.Dma](self.t, self.isa.Dma(
+        return self.cached(("dma", space, n, dtype), lambda: self.cost[self.isa.Dma](self.t, self.isa.Dma(
             src_space=space, src_addr=0, dst_space="sram", dst_addr=0, dtype=dtype, n0=1, n1=1, n2=n))[:2])
 
     def matmul(self, m: int, k: int, n: int, in_dtype: str, acc_dtype: str) -> tuple[int, int]:
-        return self._cached(("mm", m, k, n, in_dtype, acc_dtype), lambda: self.cost[self.isa.Matmul](self.t, self.isa.Matmul(
+        return self.cached(("mm", m, k, n, in_dtype, acc_dtype), lambda: self.cost[self.isa.Matmul](self.t, self.isa.Matmul(
             acc_addr=0, a_addr=0, w_addr=0, M=m, K=k, N=n, lda=k, ldw=n, ldc=n, in_dtype=in_dtype,
             acc_dtype=acc_dtype))[:2])
 
     def vec(self, func: str, rows: int, cols: int, d: str = "fp32", a: str = "fp32", b: str = "fp32",
             c: str = "fp32") -> int:
-        return self._cached(("vec", func, rows, cols, d, a, b, c), lambda: self.cost[self.isa.Vec](self.t, self.isa.Vec(
+        return self.cached(("vec", func, rows, cols, d, a, b, c), lambda: self.cost[self.isa.Vec](self.t, self.isa.Vec(
             func=func, rows=rows, cols=cols, d_addr=0, d_dtype=d, d_rs=cols, a_addr=0, a_dtype=a, a_rs=cols, b_addr=0,
             b_dtype=b, c_addr=0, c_dtype=c))[0])
 
@@ -85,10 +85,10 @@ class Machine:
                 kw.update({f"f{j}": f, f"o{j}_kind": kind or "none", f"o{j}_dtype": odt or "fp32"})
             return self.cost[self.isa.Fixpipe](self.t, self.isa.Fixpipe(acc_addr=0, acc_dtype="fp32", M=m, N=n,
                                                                          d_addr=0, d_dtype=d_dtype, **kw))[0]
-        return self._cached(("fix", m, n, d_dtype, stages), make)
+        return self.cached(("fix", m, n, d_dtype, stages), make)
 
     def reduce(self, rows: int, cols: int, a: str = "fp32") -> int:
-        return self._cached(("red", rows, cols, a), lambda: self.cost[self.isa.Reduce](self.t, self.isa.Reduce(
+        return self.cached(("red", rows, cols, a), lambda: self.cost[self.isa.Reduce](self.t, self.isa.Reduce(
             func="sum", rows=rows, cols=cols, d_addr=0, d_dtype="fp32", d_rs=1, a_addr=0, a_dtype=a, a_rs=cols))[0])
 
 
@@ -124,11 +124,13 @@ def epilogue_steps(chip, epilogue: tuple, m: int, n: int, acc_dtype: str, out_dt
     the array's output stage (the leading ops it takes: npu.kernels.fused_prefix), ("ld_eb", occupancy,
     latency) an operand of a vector op (all share one SRAM buffer: a load waits for the vector op that
     read the previous one), ("vec", cycles), and the final ("store", occupancy, latency)."""
-    from ..npu.kernels import fused_prefix
     mc = machine(chip)
-    key = ("epi", epilogue, m, n, acc_dtype, out_dtype, out_space)
-    if key in mc.memo:
-        return mc.memo[key]
+    return mc.cached(("epi", epilogue, m, n, acc_dtype, out_dtype, out_space),
+                     lambda: _epilogue_steps(mc, epilogue, m, n, acc_dtype, out_dtype, out_space))
+
+
+def _epilogue_steps(mc, epilogue, m, n, acc_dtype, out_dtype, out_space) -> tuple:
+    from ..npu.kernels import fused_prefix
     size = lambda dt: mc.isa.DTYPES[dt].itemsize
     ops = [(f, None if odt is None else OPERAND_KIND[rows], odt, sp[0] if sp else "shared")
            for f, odt, rows, *sp in epilogue]
@@ -142,7 +144,7 @@ def epilogue_steps(chip, epilogue: tuple, m: int, n: int, acc_dtype: str, out_dt
         steps.append(("fix", mc.fixpipe(m, n, out_dtype if done else "fp32", tuple(fix)), any(x[1] == "full" for x in fix)))
         if done:
             steps.append(("store", *mc.dma(out_space, m * n * size(out_dtype), out_dtype)))
-            return mc.memo.setdefault(key, tuple(steps))
+            return tuple(steps)
         cur = "fp32"
     for f, kind, odt, sp in ops[k:]:
         if kind:
@@ -151,7 +153,7 @@ def epilogue_steps(chip, epilogue: tuple, m: int, n: int, acc_dtype: str, out_dt
         cur = "fp32"
     steps.append(("vec", mc.vec("copy", m, n, out_dtype, cur), False))
     steps.append(("store", *mc.dma(out_space, m * n * size(out_dtype), out_dtype)))
-    return mc.memo.setdefault(key, tuple(steps))
+    return tuple(steps)
 
 
 def run_epilogue(steps, acc_ready, dma_free, dma_done, vec_free, epi_free):
@@ -180,6 +182,56 @@ def run_epilogue(steps, acc_ready, dma_free, dma_done, vec_free, epi_free):
     return dma_free, dma_done, vec_free, epi_free
 
 
+@dataclass(frozen=True)
+class _GemmTiles:
+    """What one output tile of a GEMM costs on the busiest core: its K chunks and its epilogue."""
+    mc: Machine
+    chip: object
+    K: int
+    tk: int
+    nk: int
+    in_dtype: str
+    acc_dtype: str
+    out_dtype: str
+    a_space: str
+    out_space: str
+    epilogue: tuple
+    L_ld: float       # latency of a chunk's loads (the slower of the activation and weight spaces)
+    lam: float        # the array's latency: the same for every matmul
+
+    def steps(self, m, n):
+        return epilogue_steps(self.chip, self.epilogue, m, n, self.acc_dtype, self.out_dtype, self.out_space)
+
+    def chunk(self, m, k, n, a_hit, w_hit):
+        """(DMA cycles, matmul occupancy) of one K chunk."""
+        mc, es = self.mc, self.mc.isa.DTYPES[self.in_dtype].itemsize
+        return (0 if a_hit else mc.dma(self.a_space, m * k * es, self.in_dtype)[0]) + \
+            (0 if w_hit else mc.dma("dram", k * n * es, self.in_dtype)[0]), mc.matmul(m, k, n, self.in_dtype, self.acc_dtype)[0]
+
+    def body(self, m, n, a_hit, w_hit):
+        """One output tile's K chunks (all tk deep but the last): (DMA busy, matmul busy, the first chunk's
+        DMA and matmul, the DMA queue's time for them when every chunk waits for the matmul three
+        chunks before, whose buffers it reuses (a chunk takes at least a third of its load, the load's
+        latency and a matmul), and the array's time from the first load's issue to the last matmul's
+        issue + occupancy when it only waits for loads: the latest of each chunk's load landing + the
+        matmuls from it on (linear in the chunk for the full ones: the first or the last of them).)"""
+        nk, L_ld, lam = self.nk, self.L_ld, self.lam
+        (d, o), (dl, ol) = self.chunk(m, self.tk, n, a_hit, w_hit), self.chunk(m, self.K - (nk - 1) * self.tk, n, a_hit, w_hit)
+        paced = (nk - 1) * max(d, (d + L_ld + o + lam) / NBUF_SLOTS) + max(dl, (dl + L_ld + ol + lam) / NBUF_SLOTS)
+        fed = L_ld + ol + max((nk - 1) * d + dl, d + (nk - 1) * o if nk > 1 else 0, (nk - 1) * d + o if nk > 1 else 0)
+        return (nk - 1) * d + dl, (nk - 1) * o + ol, (d, o) if nk > 1 else (dl, ol), paced, fed
+
+    def epi(self, m, n):
+        """A tile's epilogue: (its DMA queue time when it need not wait for the accumulators, and its
+        last completion; the same from the accumulators' ready when the DMA queue is free; the DMA,
+        vector and output-stage busy cycles)."""
+        ep = self.steps(m, n)
+        free = run_epilogue(ep, NEVER, 0, self.L_ld, NEVER, NEVER)
+        after = run_epilogue(ep, 0, NEVER, NEVER, NEVER, NEVER)
+        busy = lambda kinds: sum(x[1] for x in ep if x[0] in kinds)
+        return free[0], free[1], after[0], after[1], busy(("load", "ld_eb", "store")), busy(("vec",)), busy(("fix",))
+
+
 def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "bf16", acc_dtype: str = "fp32",
                 out_dtype: str = "bf16", a_space: str = "shared", out_space: str = "shared",
                 epilogue: tuple = ()) -> dict:
@@ -196,46 +248,13 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
     from ..npu.kernels import gemm_plan
     mc = machine(chip)
     t, cores = mc.t, mc.cores
-    tm, tn, tk = mc._cached(("plan", M, N, K, groups, in_dtype, acc_dtype),
-                            lambda: gemm_plan(chip, M, N, K, groups, in_dtype, acc_dtype))
-    es = mc.isa.DTYPES[in_dtype].itemsize
+    tm, tn, tk = mc.cached(("plan", M, N, K, groups, in_dtype, acc_dtype),
+                           lambda: gemm_plan(chip, M, N, K, groups, in_dtype, acc_dtype))
     mt, nt, nk = -(-M // tm), -(-N // tn), -(-K // tk)
     mine = _busiest(groups * mt * nt, cores)
-    # a resident operand chunk is not reloaded: the chunk NBUF_SLOTS loads back had the same key only
-    # when the K chunks per tile divide NBUF_SLOTS (same k0), i.e. `back` tiles earlier
+    tiles = _GemmTiles(mc, chip, K, tk, nk, in_dtype, acc_dtype, out_dtype, a_space, out_space, epilogue,
+                       max(t.latency[a_space], t.latency["dram"]), mc.matmul(tm, tk, tn, in_dtype, acc_dtype)[1])
     back = {1: NBUF_SLOTS, NBUF_SLOTS: 1}.get(nk)
-    L_in, L_w = t.latency[a_space], t.latency["dram"]
-    L_ld = max(L_in, L_w)
-    lam = mc.matmul(tm, tk, tn, in_dtype, acc_dtype)[1]          # the array's latency: the same for every matmul
-    steps = lambda m, n: epilogue_steps(chip, epilogue, m, n, acc_dtype, out_dtype, out_space)
-
-    def chunk(m, k, n, a_hit, w_hit):
-        """(DMA cycles, matmul occupancy) of one K chunk."""
-        return (0 if a_hit else mc.dma(a_space, m * k * es, in_dtype)[0]) + \
-            (0 if w_hit else mc.dma("dram", k * n * es, in_dtype)[0]), mc.matmul(m, k, n, in_dtype, acc_dtype)[0]
-
-    def body(m, n, a_hit, w_hit):
-        """One output tile's K chunks (all tk deep but the last): (DMA busy, matmul busy, the first chunk's
-        DMA and matmul, the DMA queue's time for them when every chunk waits for the matmul three
-        chunks before, whose buffers it reuses (a chunk takes at least a third of its load, the load's
-        latency and a matmul), and the array's time from the first load's issue to the last matmul's
-        issue + occupancy when it only waits for loads: the latest of each chunk's load landing + the
-        matmuls from it on (linear in the chunk for the full ones: the first or the last of them).)"""
-        (d, o), (dl, ol) = chunk(m, tk, n, a_hit, w_hit), chunk(m, K - (nk - 1) * tk, n, a_hit, w_hit)
-        paced = (nk - 1) * max(d, (d + L_ld + o + lam) / NBUF_SLOTS) + max(dl, (dl + L_ld + ol + lam) / NBUF_SLOTS)
-        fed = L_ld + ol + max((nk - 1) * d + dl, d + (nk - 1) * o if nk > 1 else 0, (nk - 1) * d + o if nk > 1 else 0)
-        return (nk - 1) * d + dl, (nk - 1) * o + ol, (d, o) if nk > 1 else (dl, ol), paced, fed
-
-    def epi(mn):
-        """A tile's epilogue: (its DMA queue time when it need not wait for the accumulators, and its
-        last completion; the same from the accumulators' ready when the DMA queue is free; the DMA,
-        vector and output-stage busy cycles)."""
-        ep = steps(*mn)
-        free = run_epilogue(ep, NEVER, 0, L_ld, NEVER, NEVER)
-        after = run_epilogue(ep, 0, NEVER, NEVER, NEVER, NEVER)
-        busy = lambda kinds: sum(x[1] for x in ep if x[0] in kinds)
-        return free[0], free[1], after[0], after[1], busy(("load", "ld_eb", "store")), busy(("vec",)), busy(("fix",))
-
     key = (M, N, K, groups, in_dtype, acc_dtype, a_space, out_space, out_dtype, epilogue)
     dma = mxu = vec = fix = 0.0
     D = X = first = None            # the DMA queue's time, the array's
@@ -248,16 +267,12 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
         return max(D + e_free, accs[g] + e_after)
 
     for g in range(mine):
-        j, rem = divmod(g, nt * mt)
-        ni, mi = divmod(rem, mt)
-        m, n = min(tm, M - mi * tm), min(tn, N - ni * tn)
-        a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
-        w_hit = back is not None and g >= back and (g - back) // mt == g // mt
-        d_, o_, (d0, o0), paced, fed = mc._cached(("gemm body",) + key + (m, n, a_hit, w_hit),
-                                                        lambda: body(m, n, a_hit, w_hit))
-        ep = mc._cached(("gemm epi",) + key + (m, n), lambda: epi((m, n)))
+        m, n, a_hit, w_hit = _gemm_tile(g, M, N, tm, tn, mt, nt, back)
+        d_, o_, (d0, o0), paced, fed = mc.cached(("gemm body",) + key + (m, n, a_hit, w_hit),
+                                                 lambda: tiles.body(m, n, a_hit, w_hit))
+        ep = mc.cached(("gemm epi",) + key + (m, n), lambda: tiles.epi(m, n))
         if D is None:
-            first = d0 + L_ld
+            first = d0 + tiles.L_ld
             D, X = 0, first
         c = g * nk - NBUF_SLOTS       # the chunk whose buffers this tile's first chunk reuses
         if c >= 0:
@@ -265,7 +280,7 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
         start = D
         D += max(d_, paced if nk > NBUF_SLOTS else 0)
         X = max(X + o_, start + fed)                  # matmuls follow one another and wait for their loads
-        accs.append(X + lam)
+        accs.append(X + tiles.lam)
         chunk_o.append(o0)
         eps.append(ep)
         if g >= LAG:
@@ -273,15 +288,32 @@ def gemm_cycles(chip, M: int, N: int, K: int, groups: int = 1, in_dtype: str = "
         dma, mxu, vec, fix = dma + d_ + ep[4], mxu + o_, vec + ep[5], fix + ep[6]
     for g in range(max(0, mine - LAG), mine - 1):
         D = chain(D, g)
-    _, e_free_done, _, e_after_done, *_ = eps[-1]
-    memory = max(D + e_free_done, accs[-1] + e_after_done)
-    tail = e_after_done
-    compute = first + mxu + lam + tail
-    store = next(x[1] + x[2] for x in steps(m, n) if x[0] == "store")
-    vector = first + mxu / mine + lam + vec + store       # epilogues back to back after the first tile
-    output = first + mxu / mine + lam + fix + store
-    return {"cycles": max(memory, compute, vector, output), "memory_bound": memory > max(compute, vector, output),
-            "dma": dma, "mxu": mxu, "vec": vec, "epi": fix, "tiles": (tm, tn, tk)}
+    return _gemm_bounds(tiles, eps[-1], D, accs[-1], first, mine, mxu, vec, fix, m, n) | \
+        {"dma": dma, "mxu": mxu, "vec": vec, "epi": fix, "tiles": (tm, tn, tk)}
+
+
+def _gemm_tile(g, M, N, tm, tn, mt, nt, back) -> tuple:
+    """(rows, cols, activation chunk resident, weight chunk resident) of the busiest core's tile g (tiles
+    run M-fastest, then N, then job). A resident operand chunk is not reloaded: the chunk NBUF_SLOTS loads
+    back had the same key only when the K chunks per tile divide NBUF_SLOTS (same k0), i.e. `back` tiles
+    earlier (None: never)."""
+    j, rem = divmod(g, nt * mt)
+    ni, mi = divmod(rem, mt)
+    a_hit = back is not None and g >= back and (g - back) // (nt * mt) == j and (g - back) % mt == mi
+    w_hit = back is not None and g >= back and (g - back) // mt == g // mt
+    return min(tm, M - mi * tm), min(tn, N - ni * tn), a_hit, w_hit
+
+
+def _gemm_bounds(tiles, last_ep, D, last_acc, first, mine, mxu, vec, fix, m, n) -> dict:
+    """A GEMM's cycles: the longest of the DMA queue's recurrence (ending with the last tile's epilogue)
+    and the array's, the vector unit's and the output stage's work back to back after the first tile."""
+    _, e_free_done, _, e_after_done, *_ = last_ep
+    memory = max(D + e_free_done, last_acc + e_after_done)
+    compute = first + mxu + tiles.lam + e_after_done
+    store = next(x[1] + x[2] for x in tiles.steps(m, n) if x[0] == "store")
+    vector = first + mxu / mine + tiles.lam + vec + store       # epilogues back to back after the first tile
+    output = first + mxu / mine + tiles.lam + fix + store
+    return {"cycles": max(memory, compute, vector, output), "memory_bound": memory > max(compute, vector, output)}
 
 
 ATTN_Q_ROWS, ATTN_KEYS = 128, 512   # must equal tapeout.npu.kernels.attention's tq and tk (checked by a test)
