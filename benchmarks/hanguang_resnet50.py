@@ -5,15 +5,15 @@ ResNet-50 v1.5 (tapeout.npu.vision, static int8, random weights) is compiled for
 batch / simulated seconds. Nothing is fitted on the published figure (benchmarks/data/
 mlperf_hanguang_resnet50.json). Goal: within 25 %.
 
-The chip file declares the tensor engine's fused output stage and the pooling engine (Hot Chips
-2020); "before" is the same file without them (every GEMM epilogue and pool on the vector unit),
-so the printout shows what the two units change, class by class and engine by engine.
+The chip file declares a sliding-window conv engine (ISSCC 2020 paper 7.2 and Hot Chips 2020: convs
+run directly, not as im2col GEMMs; its organisation, 9 output pixels x 128 x 128 channels per cycle,
+is assumed from the peak), the tensor engine's fused output stage and the pooling engine. "before"
+is the same file without the conv engine (im2col GEMMs on the assumed 384 x 384 array), then also
+without the output stage and pooling engine, class by class and engine by engine.
 
-Then two diagnostics that are NOT the prediction (they change an assumption to show what the gap
-is made of): the same simulation with 16x the vector lanes (the requantisation chain no longer the
-bound: what a fused output pipeline would give), and an analytical array-bound throughput (fold
-counts of every conv) for the chip file's 384 x 384 array and for nine 128 x 128 arrays per core
-(the same peak).
+Then the sensitivity to the assumed conv-engine organisation (NOT the prediction: each line changes
+the assumption), and the fold-count bound of every conv (array-bound throughput) for the 384 x 384
+array and the 9 x 128 x 128 engine.
 
     PYTHONPATH=src .venv/bin/python benchmarks/hanguang_resnet50.py [--no-whatif]
 """
@@ -68,22 +68,37 @@ def chip_text() -> str:
     return (resources.files("tapeout.chips") / "hanguang-800.toml").read_text()
 
 
-def wider_vector_chip(factor: int) -> str:
-    text = chip_text().replace("lanes = 256\nflops_per_cycle = 512", f"lanes = {256 * factor}\nflops_per_cycle = {512 * factor}")
-    return variant_chip("wide-vector", text)
+def conv_engine_chip(ci: int, co: int, px: int, epi: int | None = None) -> str:
+    """The chip file with another conv-engine organisation (and, if given, output-stage rate)."""
+    text = chip_text().replace("channels_in = 128 ", f"channels_in = {ci} ").replace(
+        "channels_out = 128\n", f"channels_out = {co}\n").replace("pixels = 9\n", f"pixels = {px}\n")
+    if epi:
+        text = text.replace("elements_per_cycle = 1152 ", f"elements_per_cycle = {epi} ")
+    return variant_chip(f"conv-{ci}x{co}x{px}-{epi}", text)
+
+
+def strip_sections(text: str, sections: tuple) -> str:
+    """The chip text less the named sections (and their sources entries)."""
+    out, skip = [], False
+    for ln in text.splitlines(keepends=True):
+        if ln.startswith("["):
+            skip = ln.startswith(tuple(f"[{x}]" for x in sections))
+        if not skip and not ln.startswith(tuple(f'"{x}' for x in sections)):
+            out.append(ln)
+    return "".join(out)
+
+
+def im2col_chip() -> str:
+    """The chip file less its conv engine: convs are im2col GEMMs on the assumed 384 x 384 array."""
+    return variant_chip("im2col", strip_sections(chip_text(), ("cores.matrix.conv",)).replace(
+        "elements_per_cycle = 1152 ", "elements_per_cycle = 384 "))
 
 
 def without_units_chip() -> str:
-    """The chip file less its output stage and pooling engine (and their sources): the vector unit
-    post-processes every GEMM and runs the pools, as before the file declared them."""
-    lines = chip_text().splitlines(keepends=True)
-    out, skip = [], False
-    for ln in lines:
-        if ln.startswith("["):
-            skip = ln.startswith(("[cores.matrix.epilogue]", "[cores.pooling]"))
-        if not skip and not ln.startswith(('"cores.matrix.epilogue', '"cores.pooling')):
-            out.append(ln)
-    return variant_chip("no-output-stage", "".join(out))
+    """Also less the output stage and pooling engine: the vector unit post-processes every GEMM and
+    runs the pools (the file before it declared any of the three)."""
+    return variant_chip("no-units", strip_sections(chip_text(), ("cores.matrix.conv", "cores.matrix.epilogue",
+                                                                 "cores.pooling")))
 
 
 def main(whatif: bool = True):
@@ -98,30 +113,38 @@ def main(whatif: bool = True):
     wall = time.perf_counter() - t0
     pub = PUBLISHED["published"]
     ratio = r["samples_s"] / pub
-    print(f"ResNet-50 v1.5 int8 on hanguang-800 ({chip.cores.count} cores, {chip.cores.matrix.array_rows}x"
-          f"{chip.cores.matrix.array_cols} array, {chip.cores.vector.lanes} vector lanes per core; "
+    cv = chip.cores.matrix.conv
+    print(f"ResNet-50 v1.5 int8 on hanguang-800 ({chip.cores.count} cores, conv engine {cv.channels_in} x "
+          f"{cv.channels_out} x {cv.pixels} ({cv.dataflow}), {chip.cores.matrix.array_rows}x"
+          f"{chip.cores.matrix.array_cols} array for other GEMMs, {chip.cores.vector.lanes} vector lanes per core; "
           f"{macs / 1e9:.2f} GMACs per image)")
     print(f"predicted  {r['samples_s']:,.0f} samples/s (batch {r['batch']})")
     print(f"published  {pub:,.1f} samples/s ({PUBLISHED['source']})")
     print(f"ratio      {ratio:.3f}  -> {'within' if abs(ratio - 1) <= 0.25 else 'NOT within'} 25 %")
     print(f"wall time  {wall:.1f} s (batch search, count-only)")
     show(r, macs, peak)
-    b = predict_throughput("resnet-50", without_units_chip(), dtype="int8")
-    print(f"\nbefore: the same chip file without its output stage and pooling engine (vector unit post-processing)")
-    print(f"predicted  {b['samples_s']:,.0f} samples/s (batch {b['batch']}), ratio {b['samples_s'] / pub:.3f}; "
-          f"with them {r['samples_s'] / b['samples_s']:.2f}x that")
-    show(b, macs, peak)
+    for label, path in (("without the conv engine (im2col GEMMs on the assumed 384 x 384 array)", im2col_chip()),
+                        ("without the conv engine, output stage and pooling engine", without_units_chip())):
+        b = predict_throughput("resnet-50", path, dtype="int8")
+        print(f"\nbefore: the same chip file {label}")
+        print(f"predicted  {b['samples_s']:,.0f} samples/s (batch {b['batch']}), ratio {b['samples_s'] / pub:.3f}; "
+              f"the chip file as it is gives {r['samples_s'] / b['samples_s']:.2f}x that")
+        show(b, macs, peak)
     if not whatif:
         return
-    print("\nDiagnostics (assumptions changed; not the prediction):")
-    w = predict_throughput("resnet-50", wider_vector_chip(16), dtype="int8", batch=r["batch"])
-    print(f"  16x vector lanes ({256 * 16}/core), batch {w['batch']}: {w['samples_s']:,.0f} samples/s "
-          f"(ratio {w['samples_s'] / pub:.3f}); utilization " +
-          ", ".join(f"{q} {u:.0%}" for q, u in w["utilization"].items()))
+    print("\nSensitivity to the conv engine's assumed organisation (channels_in x channels_out x pixels per "
+          "cycle; not the prediction):")
+    for ci, co, px, epi in ((128, 128, 9, None), (64, 256, 9, None), (256, 64, 9, None), (64, 64, 36, None),
+                            (128, 384, 3, None), (384, 128, 3, None), (384, 384, 1, None), (128, 128, 9, 384)):
+        w = predict_throughput("resnet-50", conv_engine_chip(ci, co, px, epi), dtype="int8")
+        note = " (the chip file)" if (ci, co, px, epi) == (128, 128, 9, None) else \
+            f" (output stage {epi}/cycle)" if epi else ""
+        print(f"  {ci:3d} x {co:3d} x {px:2d}{note}: {w['samples_s']:8,.0f} samples/s at batch {w['batch']:2d}, "
+              f"ratio {w['samples_s'] / pub:.3f}; mxu {w['utilization']['mxu']:.0%} busy")
     clk = chip.cores.clock_hz
-    for rows, cols, n in ((384, 384, 4), (128, 128, 36)):
-        a = array_bound(rows, cols, n, clk)
-        print(f"  analytical array bound, {n // 4 if n > 4 else 1} x {rows}x{cols} per core: {a:,.0f} samples/s "
+    for ci, co, px in ((384, 384, 1), (128, 128, 9)):
+        a = array_bound(ci, co, px * 4, clk)
+        print(f"  fold-count bound, {ci} x {co} x {px} per core: {a:,.0f} samples/s "
               f"({a * 2 * macs / peak:.0%} of peak; ratio {a / pub:.3f})")
 
 

@@ -211,3 +211,38 @@ def test_chip_files_declare_the_units_they_document():
     assert hg.source_of("cores.matrix.epilogue.elements_per_cycle").confidence == "assumed"
     assert "relu" in a910b.cores.matrix.epilogue.ops and a910b.cores.pooling is None
     assert PLAIN.cores.matrix.epilogue is None and PLAIN.cores.pooling is None
+
+
+@SETTINGS
+@given(n=st.integers(1, 2), c=st.integers(2, 12), hw=st.integers(2, 7), k=st.integers(2, 6), seed=st.integers(0, 99))
+def test_an_int8_identity_shortcut_is_dequantised_by_the_output_stage(n, c, hw, k, seed):
+    """ResNet's identity shortcut `cast(x: i8) * s` added to a conv's output: the output stage reads x
+    in int8 and adds x * s (axpys) in fp32, so no vector kernel computes the shortcut and the result
+    is the interpreter's bit for bit (the unfused chip rounds its f32 intermediates to bf16: within one
+    step)."""
+    rng = np.random.default_rng(seed)
+    b = Builder("qres")
+    x = b.input((n, c, hw, hw), "i8", name="x")
+    acc = b.conv2d(x, b.const(rng.integers(-127, 128, (c, c, 1, 1)).astype(np.int8), name="w"), acc_dtype="i32",
+                   dtype="i32")
+    y = b.mul(b.cast(acc, dtype="f32"), b.const((rng.integers(1, 64, (1, c, 1, 1)) / 4096).astype(np.float32)))
+    y = b.add(y, b.mul(b.cast(x, dtype="f32"), 2.0 ** -k))
+    prog = b.build(b.cast(b.relu(y), dtype="i8"))
+    xs = [rng.integers(-127, 128, (n, c, hw, hw)).astype(np.int8)]
+    (pf, rf), (_, ru) = run(prog, EPI, "int8", *xs), run(prog, PLAIN, "int8", *xs)
+    ref = np.asarray(evaluate(prog, *xs)[0]).astype(np.int8)
+    assert np.array_equal(rf.outputs[0], ref) and np.abs(ru.outputs[0].astype(int) - ref).max() <= 1
+    fix = [i for s in pf.streams for i in s if type(i) is isa.Fixpipe]
+    assert fix and all(any(getattr(i, f"f{j}") == "axpys" and getattr(i, f"o{j}_dtype") == "int8"
+                           for j in range(i.n)) for i in fix)
+    assert not any(type(i) is isa.Vec for s in pf.streams for i in s)
+
+
+def test_a_scaled_shortcut_no_gemm_takes_is_computed_on_its_own():
+    rng = np.random.default_rng(3)
+    b = Builder("qadd")
+    x, y = b.input((2, 5, 4, 4), "i8", name="x"), b.input((2, 5, 4, 4), "f32", name="y")
+    prog = b.build(b.relu(b.add(b.mul(b.cast(x, dtype="f32"), 0.25), y)))
+    xs = [rng.integers(-127, 128, (2, 5, 4, 4)).astype(np.int8), (rng.integers(-40, 40, (2, 5, 4, 4)) / 4).astype(np.float32)]
+    pf, rf = run(prog, EPI, "int8", *xs)
+    assert np.array_equal(rf.outputs[0], evaluate(prog, *xs)[0].astype(rf.outputs[0].dtype))

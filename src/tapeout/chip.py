@@ -33,6 +33,7 @@ DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
 KINDS = ("gpu", "npu", "tpu", "lpu")
 DRAM_TYPES = ("HBM3e", "HBM3", "HBM2e", "HBM2", "LPDDR5", "LPDDR5X", "GDDR6", "GDDR6X", "GDDR7", "none")
 DATAFLOWS = ("ws", "os", "is", "simt", "unknown")
+CONV_DATAFLOWS = ("sliding-window",)
 TOPOLOGIES = ("switch", "ring", "mesh", "torus", "fully-connected", "none")
 # what a matrix unit's output stage can apply to results as they leave the accumulators
 EPILOGUE_OPS = ("scale", "bias", "residual", "multiply", "relu", "requantize", "silu", "gelu", "gelu_tanh",
@@ -79,6 +80,19 @@ class Epilogue:
 
 
 @dataclass(frozen=True)
+class ConvEngine:
+    """How the matrix unit runs convolutions when it does not run them as an im2col GEMM on its
+    array: a sliding-window engine that computes `pixels` neighbouring output pixels at once (the
+    window slides, so they share their input), each over `channels_in` input channels (of the
+    contraction, Cin x taps) for `channels_out` output channels per cycle."""
+    dataflow: str = _f(choices=CONV_DATAFLOWS, doc="sliding-window: output pixels x input channels x output "
+                       "channels per cycle, weights held while the window slides")
+    channels_in: int = _f(1, 65536, doc="contraction elements (input channels x taps) per cycle")
+    channels_out: int = _f(1, 65536, doc="output channels per cycle")
+    pixels: int = _f(1, 65536, doc="output pixels per cycle (sharing the weights)")
+
+
+@dataclass(frozen=True)
 class Pooling:
     """A pooling engine beside the matrix and vector units (max / average over windows)."""
     elements_per_cycle: float = _f(1, 1e6, doc="window elements read per cycle per core")
@@ -93,6 +107,8 @@ class MatrixUnit:
     dataflow: str = _f(choices=DATAFLOWS, default="unknown")
     accumulator_dtype: str = _f(choices=("fp32", "fp16", "int32"), default="fp32")
     epilogue: Epilogue | None = _f(default=None, doc="output stage (absent: the vector unit post-processes)")
+    conv: ConvEngine | None = _f(default=None, doc="convolution engine organisation (absent: convs are im2col "
+                                 "GEMMs on the array)")
 
 
 @dataclass(frozen=True)
@@ -463,6 +479,11 @@ def _check_consistency(chip: Chip, path: str) -> None:
                             "'no links' (0, 0, 'none') or all describe links")
     if chip.cores.max_clock_hz and chip.cores.max_clock_hz < chip.cores.clock_hz:
         raise ChipFileError(path, "cores.max_clock_hz", "is below cores.clock_hz")
+    conv, int8 = chip.cores.matrix.conv, chip.cores.matrix.macs_per_cycle.get("int8", 0)
+    if conv and conv.channels_in * conv.channels_out * conv.pixels > 1.01 * int8:
+        raise ChipFileError(path, "cores.matrix.conv", f"channels_in x channels_out x pixels = "
+                            f"{conv.channels_in * conv.channels_out * conv.pixels} exceeds the {int8:g} int8 MACs "
+                            "per cycle of cores.matrix.macs_per_cycle")
     if chip.chip.idle_w is not None and chip.chip.idle_w >= chip.chip.tdp_w:
         raise ChipFileError(path, "chip.idle_w", "must be below chip.tdp_w")
     stacks = resources.files("tapeout") / "data" / "stacks"

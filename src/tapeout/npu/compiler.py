@@ -160,6 +160,7 @@ class Compiler:
         self.owned: dict = {}          # owner name -> its shared-buffer View
         self.fused: dict = {}          # eqn index -> indices of the eqns fused into it
         self.fp4: dict = {}            # var name -> the dequantize eqn of constant e2m1 data it came from
+        self.deferred: dict = {}       # var name -> (int8 var, scale, eqn indices): a scaled shortcut for an epilogue
         self.vars = ir.vars()
         self.outputs = {o.name for o in ir.outputs if hasattr(o, "name")}
 
@@ -190,6 +191,10 @@ class Compiler:
     # ---- values
     def view(self, atom) -> View:
         if hasattr(atom, "name") and atom.name in self.env:
+            return self.env[atom.name]
+        if hasattr(atom, "name") and atom.name in self.deferred:      # a scaled shortcut no epilogue took
+            _, _, idx = self.deferred.pop(atom.name)
+            _elementwise(self, idx[0], self.ir.eqns[idx[0]], list(idx))
             return self.env[atom.name]
         if hasattr(atom, "name"):
             arr = self.val[atom.name]
@@ -269,8 +274,11 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
     cc.done: set = set()
     last_use = None
     cc.remaining = {n: len(set(ix)) for n, ix in consumers.items()}
+    if "residual" in cc.geom.epilogue_ops:
+        cc.deferred = _scaled_shortcuts(cc)
+    waiting = {j for _, _, idx in cc.deferred.values() for j in idx}
     for i, e in enumerate(ir.eqns):
-        if i in cc.done:
+        if i in cc.done or (i in waiting and any(i in idx for *_, idx in cc.deferred.values())):
             continue
         cc.op_name = e.op
         cc.eqn = e
@@ -323,6 +331,31 @@ def _free_dead(cc, i, e, last_use):
 
 def _fused_here(cc, i):
     return cc.fused.get(i, ())
+
+
+def _scaled_shortcuts(cc) -> dict:
+    """`r = cast(x: i8 -> f32) * s` (s a scalar literal) whose only use is an `add`: a quantised
+    network's identity shortcut. On a chip whose output stage adds a second tensor, such an r is not
+    computed on its own: the GEMM epilogue that reaches the add reads x in int8 and adds x * s
+    (`axpys`), as the stage converts its input (Hanguang 800: "convert data to FP and push down the
+    pipe"). If no epilogue takes it, the first read of r computes it as a row kernel (Compiler.view)."""
+    out = {}
+    for i, e in enumerate(cc.ir.eqns):
+        if e.op != "cast" or e.inputs[0].dtype != "i8" or e.outputs[0].dtype != "f32":
+            continue
+        c = e.outputs[0]
+        users = cc.consumers.get(c.name, [])
+        if len(users) != 1 or c.name in cc.outputs or cc.ir.eqns[users[0]].op != "mul":
+            continue
+        m = cc.ir.eqns[users[0]]
+        lits = [a for a in m.inputs if not hasattr(a, "name")]
+        r = m.outputs[0]
+        after = cc.consumers.get(r.name, [])
+        if len(m.inputs) != 2 or len(lits) != 1 or np.ndim(lits[0].value) or r.name in cc.outputs or \
+                len(after) != 1 or cc.ir.eqns[after[0]].op != "add" or tuple(r.shape) != tuple(c.shape):
+            continue
+        out[r.name] = (e.inputs[0], float(lits[0].value), (i, users[0]))
+    return out
 
 
 def _lower(cc, i, e):
@@ -416,8 +449,9 @@ VIEWS = {
 
 # ----------------------------------------------------------------------------- elementwise chains
 
-def _chain(cc, i, var, shape, allow3=True, max_other=2):
-    """Eqn indices of single-use elementwise consumers following `var`, all of shape `shape`."""
+def _chain(cc, i, var, shape, allow3=True, max_other=2, ready=()):
+    """Eqn indices of single-use elementwise consumers following `var`, all of shape `shape`
+    (their other operands computed already, or named in `ready`)."""
     out = []
     while True:
         users = cc.consumers.get(var.name, [])
@@ -430,7 +464,8 @@ def _chain(cc, i, var, shape, allow3=True, max_other=2):
         others = [a for a in e.inputs if getattr(a, "name", None) != var.name]
         if sum(1 for a in e.inputs if getattr(a, "name", None) == var.name) != 1 or len(others) > max_other:
             return out
-        if any(hasattr(a, "name") and a.name not in cc.env and a.name not in cc.val for a in others):
+        if any(hasattr(a, "name") and a.name not in cc.env and a.name not in cc.val and a.name not in ready
+               for a in others):
             return out
         out.append(j)
         var = e.outputs[0]
@@ -444,11 +479,11 @@ def _operand(cc, a, cur_name):
     return a
 
 
-def _elementwise(cc, i, e):
-    if e.op == "cast" and _cast(cc, e):
+def _elementwise(cc, i, e, chain=None):
+    if chain is None and e.op == "cast" and _cast(cc, e):
         return
     out = e.outputs[0]
-    chain = [i] + _chain(cc, i, out, out.shape)
+    chain = chain or [i] + _chain(cc, i, out, out.shape)
     loads, steps, cur = {}, [], None
     for j in chain:
         ej = cc.ir.eqns[j]
@@ -505,10 +540,19 @@ class _Lit:
 
 def _epilogue(cc, i, out_var, shape2d, to2d):
     """Fuse the single-use elementwise chain after a GEMM output: epilogue entries + final var."""
-    chain = _chain(cc, i, out_var, out_var.shape, allow3=False, max_other=1)
+    chain = _chain(cc, i, out_var, out_var.shape, allow3=False, max_other=1, ready=cc.deferred)
     ep, cur = [], out_var
     for j in chain:
         e = cc.ir.eqns[j]
+        sc = [a for a in e.inputs if getattr(a, "name", None) in cc.deferred]
+        if e.op == "add" and sc and any(getattr(a, "name", None) == cur.name for a in e.inputs):
+            x, scale, idx = cc.deferred.pop(sc[0].name)          # + x * scale, x read in int8
+            v = cc.view(x)
+            ep.append(("axpys", to2d(v.broadcast(out_var.shape) if v.shape != tuple(out_var.shape) else v), scale,
+                       False))
+            cc.done.update((*idx, j))
+            cur = e.outputs[0]
+            continue
         ops = [_operand(cc, a, cur.name) for a in e.inputs]
         steps = ew_steps(e, ops)
         entries = []
@@ -755,7 +799,7 @@ def _conv2d(cc, i, e):
                 o = ov.box((n, gi * og, 0, 0), (1, og, Ho, Wo)).reshape((og, Ho * Wo)).transpose((1, 0))
                 jobs.append(GemmJob(cols.box((n, 0, gi, 0), (1, Ho * Wo, 1, K)).reshape((Ho * Wo, K)),
                                     wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)), o, ep))
-        gemm(cc, jobs, dt, "int32" if dt == "int8" else "fp32")
+        gemm(cc, jobs, dt, "int32" if dt == "int8" else "fp32", conv=True)
     _release(cc, cols, xv if xv is not cc.env.get(x.name) else None)
 
 
@@ -797,7 +841,7 @@ def _conv_gemm(cc, i, e, a: View, w: View, bv):
     ep += [(f, None if v is None else to2d(v), imm, b) for f, v, imm, b in ep4]
     ov = cc.out_view(last)
     t = cc.alloc((N, Ho * Wo, O), ov.dtype)
-    gemm(cc, [GemmJob(a, w, t.reshape((M, O)), ep)], w.dtype, "int32" if w.dtype == "int8" else "fp32")
+    gemm(cc, [GemmJob(a, w, t.reshape((M, O)), ep)], w.dtype, "int32" if w.dtype == "int8" else "fp32", conv=True)
     copy_kernel(cc, t.transpose((0, 2, 1)), ov.reshape((N, O, Ho * Wo)))
     _release(cc, t, *temps)
 

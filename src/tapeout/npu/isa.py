@@ -56,7 +56,7 @@ VFUNCS = {
     "ge": (2, "alu"), "eq": (2, "alu"), "ne": (2, "alu"),
     "select": (2, "alu"), "tril": (1, "alu"), "subexp": (2, "sfu"), "where": (3, "alu"), "fma": (3, "alu"),
     "floor": (1, "alu"), "ceil": (1, "alu"), "round": (1, "alu"), "trunc": (1, "alu"), "sign": (1, "alu"),
-    "mods": (1, "sfu"), "divs": (1, "sfu"),
+    "mods": (1, "sfu"), "divs": (1, "sfu"), "axpys": (2, "alu"),
 }
 VFUNC_NAMES = tuple(VFUNCS)
 RFUNCS = ("sum", "max", "min", "absmax", "argmax", "argmin")
@@ -88,6 +88,7 @@ class Geometry:
     macs: dict          # dtype -> MACs per cycle per core
     epilogue_ops: frozenset = frozenset()   # op kinds the array's output stage fuses (chip.EPILOGUE_OPS)
     pooling: bool = False                    # a pooling engine
+    conv: tuple | None = None                # the conv engine's (channels_in, channels_out, pixels) per cycle
 
     @staticmethod
     def from_chip(chip: Chip) -> "Geometry":
@@ -98,7 +99,8 @@ class Geometry:
         return Geometry(chip.name, chip.cores.count, m.array_rows, m.array_cols, m.dataflow,
                         int(chip.cores.sram.bytes), int(chip.shared_buffer.bytes), chip.cores.vector.lanes,
                         dict(m.macs_per_cycle), frozenset(m.epilogue.ops if m.epilogue else ()),
-                        chip.cores.pooling is not None)
+                        chip.cores.pooling is not None,
+                        (m.conv.channels_in, m.conv.channels_out, m.conv.pixels) if m.conv else None)
 
     def pe_macs(self, dtype: str) -> int:
         """MACs per processing element per cycle for `dtype` (2 where 8-bit MACs split a 16-bit one)."""
@@ -198,6 +200,10 @@ class Matmul:
     is occupied folds * max(M, rows) cycles and the result is ready rows (first weight load) +
     rows + cols - 2 (skew fill and drain) cycles later; back-to-back Matmuls overlap that latency.
     Alone: cycles = rows + folds * max(M, rows) + rows + cols - 2.
+    conv = 1 (a convolution, on a chip whose file declares cores.matrix.conv): the same sums on the
+    sliding-window conv engine, (ci, co, px) = (channels_in, channels_out, pixels): folds =
+    ceil(K/ci) * ceil(N/co), each occupying max(ceil(M/px), ci) cycles (px output pixels per cycle
+    share a fold's weights, which load in ci cycles), ready ci + ci + co - 2 cycles later.
     """
     acc_addr: int = _e("u32")
     a_addr: int = _e("u32")
@@ -212,6 +218,7 @@ class Matmul:
     acc_dtype: str = _e("dtype")
     acc_in: int = _e("u8", 0)
     w_fp4: int = _e("u8", 0)
+    conv: int = _e("u8", 0)
     w_dma: int = _e("u32", 0)
     w_mxu: int = _e("u32", 0)
     w_vec: int = _e("u32", 0)
@@ -232,7 +239,7 @@ class Vec:
     int32 to [-2^31, 2^31-1], u8 to [0, 255]) and NaN becomes 0; fp8 e4m3 saturates to +-448,
     fp8e5m2 overflows to inf. funcs: see VFUNCS (`adds`, `muls`, ... use imm);
     the less obvious ones: fill = imm (reads nothing); select = x if y != 0 else imm; tril = x if c <= r + imm else -inf
-    (causal masking, r and c are the tile's row and column); subexp = exp(imm * (x - y)); fma = x*y + z;
+    (causal masking, r and c are the tile's row and column); subexp = exp(imm * (x - y)); fma = x*y + z; axpys = x + y*imm;
     where = y if x != 0 else z; comparisons give 1.0 or 0.0; round = to nearest, ties to even;
     trunc = toward zero; sign = -1, 0 or 1 (NaN stays NaN); mods = x mod imm, floored (Python's %);
     divs = x / imm (correctly rounded, unlike muls by 1/imm).
@@ -567,22 +574,41 @@ def dtype_size(name: str) -> int:
     return DTYPES[name].itemsize
 
 
-def matmul_cycles(geom: Geometry, M: int, K: int, N: int, in_dtype: str, overlap: bool = True) -> int:
+def _engine(geom: Geometry, conv: bool) -> tuple[int, int, int] | None:
+    return geom.conv if conv and geom.conv else None
+
+
+def matmul_cycles(geom: Geometry, M: int, K: int, N: int, in_dtype: str, overlap: bool = True,
+                  conv: bool = False) -> int:
     """Cycles of one Matmul (see its docstring). overlap=False: each fold loads its weights,
     then streams and drains alone (SCALE-Sim's WS model: folds * (2*rows + cols + M - 2))."""
+    e = _engine(geom, conv)
+    if e:
+        folds = math.ceil(K / e[0]) * math.ceil(N / e[1])
+        if not overlap:
+            return folds * (2 * e[0] + e[1] + math.ceil(M / e[2]) - 2)
+        return matmul_latency(geom, conv) + matmul_occupancy(geom, M, K, N, in_dtype, conv)
     folds = math.ceil(K / geom.rows) * math.ceil(N / geom.tile_cols(in_dtype))
     if not overlap:
         return folds * (2 * geom.rows + geom.cols + M - 2)
     return matmul_latency(geom) + folds * max(M, geom.rows)
 
 
-def matmul_occupancy(geom: Geometry, M: int, K: int, N: int, in_dtype: str) -> int:
-    """Cycles the array is busy with one Matmul when Matmuls run back to back."""
+def matmul_occupancy(geom: Geometry, M: int, K: int, N: int, in_dtype: str, conv: bool = False) -> int:
+    """Cycles the array (or, for a conv on a chip with one, the conv engine) is busy with one Matmul
+    when Matmuls run back to back."""
+    e = _engine(geom, conv)
+    if e:
+        ci, co, px = e
+        return math.ceil(K / ci) * math.ceil(N / co) * max(math.ceil(M / px), ci)
     return math.ceil(K / geom.rows) * math.ceil(N / geom.tile_cols(in_dtype)) * max(M, geom.rows)
 
 
-def matmul_latency(geom: Geometry) -> int:
+def matmul_latency(geom: Geometry, conv: bool = False) -> int:
     """First weight load + skew fill/drain: cycles from the last fold's issue to its result."""
+    e = _engine(geom, conv)
+    if e:
+        return e[0] + e[0] + e[1] - 2
     return geom.rows + geom.rows + geom.cols - 2
 
 
@@ -590,7 +616,7 @@ def matmul_latency(geom: Geometry) -> int:
 EPILOGUE_KIND = {
     **{("mul", k): "scale" for k in ("row", "col", "one")}, ("muls", "none"): "scale",
     **{("add", k): "bias" for k in ("row", "col", "one")}, ("adds", "none"): "bias",
-    ("add", "full"): "residual", ("mul", "full"): "multiply", ("relu", "none"): "relu",
+    ("add", "full"): "residual", ("axpys", "full"): "residual", ("mul", "full"): "multiply", ("relu", "none"): "relu",
     **{(f, "none"): "requantize" for f in ("trunc", "round", "floor", "ceil", "maxs", "mins")},
     **{(f, "none"): f for f in ("silu", "gelu", "gelu_tanh", "sigmoid", "tanh")},
 }

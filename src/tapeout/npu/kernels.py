@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..errors import UnsupportedOpError
 from .emit import Buf, Sram, View, _ndindex, dma_copy, split_even
 from .isa import (DTYPES, EPILOGUE_KIND, FIX_STAGES, NARROW_STORES, OPERAND_STRIDES, Dequant4, Fixpipe, Gather,
-                  Matmul, Pool, Reduce, Scan, Vec)
+                  Matmul, Pool, Reduce, Scan, Vec, matmul_latency, matmul_occupancy)
 
 F32 = "fp32"
 NBUF = 3                    # operand tiles in flight per GEMM (triple buffering)
@@ -187,14 +187,17 @@ class GemmJob:
     w_imm: float = 1.0             # per-tensor scale applied by Dequant4 (NVFP4)
 
 
-def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0):
+def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0, conv: bool = False):
+    """`conv`: the jobs are a convolution's GEMMs, which run on the chip's conv engine where its file
+    declares one (cores.matrix.conv; isa.Matmul conv=1), else on the array like any GEMM."""
     M, K = jobs[0].a.shape
     N = jobs[0].out.shape[1]
     fp4 = group and jobs[0].w_code == "e2m1" and cc.geom.pe_macs("fp4")   # native fp4 multipliers
-    tm, tn, tk = _choose_tiles(cc, M, N, K, len(jobs), in_dtype, acc_dtype, group, "fp4" if fp4 else in_dtype)
+    conv = bool(conv and cc.geom.conv and not group)
+    tm, tn, tk = _choose_tiles(cc, M, N, K, len(jobs), in_dtype, acc_dtype, group, "fp4" if fp4 else in_dtype, conv)
     tiles = [(j, m0, n0) for j in range(len(jobs)) for n0 in range(0, N, tn) for m0 in range(0, M, tm)]
     for core, (t0, t1) in enumerate(split_even(len(tiles), cc.ncores)):
-        _gemm_core(cc, cc.streams[core], jobs, tiles[t0:t1], tm, tn, tk, in_dtype, acc_dtype, group)
+        _gemm_core(cc, cc.streams[core], jobs, tiles[t0:t1], tm, tn, tk, in_dtype, acc_dtype, group, conv)
     cc.barrier()
 
 
@@ -209,31 +212,44 @@ def gemm_plan(chip, M, N, K, njobs, in_dtype, acc_dtype, group=0, mac=None) -> t
     return _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac)
 
 
-def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None):
+def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None, conv=False):
     """Output tile (tm x tn) and K chunk (tk) that fit SRAM and minimise the busiest core's time:
     ceil(tiles / cores) x max(array cycles, DMA cycles) of one tile, plus a per-tile overhead.
-    `mac`: the multipliers' type when it differs from in_dtype (fp4 weights on fp4 MACs)."""
+    `mac`: the multipliers' type when it differs from in_dtype (fp4 weights on fp4 MACs). `conv`:
+    on the conv engine (rows, columns = its channels_in, channels_out; taller tiles, since each
+    fold takes ceil(tm / pixels) cycles)."""
     g = cc.geom
     tc, es, ea = g.tile_cols(mac or in_dtype), DTYPES[in_dtype].itemsize, DTYPES[acc_dtype].itemsize
+    rows, tms = g.rows, (16, 32, 64, 128, 256, 512)
+    if conv:
+        rows, tc, px = g.conv
+        ep = cc.chip.cores.matrix.epilogue
+        epi_rate = (ep.elements_per_cycle if ep and ep.elements_per_cycle else g.cols) if g.epilogue_ops else \
+            cc.chip.cores.vector.lanes
+        tms += tuple(rows * px * k for k in (1, 2, 4, 8)) + tuple(_up(-(-M // (cc.ncores * k)), px) for k in (1, 2, 3, 4))
     clk, n = cc.chip.cores.clock_hz, cc.ncores
     w_bpc = (cc.chip.dram.bandwidth_bytes_per_s or cc.chip.shared_buffer.bandwidth_bytes_per_s) / n / clk
     a_bpc = cc.chip.shared_buffer.bandwidth_bytes_per_s / n / clk
     best = None
-    for tm in sorted({min(M, t) for t in (16, 32, 64, 128, 256, 512)}):
+    for tm in sorted({min(M, t) for t in tms}):
         for tn in sorted({min(_up(N, tc), k * tc) for k in range(1, 17)}):
             fixed = (LAG + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2 + \
                 (LAG + 1) * FIX_STAGES * _small_bytes(tm, tn) * bool(g.epilogue_ops)
             per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
-            tk = max(g.rows, min(_up(K, g.rows), (cc.sram_bytes - fixed - 4096) // per_k // g.rows * g.rows,
-                                 max(g.rows, (W_TILE_BYTES // (tn * es)) // g.rows * g.rows)))
+            tk = max(rows, min(_up(K, rows), (cc.sram_bytes - fixed - 4096) // per_k // rows * rows,
+                               max(rows, (W_TILE_BYTES // (tn * es)) // rows * rows)))
             if group:
                 tk = max(group, tk // group * group)
             if fixed + tk * per_k > cc.sram_bytes:
                 continue
             per_core = math.ceil(njobs * math.ceil(M / tm) * math.ceil(N / tn) / n)
-            mxu = math.ceil(K / g.rows) * math.ceil(tn / tc) * max(tm, g.rows)
+            mxu = matmul_occupancy(g, tm, K, tn, mac or in_dtype, conv)
             dma = K * tn * es / w_bpc + tm * K * es / a_bpc
-            cost = (per_core * (max(mxu, dma) + TILE_OVERHEAD), -tm * tn)
+            if conv:   # back-to-back folds hide a tile's overhead; what shows is the first load and last drain
+                fill = tm * min(K, tk) * es / a_bpc + tm * tn / epi_rate + matmul_latency(g, True)
+                cost = (per_core * max(mxu, dma) + fill, -tm * tn)
+            else:
+                cost = (per_core * (max(mxu, dma) + TILE_OVERHEAD), -tm * tn)
             if best is None or cost < best[0]:
                 best = (cost, tm, tn, tk)
     if best is None:
@@ -245,7 +261,7 @@ def _up(x, m):
     return -(-x // m) * m
 
 
-def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
+def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group, conv=False):
     sram = Sram(cc.sram_bytes)
     es = DTYPES[in_dtype].itemsize
     abuf = [sram.alloc(tm * tk * es) for _ in range(NBUF)]
@@ -282,7 +298,7 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group):
                 _load(s, w, job.w.box((k0, n0), (k, n)), (id(job.w), k0, n0, k, n))
             s.emit(lambda **wt: Matmul(acc_addr=ab.addr, a_addr=a.addr, w_addr=w.addr, M=m, K=k, N=n, lda=k, ldw=n,
                                        ldc=n, in_dtype=in_dtype, acc_dtype=acc_dtype, acc_in=int(ki > 0),
-                                       w_fp4=int(group > 0 and job.w_code == "e2m1"), **wt),
+                                       w_fp4=int(group > 0 and job.w_code == "e2m1"), conv=int(conv), **wt),
                    reads=[a, w], writes=[ab])
             kslot += 1
         if len(pending) == LAG:       # tile t-LAG's epilogue after this tile's loads and matmuls, so the

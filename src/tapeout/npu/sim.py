@@ -130,6 +130,7 @@ _F = {
     "floor": lambda a, b, c, s: np.floor(a), "ceil": lambda a, b, c, s: np.ceil(a),
     "round": lambda a, b, c, s: np.rint(a), "trunc": lambda a, b, c, s: np.trunc(a),
     "sign": lambda a, b, c, s: np.sign(a), "mods": lambda a, b, c, s: np.mod(a, s), "divs": lambda a, b, c, s: a / s,
+    "axpys": lambda a, b, c, s: a + b * np.float32(s),
 }
 _R = {"sum": lambda x: x.sum(axis=1), "max": lambda x: x.max(axis=1), "min": lambda x: x.min(axis=1),
       "absmax": lambda x: np.abs(x).max(axis=1), "argmax": lambda x: x.argmax(axis=1).astype(np.float32),
@@ -290,9 +291,10 @@ def _matmul_cost(t: Timing, i: Matmul):
     es, ea = DTYPES[i.in_dtype].itemsize, DTYPES[i.acc_dtype].itemsize
     nbytes = (i.M * i.K + i.K * i.N) * es + i.M * i.N * ea * (2 if i.acc_in else 1)
     dt = "fp4" if i.w_fp4 and t.geom.pe_macs("fp4") else i.in_dtype      # native fp4 x in_dtype multipliers
+    conv = bool(i.conv)
     if not t.overlap:
-        return matmul_cycles(t.geom, i.M, i.K, i.N, dt, False), 0, {"sram": nbytes}
-    return matmul_occupancy(t.geom, i.M, i.K, i.N, dt), matmul_latency(t.geom), {"sram": nbytes}
+        return matmul_cycles(t.geom, i.M, i.K, i.N, dt, False, conv), 0, {"sram": nbytes}
+    return matmul_occupancy(t.geom, i.M, i.K, i.N, dt, conv), matmul_latency(t.geom, conv), {"sram": nbytes}
 
 
 def _vec_cost(t: Timing, i):
