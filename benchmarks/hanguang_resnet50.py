@@ -135,10 +135,11 @@ def main(whatif: bool = True):
     print("\nSensitivity to the conv engine's assumed organisation (channels_in x channels_out x pixels per "
           "cycle; not the prediction):")
     for ci, co, px, epi in ((128, 128, 9, None), (64, 256, 9, None), (256, 64, 9, None), (64, 64, 36, None),
-                            (128, 384, 3, None), (384, 128, 3, None), (384, 384, 1, None), (128, 128, 9, 384)):
+                            (128, 384, 3, None), (384, 128, 3, None), (384, 384, 1, None), (1152, 128, 1, None),
+                            (128, 128, 9, 384)):
         w = predict_throughput("resnet-50", conv_engine_chip(ci, co, px, epi), dtype="int8")
         note = " (the chip file)" if (ci, co, px, epi) == (128, 128, 9, None) else \
-            f" (output stage {epi}/cycle)" if epi else ""
+            f" (output stage {epi}/cycle)" if epi else " (the 9 read as a 3x3 window's taps)" if ci == 1152 else ""
         print(f"  {ci:3d} x {co:3d} x {px:2d}{note}: {w['samples_s']:8,.0f} samples/s at batch {w['batch']:2d}, "
               f"ratio {w['samples_s'] / pub:.3f}; mxu {w['utilization']['mxu']:.0%} busy")
     clk = chip.cores.clock_hz
