@@ -54,8 +54,8 @@ FREE = {
     "split_latency_s": (0.0, 8e-6),
     "row_block_bytes": (1024.0, 65536.0),
     "norm_read_passes": (1.0, 3.0),
-    "softmax_read_passes": (1.0, 5.0),
-    "softmax_row_block_bytes": (1024.0, 131072.0),
+    "softmax_row_latency_s": (0.2e-6, 5e-6),
+    "softmax_vector_ops": (8.0, 120.0),
     "attention_block_latency_s": (0.1e-6, 4e-6),
     "attention_vector_ops": (0.0, 6.0),
 }

@@ -72,7 +72,7 @@ CASES = {
                       r"names no software stack 'nvidia-trtlm' \(did you mean 'nvidia-trtllm'\?\)"),
     "truncated TOML": (VALID[:VALID.index("count = 132") + 7], "end of file", r"not valid TOML"),
     "source with unknown reference": (sub('"chip" = { ref = "N1"', '"chip" = { ref = "N9"'), "sources.chip.ref",
-                                      r"names reference 'N9', which the references table lacks \(it has N1, N2, N3, WP, CNC, CAL\)"),
+                                      r"names reference 'N9', which the references table lacks \(it has N1, N2, N3, WP, CNC, CAL, CUDA_CC\)"),
     "source naming no key": (VALID + '"cores.clok_hz" = { ref = "N1", confidence = "datasheet" }\n',
                              "sources.cores.clok_hz", r"names no key of the file \(did you mean 'cores.clock_hz'\?\)"),
     "number without source": (sub('"links.host" = { ref = "N1", confidence = "datasheet" }\n', ""),

@@ -134,6 +134,10 @@ class Cores:
     sram: Sram = _f()
     max_clock_hz: float | None = _f(1e7, 1e10, default=None, doc="highest (boost) clock, if above clock_hz")
     pooling: Pooling | None = _f(default=None, doc="pooling engine (absent: pools run on the vector unit)")
+    registers: int | None = _f(1024, 1e7, default=None,
+                               doc="32-bit registers per core (a GPU's register file; absent: not stated)")
+    max_threads: int | None = _f(32, 1e6, default=None,
+                                 doc="threads resident on one core at a time (a GPU's SM; absent: not stated)")
 
 
 @dataclass(frozen=True)

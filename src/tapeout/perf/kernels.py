@@ -246,20 +246,63 @@ def attention_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, 
     return cyc, mem, math.ceil(blocks / cores) * p.tile_latency_s, 1
 
 
+def resident_blocks(chip: Chip, threads: int, registers: int, fallback: int) -> int:
+    """Thread blocks of `threads` threads using `registers` each that one core holds at a time: the
+    core's resident threads and its register file (allocated 8 registers per thread at a time) both
+    bound it. `fallback` where the chip file does not state them."""
+    c = chip.cores
+    if not c.registers or not c.max_threads:
+        return fallback
+    regs = 8 * math.ceil(registers / 8)
+    return max(1, min(c.max_threads // threads, c.registers // (threads * regs)))
+
+
+def softmax_rows(chip: Chip, p: PerfParams, rows: float, cols: float, elem_bytes: float) -> tuple[int, int, bool]:
+    """PyTorch's softmax on a GPU: (threads per row block, resident blocks per core, whether the
+    row stays in registers). A row of `cols` elements gets a block of up to `softmax_block_threads`
+    threads; while each thread holds fewer than `softmax_register_elements` of them, the row stays
+    in registers (one read of the input), and the more it holds, the more registers a thread needs
+    and the fewer blocks fit on a core. Wider rows stream through the block, read several times."""
+    threads = min(p.softmax_block_threads, 32 * math.ceil(cols / 32))
+    per_thread = math.ceil(cols / threads)
+    held = per_thread < p.softmax_register_elements
+    regs = p.softmax_row_registers + (per_thread * math.ceil(elem_bytes / 4) if held else 0)
+    return threads, resident_blocks(chip, threads, regs, p.softmax_blocks_per_core), held
+
+
+def _held_row_s(chip: Chip, p: PerfParams, rows: float, cols: float, blocks: int, nbytes: float) -> float:
+    """Memory time of a softmax that holds each row in registers: each row block loads its whole row,
+    waits for it, reduces it twice (max, sum) across the block, computes and stores, one phase
+    after the other; the other blocks resident on the core hide that serial part, the DRAM does
+    not wait for it. Per core: its share of the DRAM time plus, per wave of rows over the resident
+    blocks, the row's latency and arithmetic (fewer resident blocks: less of it hidden)."""
+    waves = math.ceil(rows / (chip.cores.count * blocks))
+    arith = cols * p.softmax_vector_ops / (chip.cores.vector.lanes * chip.max_clock_hz)
+    return nbytes / _dram_bw(chip, p.dram_efficiency) + waves * (p.softmax_row_latency_s + arith)
+
+
 def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
     """Elementwise, norm, softmax, embedding, KV writes: DRAM streaming.
 
     Norm and softmax kernels give each row to one block of threads, which keeps `row_block_bytes`
-    in flight per DRAM latency: a few very long rows cannot use the whole memory system."""
+    in flight per DRAM latency: a few very long rows cannot use the whole memory system. A GPU's
+    softmax follows PyTorch's kernels (softmax_rows): a row held in registers is read once and
+    paced by its serial latency (_held_row_s); a wider one streams."""
     rows, cols = (tuple(k.shape) + (1, 1))[:2] if k.shape else (1, 1)
     nbytes = k.bytes_read + k.bytes_written
+    cyc = k.flops / max(chip.cores.vector.flops_per_cycle * chip.cores.count, 1.0)
+    slots = chip.cores.count * (p.softmax_blocks_per_core if k.kind == "softmax" else p.blocks_per_core)
+    if k.kind == "softmax" and chip.cores.matrix.dataflow == "simt":
+        _, blocks, held = softmax_rows(chip, p, rows, cols, k.bytes_read / max(rows * cols, 1))
+        if held:
+            return cyc, _held_row_s(chip, p, rows, cols, blocks, nbytes), p.dram_latency_s, 1
+        slots = chip.cores.count * blocks
     eff = p.dram_efficiency
     row_limit = 0.0
     extra = 0.0
     if k.kind in ("norm", "softmax", "fused_norm"):
         passes = {"norm": p.norm_read_passes, "softmax": p.softmax_read_passes}.get(k.kind, 1.0)
         row_in = k.bytes_read / max(rows, 1)
-        slots = chip.cores.count * (p.softmax_blocks_per_core if k.kind == "softmax" else p.blocks_per_core)
         # re-reads of a row follow its first read: they hit the shared buffer while the rows in
         # flight fit in the part of it that streaming leaves alone, else they go to DRAM again
         extra = k.bytes_read * (passes - 1)
@@ -271,7 +314,6 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
         row_limit = core_stream_s(p, rows, row_bytes, slots, inflight, INF)
     mem = max(nbytes / _dram_bw(chip, eff)
               + extra / chip.shared_buffer.bandwidth_bytes_per_s, row_limit)
-    cyc = k.flops / max(chip.cores.vector.flops_per_cycle * chip.cores.count, 1.0)
     return cyc, mem, p.dram_latency_s, 1
 
 

@@ -55,7 +55,12 @@ class PerfParams:
     tma_alignment_bytes: int       # row strides fast GEMM kernels need (TMA/wgmma); 0: no rule
     unaligned_mma_efficiency: float  # fraction of the matrix units' peak a GEMM with unaligned strides sustains
     norm_read_passes: float        # times a norm kernel reads its input
-    softmax_read_passes: float     # times a softmax kernel reads its input
+    softmax_read_passes: float     # times a softmax kernel reads its input (a GPU: the kernel that streams a wide row)
+    softmax_block_threads: int     # threads of a GPU softmax kernel's block (one row per block)
+    softmax_register_elements: int  # a GPU softmax holds its row in registers below this many elements per thread
+    softmax_row_registers: int     # registers per thread of that kernel besides the row's elements
+    softmax_row_latency_s: float   # serial latency of one row in that kernel: its loads' round trip, two block reductions
+    softmax_vector_ops: float      # vector-lane operations per element of that kernel (two exps, a division, conversions)
     gemm_tiles: tuple              # candidate output tiles (rows, cols) of a GEMM kernel
     pipeline_stages: int           # K-slices a GEMM tile's pipeline keeps in flight
     tile_k: int                    # K-slice per pipeline stage
