@@ -268,3 +268,37 @@ def test_rocm_stack_grows_the_405b_tp8_step_with_the_batch_as_published():
     assert 0.8 < (b256 / b1) / (1846 / 36) < 1.25                  # published: 36 and 1,846 tok/s
     peak = dataclasses.replace(rocm, name="rocm-peak-links", overrides={**rocm.overrides, "comm_efficiency": 1.0})
     assert predict_row(dict(r, batch=256), stack=peak)["predicted"] > 1.5 * b256
+
+
+def test_gaudi2_optimum_habana_ci_rows_quote_the_ci_table():
+    """Every fp8 row of optimum-habana's Gaudi 2 CI table (v1.14.0): the fields are the quoted tuple's."""
+    from importlib import resources
+
+    meta, rows = load_rows(resources.files("tapeout") / "data" / "calibration" / "gaudi2-optimum-habana-ci.json")
+    assert len(rows) == 19 and meta["description"] and len({r["id"] for r in rows}) == 19
+    for r in rows:      # quote: (model, world_size, batch, reuse_cache, input, output, baseline),
+        cols = [c.strip().strip('"') for c in r["quote"].strip("(),").split(",")]
+        assert r["chips"] == r["tp"] == int(cols[1]) and r["batch"] == int(cols[2]), r["id"]
+        assert r["workload"] == f"fixed:{cols[4]}:{cols[5]}" and r["published"] == float(cols[6]), r["id"]
+        assert r["scenario"] in SCENARIOS and r["metric"] in METRICS and r["source"] and r["trust"] == "medium"
+
+
+def test_gaudi2_pa053_is_not_a_four_card_collective_effect():
+    """PA-053 (Intel's Gaudi 2 table: 4 cards TP4, 128 + 2,048 tokens, batch 327, 3,211 tok/s) is predicted
+    ~1.7x fast. optimum-habana's CI for the same software release runs the same 4 cards and lengths at batch
+    750: 7,422 tok/s, the same ~101 ms per step at 2.3x the batch. The shipped gaudi-synapse stack (never
+    fitted on the CI rows) predicts that row and the CI's other 4-card TP4 rows within 0.85-1.18, so what
+    separates PA-053 is not the 4-card collective: slowing 4-card collectives to fit PA-053 fails here."""
+    from importlib import resources
+
+    cal = resources.files("tapeout") / "data" / "calibration"
+    pa053 = next(r for r in load_rows(cal / "published.json")[1] if r["id"] == "PA-053")
+    ci = load_rows(cal / "gaudi2-optimum-habana-ci.json")[1]
+    same = next(r for r in ci if all(r[k] == pa053[k] for k in ("chip", "chips", "tp", "model", "workload")))
+    assert same["batch"] > 2 * pa053["batch"]
+    step = [r["batch"] / r["published"] for r in (pa053, same)]    # seconds per decode step, prefill included
+    assert abs(step[0] / step[1] - 1) < 0.03
+    four = [r for r in ci if r["tp"] == 4 and r["model"] == "llama-2-70b"]
+    assert len(four) == 3
+    for r in four:
+        assert 0.85 < predict_row(r)["ratio"] < 1.18, r["id"]
