@@ -212,6 +212,13 @@ def gemm_plan(chip, M, N, K, njobs, in_dtype, acc_dtype, group=0, mac=None) -> t
     return _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac)
 
 
+def _epi_rate(cc) -> float:
+    """Results per cycle of a GEMM's output path: the output stage's rate, else the vector lanes."""
+    ep = cc.chip.cores.matrix.epilogue
+    return (ep.elements_per_cycle if ep and ep.elements_per_cycle else cc.geom.cols) if cc.geom.epilogue_ops else \
+        cc.chip.cores.vector.lanes
+
+
 def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None, conv=False):
     """Output tile (tm x tn) and K chunk (tk) that fit SRAM and minimise the busiest core's time:
     ceil(tiles / cores) x max(array cycles, DMA cycles) of one tile, plus a per-tile overhead.
@@ -223,9 +230,7 @@ def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None, conv
     rows, tms = g.rows, (16, 32, 64, 128, 256, 512)
     if conv:
         rows, tc, px = g.conv
-        ep = cc.chip.cores.matrix.epilogue
-        epi_rate = (ep.elements_per_cycle if ep and ep.elements_per_cycle else g.cols) if g.epilogue_ops else \
-            cc.chip.cores.vector.lanes
+        epi_rate = _epi_rate(cc)
         tms += tuple(rows * px * k for k in (1, 2, 4, 8)) + tuple(_up(-(-M // (cc.ncores * k)), px) for k in (1, 2, 3, 4))
     clk, n = cc.chip.cores.clock_hz, cc.ncores
     w_bpc = (cc.chip.dram.bandwidth_bytes_per_s or cc.chip.shared_buffer.bandwidth_bytes_per_s) / n / clk
@@ -233,9 +238,10 @@ def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None, conv
     best = None
     for tm in sorted({min(M, t) for t in tms}):
         for tn in sorted({min(_up(N, tc), k * tc) for k in range(1, 17)}):
-            fixed = (LAG + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2 + \
-                (LAG + 1) * FIX_STAGES * _small_bytes(tm, tn) * bool(g.epilogue_ops)
-            per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
+            lag, nbuf = conv_depth(g, tm, tn, K, epi_rate) if conv else (LAG, NBUF)
+            fixed = (lag + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2 + \
+                (lag + 1) * FIX_STAGES * _small_bytes(tm, tn) * bool(g.epilogue_ops)
+            per_k = nbuf * (tm + tn) * es + (nbuf * tn // 2 + nbuf * tn * 4 // max(group, 1) if group else 0)
             tk = max(rows, min(_up(K, rows), (cc.sram_bytes - fixed - 4096) // per_k // rows * rows,
                                max(rows, (W_TILE_BYTES // (tn * es)) // rows * rows)))
             if group:
@@ -261,31 +267,45 @@ def _up(x, m):
     return -(-x // m) * m
 
 
+def conv_depth(g, tm: int, tn: int, K: int, epi_rate: float) -> tuple[int, int]:
+    """(output tiles a conv's epilogue trails its folds by, operand buffers in flight) on the conv
+    engine. A Matmul completes matmul_latency (the engine's skew) after its folds, and its operand
+    buffers and accumulators are free only then; on a small engine (128 cycles a fold) that is several
+    tiles, so LAG tiles and NBUF buffers would make the in-order DMA queue wait for it. Deep enough
+    that the engine runs back to back: lag covers the skew plus the output stage's tm x tn / rate, the
+    buffers the skew plus a chunk's folds. At least (LAG, NBUF); GEMMs on the array keep those."""
+    lat, tile = matmul_latency(g, True), max(1, matmul_occupancy(g, tm, K, tn, "int8", True))
+    chunk = max(1, matmul_occupancy(g, tm, min(K, g.conv[0]), tn, "int8", True))
+    lag = max(LAG, math.ceil((lat + math.ceil(tm * tn / max(epi_rate, 1))) / tile) + 1)
+    return lag, max(NBUF, math.ceil(lat / chunk) + 2)
+
+
 def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group, conv=False):
     sram = Sram(cc.sram_bytes)
+    lag, nbuf = conv_depth(cc.geom, tm, tn, jobs[0].a.shape[1], _epi_rate(cc)) if conv else (LAG, NBUF)
     es = DTYPES[in_dtype].itemsize
-    abuf = [sram.alloc(tm * tk * es) for _ in range(NBUF)]
-    wbuf = [sram.alloc(tk * tn * es) for _ in range(NBUF)]
-    pbuf = [sram.alloc(tk * tn // 2) for _ in range(NBUF)] if group else None
-    sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(NBUF)] if group else None
-    acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(LAG + 1)]
-    ep = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
-    obuf = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
+    abuf = [sram.alloc(tm * tk * es) for _ in range(nbuf)]
+    wbuf = [sram.alloc(tk * tn * es) for _ in range(nbuf)]
+    pbuf = [sram.alloc(tk * tn // 2) for _ in range(nbuf)] if group else None
+    sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(nbuf)] if group else None
+    acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(lag + 1)]
+    ep = [sram.alloc(tm * tn * 4) for _ in range(lag + 1)]
+    obuf = [sram.alloc(tm * tn * 4) for _ in range(lag + 1)]
     small = [[sram.alloc(_small_bytes(tm, tn)) for _ in range(FIX_STAGES)] if cc.geom.epilogue_ops else []
-             for _ in range(LAG + 1)]            # per-channel / per-row operands of the output stage
+             for _ in range(lag + 1)]            # per-channel / per-row operands of the output stage
     kslot, pending = 0, []
     for t, (j, m0, n0) in enumerate(tiles):
         job = jobs[j]
         K = job.a.shape[1]
         M, N = job.out.shape
         m, n = min(tm, M - m0), min(tn, N - n0)
-        ab = acc[t % (LAG + 1)]
+        ab = acc[t % (lag + 1)]
         for ki, k0 in enumerate(range(0, K, tk)):
             k = min(tk, K - k0)
-            a, w = abuf[kslot % NBUF], wbuf[kslot % NBUF]
+            a, w = abuf[kslot % nbuf], wbuf[kslot % nbuf]
             _load(s, a, job.a.box((m0, k0), (m, k)), (id(job.a), m0, k0, m, k))
             if group:
-                p, sc = pbuf[kslot % NBUF], sbuf[kslot % NBUF]
+                p, sc = pbuf[kslot % nbuf], sbuf[kslot % nbuf]
                 if w.key != (id(job.w), k0, n0, k, n):
                     _load(s, p, job.w.box((k0, n0 // 2), (k, n // 2)), None)
                     _load(s, sc, job.w_scales.box((k0 // group, n0), (-(-k // group), n)), None)
@@ -301,10 +321,12 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group, conv=
                                        w_fp4=int(group > 0 and job.w_code == "e2m1"), conv=int(conv), **wt),
                    reads=[a, w], writes=[ab])
             kslot += 1
-        if len(pending) == LAG:       # tile t-LAG's epilogue after this tile's loads and matmuls, so the
+        if len(pending) == lag:       # tile t-lag's epilogue after this tile's loads and matmuls, so the
             _epilogue(*pending.pop(0))  # in-order DMA queue fetches ahead and the array and vector unit overlap
-        pending.append((s, job, ab, acc_dtype, ep[t % (LAG + 1)], obuf[t % (LAG + 1)], m0, n0, m, n,
-                        cc.geom, small[t % (LAG + 1)]))
+        pending.append((s, job, ab, acc_dtype, ep[t % (lag + 1)], obuf[t % (lag + 1)], m0, n0, m, n,
+                        cc.geom, small[t % (lag + 1)]))
+        if conv:                      # the output stage's operands load with the tile, not behind its store
+            _prefetch_stage_operands(*pending[-1])
     for args in pending:
         _epilogue(*args)
 
@@ -364,6 +386,22 @@ def _tile_operand(opnd: View, m0, n0, m, n) -> tuple[View, str]:
     return o.box((0, 0), (m if vr else 1, n if vc else 1)), _stage_kind(o)
 
 
+def _stage_key(opnd: View, kind: str, m0, n0, m, n):
+    return (id(opnd), opnd.addr, m0, n0, m, n, kind)
+
+
+def _prefetch_stage_operands(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n, geom, small):
+    """Load the operands the output stage (`_fixpipe`) will read for this tile now, keyed so that
+    `_fixpipe` finds them resident: on the conv engine the epilogue trails by several tiles, and a
+    residual loaded just before its Fixpipe would hold the in-order DMA queue for that Fixpipe."""
+    ops = [x for x in job.epilogue if not (x[0] == "copy" and x[1] is None)]
+    k, _ = fused_prefix(geom, [(f, _stage_kind(o)) for f, o, _, _ in ops], job.out.dtype)
+    for j, (_, opnd, _, _) in enumerate(ops[:k]):
+        if opnd is not None:
+            src, kind = _tile_operand(opnd, m0, n0, m, n)
+            _load(s, eb if kind == "full" else small[j], src, _stage_key(opnd, kind, m0, n0, m, n))
+
+
 def _fixpipe(s, ops, ab, acc_dtype, dst, d_dtype, eb, small, m0, n0, m, n):
     """The leading `ops` on the array's output stage: accumulators -> stages -> dst in d_dtype."""
     kw, reads = {"n": len(ops)}, [ab]
@@ -372,7 +410,8 @@ def _fixpipe(s, ops, ab, acc_dtype, dst, d_dtype, eb, small, m0, n0, m, n):
         if opnd is not None:
             src, kind = _tile_operand(opnd, m0, n0, m, n)
             buf, dt = (eb, src.dtype) if kind == "full" else (small[j], src.dtype)
-            _load(s, buf, src, None if kind == "full" else (id(opnd), opnd.addr, m0, n0, m, n, kind))
+            key = _stage_key(opnd, kind, m0, n0, m, n)
+            _load(s, buf, src, key if kind != "full" or buf.key == key else None)
             reads.append(buf)
         kw.update({f"f{j}": func, f"o{j}_addr": buf.addr if buf else 0, f"o{j}_dtype": dt, f"o{j}_kind": kind,
                    f"sw{j}": int(acc_is_b and opnd is not None), f"imm{j}": float(imm)})
