@@ -785,6 +785,11 @@ def _conv2d(cc, i, e):
         depthwise_conv(cc, xv, _weight_view(cc, e, w, (O, kh * kw)), bv, cc.out_view(out), (kh, kw), p["stride"],
                        p["dilation"])
         return
+    direct = _pixel_rows(cc, xv) if g == 1 and (kh, kw) == (1, 1) and tuple(p["stride"]) == (1, 1) else None
+    if direct is not None:             # conv engine, 1x1: the input's channels-last rows are the GEMM's rows
+        _conv_gemm(cc, i, e, direct, _weight_view(cc, e, w, (O, K), (1, 0), dt), bv)
+        _release(cc, xv if xv is not cc.env.get(x.name) else None)
+        return
     cols = _im2col(cc, xv, (Ho, Wo), (kh, kw), p["stride"], p["dilation"]).reshape((N, Ho * Wo, g, K))
     wv = _weight_view(cc, e, w, (g, og, K), (0, 2, 1), dt)                 # (g, K, og)
     if g == 1:
@@ -801,6 +806,27 @@ def _conv2d(cc, i, e):
                                     wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)), o, ep))
         gemm(cc, jobs, dt, "int32" if dt == "int8" else "fp32", conv=True)
     _release(cc, cols, xv if xv is not cc.env.get(x.name) else None)
+
+
+def _feeds_output(cc, name: str) -> bool:
+    """Whether value `name` is a program output or viewed (transpose / reshape, its only use) by one."""
+    for _ in range(4):
+        if name in cc.outputs:
+            return True
+        uses = cc.consumers.get(name, [])
+        if len(uses) != 1 or cc.ir.eqns[uses[0]].op not in ("transpose", "reshape"):
+            return False
+        name = cc.ir.eqns[uses[0]].outputs[0].name
+    return False
+
+
+def _pixel_rows(cc, xv: View) -> View | None:
+    """On a chip with a conv engine, x[N, C, H, W] as [N*H*W, C] rows without a copy when it is
+    stored channels-last (a conv engine's output, `_conv_gemm`), else None."""
+    if not cc.geom.conv:
+        return None
+    N, C, H, W = xv.shape
+    return xv.transpose((0, 2, 3, 1)).reshape((N * H * W, C))
 
 
 def _im2col(cc, xv: View, out_hw, kernel, stride, dilation) -> View:
@@ -839,6 +865,15 @@ def _conv_gemm(cc, i, e, a: View, w: View, bv):
     ep4, last = _epilogue(cc, i, out, None, lambda v: v)
     ep = [("add", View(bv.space, bv.addr, bv.dtype, (M, O), (0, bv.strides[0])), 0.0, False)] if bv is not None else []
     ep += [(f, None if v is None else to2d(v), imm, b) for f, v, imm, b in ep4]
+    if cc.geom.conv:        # the conv engine's output stays channels-last; consumers read it through a view
+        space = "dram" if _feeds_output(cc, last.name) else None
+        t = cc.alloc((N, Ho, Wo, O), isa_dtype(last.dtype, cc.act), space)
+        cc.env[last.name] = t.transpose((0, 3, 1, 2))
+        if t.space == "shared":
+            cc.owned[last.name] = t
+        gemm(cc, [GemmJob(a, w, t.reshape((M, O)), ep)], w.dtype, "int32" if w.dtype == "int8" else "fp32", conv=True)
+        _release(cc, *temps)
+        return
     ov = cc.out_view(last)
     t = cc.alloc((N, Ho * Wo, O), ov.dtype)
     gemm(cc, [GemmJob(a, w, t.reshape((M, O)), ep)], w.dtype, "int32" if w.dtype == "int8" else "fp32", conv=True)

@@ -151,8 +151,12 @@ def _pieces(arch: Arch):
     return out + [("head",)]
 
 
-def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, scales=None, calib_outputs=False):
-    """IR of the given pieces in order (a whole net, or one piece with its input as program input)."""
+def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, scales=None, calib_outputs=False,
+           channels_last=False):
+    """IR of the given pieces in order (a whole net, or one piece with its input as program input).
+    channels_last: a piece's feature-map input and output are [N, H, W, C] tensors (transposed to and
+    from the net's NCHW), the layout a conv-engine chip keeps activations in between layers, so a
+    piece pays no layout copy at its edges that the whole network would not."""
     if dtype not in ("f32", "int8"):
         raise TapeoutError(f"resnet50 dtype {dtype!r}: f32 or int8")
     b = Builder(f"resnet50-{dtype}")
@@ -161,11 +165,13 @@ def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, s
     first = pieces[0]
     if first[0] == "stem":
         x = b.input((batch, 3, arch.image, arch.image), xdt, name="image")
-    elif first[0] == "block":
-        x = b.input((batch, first[3], first[7], first[7]), xdt, name=f"s{first[1]}b{first[2]}_in")
     else:
-        c, hw = arch.width * 2 ** (len(arch.blocks) - 1) * arch.expansion, arch.image // 2 ** (len(arch.blocks) + 1)
-        x = b.input((batch, c, hw, hw), xdt, name="head_in")
+        c, hw, name = (first[3], first[7], f"s{first[1]}b{first[2]}_in") if first[0] == "block" else \
+            (arch.width * 2 ** (len(arch.blocks) - 1) * arch.expansion, arch.image // 2 ** (len(arch.blocks) + 1),
+             "head_in")
+        x = b.input((batch, hw, hw, c), xdt, name=f"{name}_nhwc") if channels_last else \
+            b.input((batch, c, hw, hw), xdt, name=name)
+        x = b.transpose(x, perm=(0, 3, 1, 2), name=name) if channels_last else x
     for p in pieces:
         if p[0] == "stem":
             x = _stem(net, x)
@@ -173,6 +179,8 @@ def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, s
             x = _bottleneck(net, x, f"s{p[1]}b{p[2]}", p[4], p[5], p[6])
         else:
             x = _head(net, x, arch.classes)
+    if channels_last and pieces[-1][0] != "head":
+        x = b.transpose(x, perm=(0, 2, 3, 1))
     prog = b.build(x, *net.acts.values()) if calib_outputs else b.build(x)
     return _abstract(prog) if abstract else prog
 
@@ -245,7 +253,8 @@ def _simulate_piece(piece, arch: Arch, chip_name: str, dtype: str, batch: int) -
     from .sim import kernel_times, simulate
     ir_dtype, mode = MODES[dtype]
     chip = load_chip(chip_name)
-    prog = compile_ir(_build(arch, batch, ir_dtype, [piece], abstract=True), chip, mode)
+    prog = compile_ir(_build(arch, batch, ir_dtype, [piece], abstract=True, channels_last=bool(chip.cores.matrix.conv)),
+                      chip, mode)
     res = simulate(prog, (), count_only=True)
     ops: dict = {}
     for name, cyc in kernel_times(prog, res):
