@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
 from .emit import Buf, Sram, View, _ndindex, dma_copy, split_even
-from .isa import (DTYPES, EPILOGUE_KIND, FIX_STAGES, NARROW_STORES, OPERAND_STRIDES, Dequant4, Fixpipe, Gather,
+from .isa import (DTYPES, EPILOGUE_KIND, QUEUES, FIX_STAGES, NARROW_STORES, OPERAND_STRIDES, Dequant4, Fixpipe, Gather,
                   Matmul, Pool, Reduce, Scan, Vec, matmul_latency, matmul_occupancy)
 
 F32 = "fp32"
@@ -104,7 +104,7 @@ def row_kernel(cc, rp: RowProgram):
     max_rows = max(1, min(max_rows, 1024, -(-rows_total // cc.ncores)))
     boxes = list(box_iter(shape, max_rows, max_cols))
     for core, (b0, b1) in enumerate(split_even(len(boxes), cc.ncores)):
-        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        s, sram = cc.streams[core], cc.sram()
         nr, nc = max_rows, max_cols
         for t in tiles.values():
             n = {"full": nr * nc, "col": nr, "row": nc, "one": 1}[t.kind] * DTYPES[t.dtype].itemsize
@@ -185,6 +185,97 @@ class GemmJob:
     w_scales: View | None = None   # 4-bit weights: (K/group) x N
     w_code: str = "int4"           # how Dequant4 reads the packed codes: int4 or e2m1 (fp4)
     w_imm: float = 1.0             # per-tensor scale applied by Dequant4 (NVFP4)
+
+
+def _span(a: int, b: int, stride: int, off: int, size: int) -> tuple[int, int]:
+    """The o in [a, b) with 0 <= o * stride + off < size, as [lo, hi) (lo >= hi: none)."""
+    return max(a, -(off // stride) if off < 0 else 0), min(b, -(-(size - off) // stride))
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A convolution's im2col matrix, [N*Ho*Wo, kh*kw*C] (rows: output pixels; columns: taps outer,
+    channels inner), never materialised: on a chip with a conv engine the memory engine gathers each
+    operand tile straight from the unpadded input x [N, C, H, W] (any strides; channels-last makes a
+    tap's channels one run), writing zeros where a window overhangs the padding -- the windows are
+    formed as part of the load, with no padded copy and no im2col pass ('sliding window to minimize
+    access', 'data pre-processed in the memory engine', Hot Chips 2020). The DMA still moves every
+    tap's bytes (kh*kw times the input), so the data volume is im2col's; only the passes are gone."""
+    x: View
+    out_hw: tuple
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    pads: tuple          # (top, left)
+    zero: View           # one zero of x's dtype
+
+    @property
+    def shape(self) -> tuple:
+        N, C = self.x.shape[:2]
+        return (N * self.out_hw[0] * self.out_hw[1], self.kernel[0] * self.kernel[1] * C)
+
+    @property
+    def dtype(self) -> str:
+        return self.x.dtype
+
+    def box(self, starts, sizes) -> "WindowTile":
+        return WindowTile(self, tuple(starts), tuple(sizes))
+
+
+@dataclass(frozen=True)
+class WindowTile:
+    """Rows [m0, m0+m) x columns [k0, k0+k) of a `Windows` matrix."""
+    win: Windows
+    starts: tuple
+    shape: tuple
+
+    @property
+    def dtype(self) -> str:
+        return self.win.dtype
+
+    def gather(self, s, buf: Buf):
+        """DMA the tile into `buf` ([m, k] row-major): per run of output pixels (whole output rows of
+        one image, or part of one) and per tap, one strided copy of the valid window positions and
+        zero fills for those over the padding."""
+        w = self.win
+        N, C, H, W = w.x.shape
+        (Ho, Wo), (kh, kw), (sh, sw), (dh, dw), (pt, pl) = w.out_hw, w.kernel, w.stride, w.dilation, w.pads
+        xn, xc, xh, xw = w.x.strides
+        (m0, k0), (m, k) = self.starts, self.shape
+        es = w.x.esize
+        copies = []
+        r = m0
+        while r < m0 + m:
+            n, rem = divmod(r, Ho * Wo)
+            ho, wo = divmod(rem, Wo)
+            rows, cols = (min((m0 + m - r) // Wo, Ho - ho), Wo) if wo == 0 and m0 + m - r >= Wo else \
+                (1, min(Wo - wo, m0 + m - r))
+            for tap in range(k0 // C, -(-(k0 + k) // C)):
+                i, j = divmod(tap, kw)
+                c0, c1 = max(0, k0 - tap * C), min(C, k0 + k - tap * C)
+                dst = View("sram", buf.addr + ((r - m0) * k + tap * C + c0 - k0) * es, w.x.dtype,
+                           (rows, cols, c1 - c0), (Wo * k, k, 1))
+                h0, h1 = _span(ho, ho + rows, sh, i * dh - pt, H)
+                v0, v1 = _span(wo, wo + cols, sw, j * dw - pl, W)
+                if h0 < h1 and v0 < v1:
+                    src = View(w.x.space, w.x.addr + (n * xn + c0 * xc + (h0 * sh + i * dh - pt) * xh
+                                                      + (v0 * sw + j * dw - pl) * xw) * es, w.x.dtype,
+                               (h1 - h0, v1 - v0, c1 - c0), (sh * xh, sw * xw, xc))
+                    copies.append((src, dst.box((h0 - ho, v0 - wo, 0), src.shape)))
+                else:
+                    h0 = h1 = v0 = v1 = ho        # all padding
+                for box in (((0, 0), (h0 - ho, cols)), ((h1 - ho, 0), (ho + rows - h1, cols)),
+                            ((h0 - ho, 0), (h1 - h0, v0 - wo)), ((h0 - ho, v1 - wo), (h1 - h0, wo + cols - v1))):
+                    (a, b), (na, nb) = box
+                    if na > 0 and nb > 0:
+                        z = (na, nb, c1 - c0)
+                        copies.append((View(w.zero.space, w.zero.addr, w.x.dtype, z, (0, 0, 0)), dst.box((a, b, 0), z)))
+            r += rows * cols
+        dma_copy(s, *copies[0], writes=[buf])        # waits for the tile's last readers; the rest write disjoint
+        for src, dst in copies[1:]:                  # parts of it, and the DMA queue completes in order:
+            dma_copy(s, src, dst)                    # readers of the tile wait for its last copy
+        buf.w = [0] * len(QUEUES)
+        buf.w[QUEUES.index("dma")] = s.count[QUEUES.index("dma")]
 
 
 def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0, conv: bool = False):
@@ -281,7 +372,7 @@ def conv_depth(g, tm: int, tn: int, K: int, epi_rate: float) -> tuple[int, int]:
 
 
 def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group, conv=False):
-    sram = Sram(cc.sram_bytes)
+    sram = cc.sram()
     lag, nbuf = conv_depth(cc.geom, tm, tn, jobs[0].a.shape[1], _epi_rate(cc)) if conv else (LAG, NBUF)
     es = DTYPES[in_dtype].itemsize
     abuf = [sram.alloc(tm * tk * es) for _ in range(nbuf)]
@@ -342,10 +433,13 @@ def _row_block(cc, Ho: int, Wp: int, per_set) -> int:
     return hb
 
 
-def _load(s, buf: Buf, src: View, key):
+def _load(s, buf: Buf, src, key):
     if key is not None and buf.key == key:
         return
-    dma_copy(s, src, View.contiguous("sram", buf.addr, src.dtype, src.shape), writes=[buf])
+    if isinstance(src, WindowTile):
+        src.gather(s, buf)
+    else:
+        dma_copy(s, src, View.contiguous("sram", buf.addr, src.dtype, src.shape), writes=[buf])
     buf.key = key
 
 
@@ -477,7 +571,7 @@ def depthwise_conv(cc, x: View, w: View, bias: View | None, out: View, kernel, s
     hb = _row_block(cc, Ho, Wp, lambda r: need(r) * Wp * x.esize + r * Wo * (4 + out.esize) + 64 * 3 + kh * kw * 4)
     blocks = [(n, o, h0) for n in range(N) for o in range(O) for h0 in range(0, Ho, hb)]
     for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
-        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        s, sram = cc.streams[core], cc.sram()
         bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(kh * kw * w.esize), sram.alloc(4),
                  sram.alloc(hb * Wo * 4), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
         mine = blocks[b0:b1]
@@ -533,7 +627,7 @@ def pool_planes(cc, x: View, out: View, kernel, stride, dilation, func: str, imm
     hb = _row_block(cc, Ho, Wp, lambda r: need(r) * Wp * x.esize + r * Wo * out.esize + 128)
     blocks = [(n, c, h0) for n in range(N) for c in range(C) for h0 in range(0, Ho, hb)]
     for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
-        s, sram, mine = cc.streams[core], Sram(cc.sram_bytes), blocks[b0:b1]
+        s, sram, mine = cc.streams[core], cc.sram(), blocks[b0:b1]
         bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
 
         def load(t):
@@ -583,7 +677,7 @@ def attention(cc, q: View, k: View, v: View, out: View, mask: View | None, causa
 
 class _AttnCore:
     def __init__(self, cc, tq, tk, D, Dv, dt):
-        sr = Sram(cc.sram_bytes)
+        sr = cc.sram()
         es = DTYPES[dt].itemsize
         self.dt, self.tq, self.tk = dt, tq, tk
         self.qb = sr.alloc(tq * D * es)
@@ -664,7 +758,7 @@ def gather_rows(cc, table: View, idx: View, out: View):
     n, D, inner = out.shape[0], math.prod(out.shape[1:]), tuple(out.shape[1:])
     zeros = (0,) * len(inner)
     for core, (a, b) in enumerate(split_even(n, cc.ncores)):
-        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        s, sram = cc.streams[core], cc.sram()
         step = max(1, min(b - a, (cc.sram_bytes // 2) // max(1, D * table.esize)))
         ib, tb = sram.alloc(4 * step), sram.alloc(step * D * table.esize)
         for r0 in range(a, b, step):
