@@ -38,7 +38,7 @@ from .program import Program, Tensor
 
 MODES = ("bf16", "fp16", "fp8", "int8", "int4-weights", "nvfp4", "mxfp4")
 BLOCK_MODES = ("nvfp4", "mxfp4")    # FP4 weight-only: tapeout.ir.blockfp rewrites the GEMM weights first
-CHAIN_OPS = ("conv2d",)            # ops whose kernels chain on a chip with a conv engine (Compiler.chained_barriers)
+CHAIN_OPS = ("conv2d", "max_pool2d", "avg_pool2d")   # ops whose kernels chain on a chip with a conv engine (Compiler.chained_barriers)
 INT4_GROUP = 128
 
 UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "reciprocal": "recip", "sin": "sin",
@@ -159,6 +159,8 @@ class Compiler:
         self.chain_kernels: list = []  # whether each kernel may chain with its neighbours (chained_barriers)
         self.chaining = False
         self.full_sram = self.sram_bytes
+        self.eqn_index = -1            # the IR eqn being lowered (-1: the outputs' copies)
+        self.kernel_eqns: list = []    # eqn index of each kernel
         self.root: dict = {}           # value name -> name of the value owning its memory
         self.live: dict = {}           # owner name -> values viewing it not yet dead
         self.owned: dict = {}          # owner name -> its shared-buffer View
@@ -192,6 +194,7 @@ class Compiler:
             s.barrier()
         self.kernels.append(self.op_name)
         self.chain_kernels.append(self.chaining)
+        self.kernel_eqns.append(self.eqn_index)
 
     def sram(self) -> Sram:
         """This kernel's SRAM of each core: all of it, or in a chain of conv kernels (see
@@ -299,8 +302,7 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
     for i, e in enumerate(ir.eqns):
         if i in cc.done or (i in waiting and any(i in idx for *_, idx in cc.deferred.values())):
             continue
-        cc.op_name = e.op
-        cc.eqn = e
+        cc.op_name, cc.eqn, cc.eqn_index = e.op, e, i
         cc.chaining = bool(cc.geom.conv) and e.op in CHAIN_OPS
         cc.sram_bytes = cc.full_sram // 2 if cc.chaining else cc.full_sram
         before = set(cc.done)
@@ -309,7 +311,7 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
         cc.done.add(i)
         _free_dead(cc, i, e, last_use)
     outputs = []
-    cc.op_name, cc.chaining, cc.sram_bytes = "output", False, cc.full_sram
+    cc.op_name, cc.chaining, cc.sram_bytes, cc.eqn_index = "output", False, cc.full_sram, -1
     for o in ir.outputs:
         v = cc.view(o)
         if v.space != "dram" or not v.is_contiguous() or v.shape != tuple(o.shape):
@@ -320,6 +322,7 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
     streams = [s.ins for s in cc.streams]
     return Program(chip, streams, cc.dram.top, cc.shared.top, tuple(inputs), tuple(outputs), tuple(cc.consts),
                    {"mode": mode, "ir_outputs": [getattr(o, "dtype", "f32") for o in ir.outputs], "kernels": cc.kernels,
+                    "kernel_eqns": cc.kernel_eqns,
                     **({"chained": cc.chained_barriers()} if cc.geom.conv else {})})
 
 

@@ -287,8 +287,14 @@ def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0,
     conv = bool(conv and cc.geom.conv and not group)
     tm, tn, tk = _choose_tiles(cc, M, N, K, len(jobs), in_dtype, acc_dtype, group, "fp4" if fp4 else in_dtype, conv)
     tiles = [(j, m0, n0) for j in range(len(jobs)) for n0 in range(0, N, tn) for m0 in range(0, M, tm)]
-    for core, (t0, t1) in enumerate(split_even(len(tiles), cc.ncores)):
-        _gemm_core(cc, cc.streams[core], jobs, tiles[t0:t1], tm, tn, tk, in_dtype, acc_dtype, group, conv)
+    if conv and getattr(cc, "chaining", False):   # chained convs: row blocks (all channels) dealt round-robin, so
+        tiles = [(j, m0, n0) for j in range(len(jobs)) for m0 in range(0, M, tm) for n0 in range(0, N, tn)]
+        parts = [tiles[c::cc.ncores] for c in range(cc.ncores)]   # the cores finish rows in the order the next reads
+    else:
+        parts = [tiles[t0:t1] for t0, t1 in split_even(len(tiles), cc.ncores)]
+    for core, mine in enumerate(parts):
+        if mine:
+            _gemm_core(cc, cc.streams[core], jobs, mine, tm, tn, tk, in_dtype, acc_dtype, group, conv)
     cc.barrier()
 
 

@@ -152,11 +152,12 @@ def _pieces(arch: Arch):
 
 
 def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, scales=None, calib_outputs=False,
-           channels_last=False):
+           channels_last=False, marks: list | None = None):
     """IR of the given pieces in order (a whole net, or one piece with its input as program input).
     channels_last: a piece's feature-map input and output are [N, H, W, C] tensors (transposed to and
     from the net's NCHW), the layout a conv-engine chip keeps activations in between layers, so a
-    piece pays no layout copy at its edges that the whole network would not."""
+    piece pays no layout copy at its edges that the whole network would not. marks: a list that gets
+    the number of eqns after each piece (to attribute the whole network's kernels to pieces)."""
     if dtype not in ("f32", "int8"):
         raise TapeoutError(f"resnet50 dtype {dtype!r}: f32 or int8")
     b = Builder(f"resnet50-{dtype}")
@@ -179,6 +180,8 @@ def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, s
             x = _bottleneck(net, x, f"s{p[1]}b{p[2]}", p[4], p[5], p[6])
         else:
             x = _head(net, x, arch.classes)
+        if marks is not None:
+            marks.append(len(b.eqns))
     if channels_last and pieces[-1][0] != "head":
         x = b.transpose(x, perm=(0, 2, 3, 1))
     prog = b.build(x, *net.acts.values()) if calib_outputs else b.build(x)
@@ -265,6 +268,52 @@ def _simulate_piece(piece, arch: Arch, chip_name: str, dtype: str, batch: int) -
             "cores": chip.cores.count, "capacity": _capacity(chip)}
 
 
+@lru_cache(maxsize=64)
+def _simulate_whole(arch: Arch, chip_name: str, dtype: str, batch: int) -> dict:
+    """The whole network compiled and simulated count-only (chips whose conv kernels chain, where
+    pieces no longer add up): cycles, and each kernel's advance of the timeline (sim.kernel_times)
+    and engine busy cycles attributed to the piece class its IR eqn belongs to."""
+    import bisect
+
+    from ..chip import load_chip
+    from .compiler import compile_ir
+    from .isa import QUEUES, Barrier
+    from .sim import COST, Timing, kernel_times, simulate
+    ir_dtype, mode = MODES[dtype]
+    chip = load_chip(chip_name)
+    marks: list = []
+    pieces = _pieces(arch)
+    prog = compile_ir(_build(arch, batch, ir_dtype, pieces, abstract=True, marks=marks), chip, mode)
+    res = simulate(prog, (), count_only=True)
+    clk, cores = chip.cores.clock_hz, chip.cores.count
+    cls_of = [_piece_class(pieces[min(bisect.bisect_right(marks, e), len(pieces) - 1)]) if e >= 0 else
+              _piece_class(pieces[-1]) for e in prog.meta["kernel_eqns"]]
+    classes = {_piece_class(p): {"seconds": 0.0, "ops": {}, "busy": {}} for p in pieces}
+    for (name, cyc), c in zip(kernel_times(prog, res), cls_of):
+        d = classes[c]
+        d["seconds"] += cyc / clk
+        d["ops"][name] = d["ops"].get(name, 0.0) + cyc / clk
+    tail = res.stats["cycles"] - sum(cyc for _, cyc in kernel_times(prog, res))   # after the last barrier
+    classes[_piece_class(pieces[-1])]["seconds"] += tail / clk
+    seg = {}
+    for stream in prog.streams:
+        k = 0
+        for ins in stream:
+            if type(ins) is Barrier:
+                k += 1
+            else:
+                seg[id(ins)] = k
+    t = Timing.from_chip(chip)
+    for _, q, _, _, ins in res.events:
+        k = seg[id(ins)]
+        b = classes[cls_of[min(k, len(cls_of) - 1)]]["busy"]
+        b[QUEUES[q]] = b.get(QUEUES[q], 0.0) + COST[type(ins)](t, ins)[0] / clk / cores
+    weights = sum(math.prod(x.shape) * _esize(x.dtype) for x, _ in prog.constants)
+    return {"cycles": res.stats["cycles"], "busy": dict(res.stats["engine_busy_cycles"]), "classes": classes,
+            "memory_bytes": prog.dram_bytes, "weight_bytes": weights, "clock_hz": clk, "cores": cores,
+            "capacity": _capacity(chip)}
+
+
 def _esize(dtype):
     from .isa import DTYPES
     return DTYPES[dtype].itemsize
@@ -282,6 +331,8 @@ def simulate_batch(model: str, chip: str, dtype: str, batch: int) -> dict:
     arch = _arch(model)
     if dtype not in MODES:
         raise TapeoutError(f"dtype {dtype!r}: choose one of {', '.join(MODES)}")
+    if _chains(chip):
+        return _whole_batch(model, arch, chip, dtype, batch)
     sims = [(p, n, _simulate_piece(p, arch, chip, dtype, batch)) for p, n in _distinct(arch)]
     weights = sum(n * r["weight_bytes"] for _, n, r in sims)
     peak = max(r["memory_bytes"] - r["weight_bytes"] for _, _, r in sims)
@@ -305,6 +356,29 @@ def simulate_batch(model: str, chip: str, dtype: str, batch: int) -> dict:
     return {"samples_s": batch / sec, "batch": batch, "seconds_per_batch": sec, "cycles": cycles,
             "utilization": {q: b / sec for q, b in busy.items()}, "classes": classes,
             "memory_bytes": weights + peak, "chip": chip, "model": model, "dtype": dtype}
+
+
+def _chains(chip_name: str) -> bool:
+    """Whether the chip's conv kernels chain (a conv engine): then the prediction simulates the whole
+    network, since its pieces' kernels overlap across piece boundaries too."""
+    from ..chip import load_chip
+    return bool(load_chip(chip_name).cores.matrix.conv)
+
+
+def _whole_batch(model, arch: Arch, chip: str, dtype: str, batch: int) -> dict:
+    """simulate_batch for a chip whose kernels chain: the whole network in one program (the
+    compiler raises UnsupportedOpError when it does not fit the chip's memory)."""
+    from ..errors import UnsupportedOpError
+    try:
+        r = _simulate_whole(arch, chip, dtype, batch)
+    except UnsupportedOpError as e:
+        raise UnsupportedOpError(f"{getattr(model, 'name', model)} batch {batch} does not fit {chip}: {e}") from None
+    clk, sec = r["clock_hz"], r["cycles"] / r["clock_hz"]
+    queues = [q for q in ("dma", "mxu", "vec", "epi", "pool") if q in r["busy"]]
+    busy = {q: r["busy"][q] / clk / r["cores"] for q in queues}
+    return {"samples_s": batch / sec, "batch": batch, "seconds_per_batch": sec, "cycles": r["cycles"],
+            "utilization": {q: b / sec for q, b in busy.items()}, "classes": r["classes"],
+            "memory_bytes": r["memory_bytes"], "chip": chip, "model": model, "dtype": dtype}
 
 
 def predict_throughput(model, chip, *, dtype: str = "int8", batch: int | None = None) -> dict:
