@@ -793,7 +793,10 @@ def _conv2d(cc, i, e):
     """im2col through a strided DMA view, then one GEMM per (image, group) on the array, with the
     single-use elementwise chain after it fused as the epilogue; int8 x int8 operands multiply as
     int8 into int32. With one input channel per group (depthwise) the vector unit runs the taps
-    instead (kernels.depthwise_conv)."""
+    instead (kernels.depthwise_conv). On a chip with a conv engine an ungrouped conv reads its
+    input's channels-last pixel rows in place (1x1, stride 1) or has the memory engine gather its
+    windows tile by tile (kernels.Windows): no padded copy, no im2col pass; its output stays
+    channels-last (`_conv_gemm`)."""
     p = e.params
     x, w, out = e.inputs[0], e.inputs[1], e.outputs[0]
     N, C, H, W = x.shape

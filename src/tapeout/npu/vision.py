@@ -22,6 +22,8 @@ sits in its 3x3 conv, not in the first 1x1. Batch norm is folded into the conv w
 Timing (`predict_throughput`) compiles each distinct piece (stem, each distinct bottleneck shape,
 head) once for the chip, simulates it count-only and multiplies by its count: every NPU kernel ends
 with a barrier, so a network's time is the sum of its pieces' (tests check this on a small net).
+On a chip with a conv engine, conv and pooling kernels chain across those barriers (sim._Chain), so
+there it compiles and simulates the whole network instead.
 """
 from __future__ import annotations
 
