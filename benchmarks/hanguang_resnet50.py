@@ -11,8 +11,11 @@ is assumed from the peak), the tensor engine's fused output stage and the poolin
 is the same file without the conv engine (im2col GEMMs on the assumed 384 x 384 array), then also
 without the output stage and pooling engine, class by class and engine by engine.
 
-Then the sensitivity to the assumed conv-engine organisation (NOT the prediction: each line changes
-the assumption), and the fold-count bound of every conv (array-bound throughput) for the 384 x 384
+On a chip with a conv engine the conv kernels chain (docs/npu.md), so the prediction simulates the
+whole network; "without chaining" is the same program with every barrier a full one.
+
+Then the sensitivity to the assumed conv-engine organisation, the pooling engine's rate and the batch
+(NOT the prediction: each line changes an assumption), and the fold-count bound of every conv (array-bound throughput) for the 384 x 384
 array and the 9 x 128 x 128 engine.
 
     PYTHONPATH=src .venv/bin/python benchmarks/hanguang_resnet50.py [--no-whatif]
@@ -101,6 +104,30 @@ def without_units_chip() -> str:
                                                                  "cores.pooling")))
 
 
+def pool_chip(rate: int) -> str:
+    """The chip file with another pooling-engine rate (window elements per cycle)."""
+    text = chip_text()
+    assert "[cores.pooling]" in text and "elements_per_cycle = 384\n" in text
+    return variant_chip(f"pool-{rate}", text.replace("elements_per_cycle = 384\n", f"elements_per_cycle = {rate}\n"))
+
+
+def chaining(batch: int, pub: float):
+    """The whole network at `batch` as predicted, and the same program with every barrier a full one
+    (no kernel chains): what chaining contributes."""
+    import dataclasses
+
+    from tapeout.chip import load_chip
+    from tapeout.npu.compiler import compile_ir
+    from tapeout.npu.sim import simulate
+    from tapeout.npu.vision import resnet50
+    chip = load_chip("hanguang-800")
+    prog = compile_ir(resnet50(batch, "int8", abstract=True), chip, "int8")
+    full = simulate(dataclasses.replace(prog, meta={**prog.meta, "chained": []}), (), count_only=True)
+    fs = batch / full.stats["seconds"]
+    print(f"  without chaining (every barrier a full one; window loads, channels-last kept): {fs:,.0f} samples/s "
+          f"(ratio {fs / pub:.3f}); {len(prog.meta['chained'])} of {len(prog.meta['kernels'])} barriers chain")
+
+
 def main(whatif: bool = True):
     from tapeout.chip import load_chip
     from tapeout.npu.vision import predict_throughput, resnet50
@@ -123,6 +150,7 @@ def main(whatif: bool = True):
     print(f"ratio      {ratio:.3f}  -> {'within' if abs(ratio - 1) <= 0.25 else 'NOT within'} 25 %")
     print(f"wall time  {wall:.1f} s (batch search, count-only)")
     show(r, macs, peak)
+    chaining(r["batch"], pub)
     for label, path in (("without the conv engine (im2col GEMMs on the assumed 384 x 384 array)", im2col_chip()),
                         ("without the conv engine, output stage and pooling engine", without_units_chip())):
         b = predict_throughput("resnet-50", path, dtype="int8")
@@ -142,6 +170,14 @@ def main(whatif: bool = True):
             f" (output stage {epi}/cycle)" if epi else " (the 9 read as a 3x3 window's taps)" if ci == 1152 else ""
         print(f"  {ci:3d} x {co:3d} x {px:2d}{note}: {w['samples_s']:8,.0f} samples/s at batch {w['batch']:2d}, "
               f"ratio {w['samples_s'] / pub:.3f}; mxu {w['utilization']['mxu']:.0%} busy")
+    for label, path in (("pooling engine at 1152 window elements per cycle (the output stage's rate; file: 384)",
+                         pool_chip(1152)),):
+        w = predict_throughput("resnet-50", path, dtype="int8")
+        print(f"  {label}: {w['samples_s']:8,.0f} samples/s at batch {w['batch']:2d}, ratio {w['samples_s'] / pub:.3f}")
+    from tapeout.npu.vision import simulate_batch
+    w = simulate_batch("resnet-50", "hanguang-800", "int8", 32)
+    print(f"  batch 32 (fits; the search tries 1, 4, 16, 64): {w['samples_s']:8,.0f} samples/s, ratio "
+          f"{w['samples_s'] / pub:.3f}")
     clk = chip.cores.clock_hz
     for ci, co, px in ((384, 384, 1), (128, 128, 9)):
         a = array_bound(ci, co, px * 4, clk)

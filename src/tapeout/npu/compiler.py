@@ -31,13 +31,14 @@ from ..errors import UnsupportedOpError
 from ..ir.core import Program as IRProgram
 from ..ir.dtypes import FLOATS, INTS, float_max, int_range
 from ..ir.interp import avg_pool_divisor, evaluate, pool_pads
-from .emit import Stream, View, dma_copy, split_even
+from .emit import Sram, Stream, View, dma_copy, split_even
 from .isa import DTYPES, Geometry
-from .kernels import GemmJob, RowProgram, attention, depthwise_conv, gather_rows, gemm, pool_planes, row_kernel
+from .kernels import GemmJob, RowProgram, Windows, attention, depthwise_conv, gather_rows, gemm, pool_planes, row_kernel
 from .program import Program, Tensor
 
 MODES = ("bf16", "fp16", "fp8", "int8", "int4-weights", "nvfp4", "mxfp4")
 BLOCK_MODES = ("nvfp4", "mxfp4")    # FP4 weight-only: tapeout.ir.blockfp rewrites the GEMM weights first
+CHAIN_OPS = ("conv2d", "max_pool2d", "avg_pool2d")   # ops whose kernels chain on a chip with a conv engine (Compiler.chained_barriers)
 INT4_GROUP = 128
 
 UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "reciprocal": "recip", "sin": "sin",
@@ -155,6 +156,11 @@ class Compiler:
         self.consts: list = []
         self.op_name = ""
         self.kernels: list = []        # op name of each kernel, in barrier order
+        self.chain_kernels: list = []  # whether each kernel may chain with its neighbours (chained_barriers)
+        self.chaining = False
+        self.full_sram = self.sram_bytes
+        self.eqn_index = -1            # the IR eqn being lowered (-1: the outputs' copies)
+        self.kernel_eqns: list = []    # eqn index of each kernel
         self.root: dict = {}           # value name -> name of the value owning its memory
         self.live: dict = {}           # owner name -> values viewing it not yet dead
         self.owned: dict = {}          # owner name -> its shared-buffer View
@@ -187,6 +193,22 @@ class Compiler:
         for s in self.streams:
             s.barrier()
         self.kernels.append(self.op_name)
+        self.chain_kernels.append(self.chaining)
+        self.kernel_eqns.append(self.eqn_index)
+
+    def sram(self) -> Sram:
+        """This kernel's SRAM of each core: all of it, or in a chain of conv kernels (see
+        `chained_barriers`) alternate halves, so that two kernels in flight share no buffer."""
+        if not self.chaining:
+            return Sram(self.sram_bytes)
+        return Sram(self.sram_bytes, (len(self.kernels) % 2) * self.sram_bytes)
+
+    def chained_barriers(self) -> list[int]:
+        """The barriers between two conv kernels (and their layout and window copies) on a chip with a
+        conv engine: the simulator lets the kernel after one issue while the one before drains
+        (sim._Chain). Other chips and other ops keep full barriers."""
+        k = self.chain_kernels
+        return [b for b in range(len(k) - 1) if k[b] and k[b + 1]]
 
     # ---- values
     def view(self, atom) -> View:
@@ -280,15 +302,16 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
     for i, e in enumerate(ir.eqns):
         if i in cc.done or (i in waiting and any(i in idx for *_, idx in cc.deferred.values())):
             continue
-        cc.op_name = e.op
-        cc.eqn = e
+        cc.op_name, cc.eqn, cc.eqn_index = e.op, e, i
+        cc.chaining = bool(cc.geom.conv) and e.op in CHAIN_OPS
+        cc.sram_bytes = cc.full_sram // 2 if cc.chaining else cc.full_sram
         before = set(cc.done)
         _lower(cc, i, e)
         cc.fused[i] = tuple(sorted(cc.done - before - {i}))
         cc.done.add(i)
         _free_dead(cc, i, e, last_use)
     outputs = []
-    cc.op_name = "output"
+    cc.op_name, cc.chaining, cc.sram_bytes, cc.eqn_index = "output", False, cc.full_sram, -1
     for o in ir.outputs:
         v = cc.view(o)
         if v.space != "dram" or not v.is_contiguous() or v.shape != tuple(o.shape):
@@ -298,7 +321,9 @@ def compile_ir(ir, chip, mode: str = "bf16") -> Program:
         outputs.append(Tensor(getattr(o, "name", "out"), "dram", v.addr, tuple(o.shape), v.dtype))
     streams = [s.ins for s in cc.streams]
     return Program(chip, streams, cc.dram.top, cc.shared.top, tuple(inputs), tuple(outputs), tuple(cc.consts),
-                   {"mode": mode, "ir_outputs": [getattr(o, "dtype", "f32") for o in ir.outputs], "kernels": cc.kernels})
+                   {"mode": mode, "ir_outputs": [getattr(o, "dtype", "f32") for o in ir.outputs], "kernels": cc.kernels,
+                    "kernel_eqns": cc.kernel_eqns,
+                    **({"chained": cc.chained_barriers()} if cc.geom.conv else {})})
 
 
 def _abstract(arr) -> bool:
@@ -768,7 +793,10 @@ def _conv2d(cc, i, e):
     """im2col through a strided DMA view, then one GEMM per (image, group) on the array, with the
     single-use elementwise chain after it fused as the epilogue; int8 x int8 operands multiply as
     int8 into int32. With one input channel per group (depthwise) the vector unit runs the taps
-    instead (kernels.depthwise_conv)."""
+    instead (kernels.depthwise_conv). On a chip with a conv engine an ungrouped conv reads its
+    input's channels-last pixel rows in place (1x1, stride 1) or has the memory engine gather its
+    windows tile by tile (kernels.Windows): no padded copy, no im2col pass; its output stays
+    channels-last (`_conv_gemm`)."""
     p = e.params
     x, w, out = e.inputs[0], e.inputs[1], e.outputs[0]
     N, C, H, W = x.shape
@@ -778,9 +806,21 @@ def _conv2d(cc, i, e):
     (pt, pb), (pl, pr) = p["padding"]
     dt = "int8" if x.dtype == w.dtype == "i8" else cc.act
     xv = _as_dtype(cc, cc.view(x), dt)
+    direct = _pixel_rows(cc, xv) if g == 1 and (kh, kw) == (1, 1) and tuple(p["stride"]) == (1, 1) and \
+        not (pt or pb or pl or pr) else None
+    bv = cc.view(e.inputs[2]) if len(e.inputs) > 2 else None
+    if direct is not None:             # conv engine, 1x1: the input's channels-last rows are the GEMM's rows
+        _conv_gemm(cc, i, e, direct, _weight_view(cc, e, w, (O, K), (1, 0), dt), bv)
+        _release(cc, xv if xv is not cc.env.get(x.name) else None)
+        return
+    if cc.geom.conv and g == 1:        # conv engine: the memory engine forms the windows as it loads them
+        zero = cc.place_const(f"zero{len(cc.consts)}", np.zeros((1,), np.float32), dt)
+        win = Windows(xv, (Ho, Wo), (kh, kw), tuple(p["stride"]), tuple(p["dilation"]), (pt, pl), zero)
+        _conv_gemm(cc, i, e, win, _weight_view(cc, e, w, (O, cg, kh, kw), (2, 3, 1, 0), dt).reshape((K, O)), bv)
+        _release(cc, xv if xv is not cc.env.get(x.name) else None)
+        return
     if pt or pb or pl or pr:
         xv = _pad_view(cc, xv, ((0, 0), (0, 0), (pt, pb), (pl, pr)), 0.0)
-    bv = cc.view(e.inputs[2]) if len(e.inputs) > 2 else None
     if cg == 1 and g > 1:
         depthwise_conv(cc, xv, _weight_view(cc, e, w, (O, kh * kw)), bv, cc.out_view(out), (kh, kw), p["stride"],
                        p["dilation"])
@@ -801,6 +841,27 @@ def _conv2d(cc, i, e):
                                     wv.box((gi, 0, 0), (1, K, og)).reshape((K, og)), o, ep))
         gemm(cc, jobs, dt, "int32" if dt == "int8" else "fp32", conv=True)
     _release(cc, cols, xv if xv is not cc.env.get(x.name) else None)
+
+
+def _feeds_output(cc, name: str) -> bool:
+    """Whether value `name` is a program output or viewed (transpose / reshape, its only use) by one."""
+    for _ in range(4):
+        if name in cc.outputs:
+            return True
+        uses = cc.consumers.get(name, [])
+        if len(uses) != 1 or cc.ir.eqns[uses[0]].op not in ("transpose", "reshape"):
+            return False
+        name = cc.ir.eqns[uses[0]].outputs[0].name
+    return False
+
+
+def _pixel_rows(cc, xv: View) -> View | None:
+    """On a chip with a conv engine, x[N, C, H, W] as [N*H*W, C] rows without a copy when it is
+    stored channels-last (a conv engine's output, `_conv_gemm`), else None."""
+    if not cc.geom.conv:
+        return None
+    N, C, H, W = xv.shape
+    return xv.transpose((0, 2, 3, 1)).reshape((N * H * W, C))
 
 
 def _im2col(cc, xv: View, out_hw, kernel, stride, dilation) -> View:
@@ -839,6 +900,15 @@ def _conv_gemm(cc, i, e, a: View, w: View, bv):
     ep4, last = _epilogue(cc, i, out, None, lambda v: v)
     ep = [("add", View(bv.space, bv.addr, bv.dtype, (M, O), (0, bv.strides[0])), 0.0, False)] if bv is not None else []
     ep += [(f, None if v is None else to2d(v), imm, b) for f, v, imm, b in ep4]
+    if cc.geom.conv:        # the conv engine's output stays channels-last; consumers read it through a view
+        space = "dram" if _feeds_output(cc, last.name) else None
+        t = cc.alloc((N, Ho, Wo, O), isa_dtype(last.dtype, cc.act), space)
+        cc.env[last.name] = t.transpose((0, 3, 1, 2))
+        if t.space == "shared":
+            cc.owned[last.name] = t
+        gemm(cc, [GemmJob(a, w, t.reshape((M, O)), ep)], w.dtype, "int32" if w.dtype == "int8" else "fp32", conv=True)
+        _release(cc, *temps)
+        return
     ov = cc.out_view(last)
     t = cc.alloc((N, Ho * Wo, O), ov.dtype)
     gemm(cc, [GemmJob(a, w, t.reshape((M, O)), ep)], w.dtype, "int32" if w.dtype == "int8" else "fp32", conv=True)

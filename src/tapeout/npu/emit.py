@@ -152,8 +152,8 @@ class Stream:
 class Sram:
     """Bump allocator of one kernel's SRAM buffers (reset between kernels)."""
 
-    def __init__(self, nbytes: int):
-        self.cap, self.top = nbytes, 0
+    def __init__(self, nbytes: int, base: int = 0):
+        self.cap, self.top = base + nbytes, base
 
     def alloc(self, nbytes: int) -> Buf:
         addr = self.top

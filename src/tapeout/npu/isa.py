@@ -362,7 +362,7 @@ class Dequant4:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Barrier:
-    """Synchronise every queue of every core.
+    """Synchronise every queue of every core, unless the program lists it as chained (sim._Chain).
 
         t = max(end time of every instruction issued before, on all queues of all cores)
         every queue of every core resumes at t + barrier_cycles

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
 from .emit import Buf, Sram, View, _ndindex, dma_copy, split_even
-from .isa import (DTYPES, EPILOGUE_KIND, FIX_STAGES, NARROW_STORES, OPERAND_STRIDES, Dequant4, Fixpipe, Gather,
+from .isa import (DTYPES, EPILOGUE_KIND, QUEUES, FIX_STAGES, NARROW_STORES, OPERAND_STRIDES, Dequant4, Fixpipe, Gather,
                   Matmul, Pool, Reduce, Scan, Vec, matmul_latency, matmul_occupancy)
 
 F32 = "fp32"
@@ -104,7 +104,7 @@ def row_kernel(cc, rp: RowProgram):
     max_rows = max(1, min(max_rows, 1024, -(-rows_total // cc.ncores)))
     boxes = list(box_iter(shape, max_rows, max_cols))
     for core, (b0, b1) in enumerate(split_even(len(boxes), cc.ncores)):
-        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        s, sram = cc.streams[core], cc.sram()
         nr, nc = max_rows, max_cols
         for t in tiles.values():
             n = {"full": nr * nc, "col": nr, "row": nc, "one": 1}[t.kind] * DTYPES[t.dtype].itemsize
@@ -187,6 +187,97 @@ class GemmJob:
     w_imm: float = 1.0             # per-tensor scale applied by Dequant4 (NVFP4)
 
 
+def _span(a: int, b: int, stride: int, off: int, size: int) -> tuple[int, int]:
+    """The o in [a, b) with 0 <= o * stride + off < size, as [lo, hi) (lo >= hi: none)."""
+    return max(a, -(off // stride) if off < 0 else 0), min(b, -(-(size - off) // stride))
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A convolution's im2col matrix, [N*Ho*Wo, kh*kw*C] (rows: output pixels; columns: taps outer,
+    channels inner), never materialised: on a chip with a conv engine the memory engine gathers each
+    operand tile straight from the unpadded input x [N, C, H, W] (any strides; channels-last makes a
+    tap's channels one run), writing zeros where a window overhangs the padding -- the windows are
+    formed as part of the load, with no padded copy and no im2col pass ('sliding window to minimize
+    access', 'data pre-processed in the memory engine', Hot Chips 2020). The DMA still moves every
+    tap's bytes (kh*kw times the input), so the data volume is im2col's; only the passes are gone."""
+    x: View
+    out_hw: tuple
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    pads: tuple          # (top, left)
+    zero: View           # one zero of x's dtype
+
+    @property
+    def shape(self) -> tuple:
+        N, C = self.x.shape[:2]
+        return (N * self.out_hw[0] * self.out_hw[1], self.kernel[0] * self.kernel[1] * C)
+
+    @property
+    def dtype(self) -> str:
+        return self.x.dtype
+
+    def box(self, starts, sizes) -> "WindowTile":
+        return WindowTile(self, tuple(starts), tuple(sizes))
+
+
+@dataclass(frozen=True)
+class WindowTile:
+    """Rows [m0, m0+m) x columns [k0, k0+k) of a `Windows` matrix."""
+    win: Windows
+    starts: tuple
+    shape: tuple
+
+    @property
+    def dtype(self) -> str:
+        return self.win.dtype
+
+    def gather(self, s, buf: Buf):
+        """DMA the tile into `buf` ([m, k] row-major): per run of output pixels (whole output rows of
+        one image, or part of one) and per tap, one strided copy of the valid window positions and
+        zero fills for those over the padding."""
+        w = self.win
+        N, C, H, W = w.x.shape
+        (Ho, Wo), (kh, kw), (sh, sw), (dh, dw), (pt, pl) = w.out_hw, w.kernel, w.stride, w.dilation, w.pads
+        xn, xc, xh, xw = w.x.strides
+        (m0, k0), (m, k) = self.starts, self.shape
+        es = w.x.esize
+        copies = []
+        r = m0
+        while r < m0 + m:
+            n, rem = divmod(r, Ho * Wo)
+            ho, wo = divmod(rem, Wo)
+            rows, cols = (min((m0 + m - r) // Wo, Ho - ho), Wo) if wo == 0 and m0 + m - r >= Wo else \
+                (1, min(Wo - wo, m0 + m - r))
+            for tap in range(k0 // C, -(-(k0 + k) // C)):
+                i, j = divmod(tap, kw)
+                c0, c1 = max(0, k0 - tap * C), min(C, k0 + k - tap * C)
+                dst = View("sram", buf.addr + ((r - m0) * k + tap * C + c0 - k0) * es, w.x.dtype,
+                           (rows, cols, c1 - c0), (Wo * k, k, 1))
+                h0, h1 = _span(ho, ho + rows, sh, i * dh - pt, H)
+                v0, v1 = _span(wo, wo + cols, sw, j * dw - pl, W)
+                if h0 < h1 and v0 < v1:
+                    src = View(w.x.space, w.x.addr + (n * xn + c0 * xc + (h0 * sh + i * dh - pt) * xh
+                                                      + (v0 * sw + j * dw - pl) * xw) * es, w.x.dtype,
+                               (h1 - h0, v1 - v0, c1 - c0), (sh * xh, sw * xw, xc))
+                    copies.append((src, dst.box((h0 - ho, v0 - wo, 0), src.shape)))
+                else:
+                    h0 = h1 = v0 = v1 = ho        # all padding
+                for box in (((0, 0), (h0 - ho, cols)), ((h1 - ho, 0), (ho + rows - h1, cols)),
+                            ((h0 - ho, 0), (h1 - h0, v0 - wo)), ((h0 - ho, v1 - wo), (h1 - h0, wo + cols - v1))):
+                    (a, b), (na, nb) = box
+                    if na > 0 and nb > 0:
+                        z = (na, nb, c1 - c0)
+                        copies.append((View(w.zero.space, w.zero.addr, w.x.dtype, z, (0, 0, 0)), dst.box((a, b, 0), z)))
+            r += rows * cols
+        dma_copy(s, *copies[0], writes=[buf])        # waits for the tile's last readers; the rest write disjoint
+        for src, dst in copies[1:]:                  # parts of it, and the DMA queue completes in order:
+            dma_copy(s, src, dst)                    # readers of the tile wait for its last copy
+        buf.w = [0] * len(QUEUES)
+        buf.w[QUEUES.index("dma")] = s.count[QUEUES.index("dma")]
+
+
 def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0, conv: bool = False):
     """`conv`: the jobs are a convolution's GEMMs, which run on the chip's conv engine where its file
     declares one (cores.matrix.conv; isa.Matmul conv=1), else on the array like any GEMM."""
@@ -196,8 +287,14 @@ def gemm(cc, jobs: list[GemmJob], in_dtype: str, acc_dtype: str, group: int = 0,
     conv = bool(conv and cc.geom.conv and not group)
     tm, tn, tk = _choose_tiles(cc, M, N, K, len(jobs), in_dtype, acc_dtype, group, "fp4" if fp4 else in_dtype, conv)
     tiles = [(j, m0, n0) for j in range(len(jobs)) for n0 in range(0, N, tn) for m0 in range(0, M, tm)]
-    for core, (t0, t1) in enumerate(split_even(len(tiles), cc.ncores)):
-        _gemm_core(cc, cc.streams[core], jobs, tiles[t0:t1], tm, tn, tk, in_dtype, acc_dtype, group, conv)
+    if conv and getattr(cc, "chaining", False):   # chained convs: row blocks (all channels) dealt round-robin, so
+        tiles = [(j, m0, n0) for j in range(len(jobs)) for m0 in range(0, M, tm) for n0 in range(0, N, tn)]
+        parts = [tiles[c::cc.ncores] for c in range(cc.ncores)]   # the cores finish rows in the order the next reads
+    else:
+        parts = [tiles[t0:t1] for t0, t1 in split_even(len(tiles), cc.ncores)]
+    for core, mine in enumerate(parts):
+        if mine:
+            _gemm_core(cc, cc.streams[core], jobs, mine, tm, tn, tk, in_dtype, acc_dtype, group, conv)
     cc.barrier()
 
 
@@ -212,6 +309,13 @@ def gemm_plan(chip, M, N, K, njobs, in_dtype, acc_dtype, group=0, mac=None) -> t
     return _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac)
 
 
+def _epi_rate(cc) -> float:
+    """Results per cycle of a GEMM's output path: the output stage's rate, else the vector lanes."""
+    ep = cc.chip.cores.matrix.epilogue
+    return (ep.elements_per_cycle if ep and ep.elements_per_cycle else cc.geom.cols) if cc.geom.epilogue_ops else \
+        cc.chip.cores.vector.lanes
+
+
 def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None, conv=False):
     """Output tile (tm x tn) and K chunk (tk) that fit SRAM and minimise the busiest core's time:
     ceil(tiles / cores) x max(array cycles, DMA cycles) of one tile, plus a per-tile overhead.
@@ -223,9 +327,7 @@ def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None, conv
     rows, tms = g.rows, (16, 32, 64, 128, 256, 512)
     if conv:
         rows, tc, px = g.conv
-        ep = cc.chip.cores.matrix.epilogue
-        epi_rate = (ep.elements_per_cycle if ep and ep.elements_per_cycle else g.cols) if g.epilogue_ops else \
-            cc.chip.cores.vector.lanes
+        epi_rate = _epi_rate(cc)
         tms += tuple(rows * px * k for k in (1, 2, 4, 8)) + tuple(_up(-(-M // (cc.ncores * k)), px) for k in (1, 2, 3, 4))
     clk, n = cc.chip.cores.clock_hz, cc.ncores
     w_bpc = (cc.chip.dram.bandwidth_bytes_per_s or cc.chip.shared_buffer.bandwidth_bytes_per_s) / n / clk
@@ -233,9 +335,10 @@ def _choose_tiles(cc, M, N, K, njobs, in_dtype, acc_dtype, group, mac=None, conv
     best = None
     for tm in sorted({min(M, t) for t in tms}):
         for tn in sorted({min(_up(N, tc), k * tc) for k in range(1, 17)}):
-            fixed = (LAG + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2 + \
-                (LAG + 1) * FIX_STAGES * _small_bytes(tm, tn) * bool(g.epilogue_ops)
-            per_k = NBUF * (tm + tn) * es + (NBUF * tn // 2 + NBUF * tn * 4 // max(group, 1) if group else 0)
+            lag, nbuf = conv_depth(g, tm, tn, K, epi_rate) if conv else (LAG, NBUF)
+            fixed = (lag + 1) * tm * tn * (ea + 4 + 4) + 4 * (tm + tn) * 4 * 2 + \
+                (lag + 1) * FIX_STAGES * _small_bytes(tm, tn) * bool(g.epilogue_ops)
+            per_k = nbuf * (tm + tn) * es + (nbuf * tn // 2 + nbuf * tn * 4 // max(group, 1) if group else 0)
             tk = max(rows, min(_up(K, rows), (cc.sram_bytes - fixed - 4096) // per_k // rows * rows,
                                max(rows, (W_TILE_BYTES // (tn * es)) // rows * rows)))
             if group:
@@ -261,31 +364,45 @@ def _up(x, m):
     return -(-x // m) * m
 
 
+def conv_depth(g, tm: int, tn: int, K: int, epi_rate: float) -> tuple[int, int]:
+    """(output tiles a conv's epilogue trails its folds by, operand buffers in flight) on the conv
+    engine. A Matmul completes matmul_latency (the engine's skew) after its folds, and its operand
+    buffers and accumulators are free only then; on a small engine (128 cycles a fold) that is several
+    tiles, so LAG tiles and NBUF buffers would make the in-order DMA queue wait for it. Deep enough
+    that the engine runs back to back: lag covers the skew plus the output stage's tm x tn / rate, the
+    buffers the skew plus a chunk's folds. At least (LAG, NBUF); GEMMs on the array keep those."""
+    lat, tile = matmul_latency(g, True), max(1, matmul_occupancy(g, tm, K, tn, "int8", True))
+    chunk = max(1, matmul_occupancy(g, tm, min(K, g.conv[0]), tn, "int8", True))
+    lag = max(LAG, math.ceil((lat + math.ceil(tm * tn / max(epi_rate, 1))) / tile) + 1)
+    return lag, max(NBUF, math.ceil(lat / chunk) + 2)
+
+
 def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group, conv=False):
-    sram = Sram(cc.sram_bytes)
+    sram = cc.sram()
+    lag, nbuf = conv_depth(cc.geom, tm, tn, jobs[0].a.shape[1], _epi_rate(cc)) if conv else (LAG, NBUF)
     es = DTYPES[in_dtype].itemsize
-    abuf = [sram.alloc(tm * tk * es) for _ in range(NBUF)]
-    wbuf = [sram.alloc(tk * tn * es) for _ in range(NBUF)]
-    pbuf = [sram.alloc(tk * tn // 2) for _ in range(NBUF)] if group else None
-    sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(NBUF)] if group else None
-    acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(LAG + 1)]
-    ep = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
-    obuf = [sram.alloc(tm * tn * 4) for _ in range(LAG + 1)]
+    abuf = [sram.alloc(tm * tk * es) for _ in range(nbuf)]
+    wbuf = [sram.alloc(tk * tn * es) for _ in range(nbuf)]
+    pbuf = [sram.alloc(tk * tn // 2) for _ in range(nbuf)] if group else None
+    sbuf = [sram.alloc(tk // max(group, 1) * tn * 4) for _ in range(nbuf)] if group else None
+    acc = [sram.alloc(tm * tn * DTYPES[acc_dtype].itemsize) for _ in range(lag + 1)]
+    ep = [sram.alloc(tm * tn * 4) for _ in range(lag + 1)]
+    obuf = [sram.alloc(tm * tn * 4) for _ in range(lag + 1)]
     small = [[sram.alloc(_small_bytes(tm, tn)) for _ in range(FIX_STAGES)] if cc.geom.epilogue_ops else []
-             for _ in range(LAG + 1)]            # per-channel / per-row operands of the output stage
+             for _ in range(lag + 1)]            # per-channel / per-row operands of the output stage
     kslot, pending = 0, []
     for t, (j, m0, n0) in enumerate(tiles):
         job = jobs[j]
         K = job.a.shape[1]
         M, N = job.out.shape
         m, n = min(tm, M - m0), min(tn, N - n0)
-        ab = acc[t % (LAG + 1)]
+        ab = acc[t % (lag + 1)]
         for ki, k0 in enumerate(range(0, K, tk)):
             k = min(tk, K - k0)
-            a, w = abuf[kslot % NBUF], wbuf[kslot % NBUF]
+            a, w = abuf[kslot % nbuf], wbuf[kslot % nbuf]
             _load(s, a, job.a.box((m0, k0), (m, k)), (id(job.a), m0, k0, m, k))
             if group:
-                p, sc = pbuf[kslot % NBUF], sbuf[kslot % NBUF]
+                p, sc = pbuf[kslot % nbuf], sbuf[kslot % nbuf]
                 if w.key != (id(job.w), k0, n0, k, n):
                     _load(s, p, job.w.box((k0, n0 // 2), (k, n // 2)), None)
                     _load(s, sc, job.w_scales.box((k0 // group, n0), (-(-k // group), n)), None)
@@ -301,10 +418,12 @@ def _gemm_core(cc, s, jobs, tiles, tm, tn, tk, in_dtype, acc_dtype, group, conv=
                                        w_fp4=int(group > 0 and job.w_code == "e2m1"), conv=int(conv), **wt),
                    reads=[a, w], writes=[ab])
             kslot += 1
-        if len(pending) == LAG:       # tile t-LAG's epilogue after this tile's loads and matmuls, so the
+        if len(pending) == lag:       # tile t-lag's epilogue after this tile's loads and matmuls, so the
             _epilogue(*pending.pop(0))  # in-order DMA queue fetches ahead and the array and vector unit overlap
-        pending.append((s, job, ab, acc_dtype, ep[t % (LAG + 1)], obuf[t % (LAG + 1)], m0, n0, m, n,
-                        cc.geom, small[t % (LAG + 1)]))
+        pending.append((s, job, ab, acc_dtype, ep[t % (lag + 1)], obuf[t % (lag + 1)], m0, n0, m, n,
+                        cc.geom, small[t % (lag + 1)]))
+        if conv:                      # the output stage's operands load with the tile, not behind its store
+            _prefetch_stage_operands(*pending[-1])
     for args in pending:
         _epilogue(*args)
 
@@ -320,10 +439,13 @@ def _row_block(cc, Ho: int, Wp: int, per_set) -> int:
     return hb
 
 
-def _load(s, buf: Buf, src: View, key):
+def _load(s, buf: Buf, src, key):
     if key is not None and buf.key == key:
         return
-    dma_copy(s, src, View.contiguous("sram", buf.addr, src.dtype, src.shape), writes=[buf])
+    if isinstance(src, WindowTile):
+        src.gather(s, buf)
+    else:
+        dma_copy(s, src, View.contiguous("sram", buf.addr, src.dtype, src.shape), writes=[buf])
     buf.key = key
 
 
@@ -364,6 +486,22 @@ def _tile_operand(opnd: View, m0, n0, m, n) -> tuple[View, str]:
     return o.box((0, 0), (m if vr else 1, n if vc else 1)), _stage_kind(o)
 
 
+def _stage_key(opnd: View, kind: str, m0, n0, m, n):
+    return (id(opnd), opnd.addr, m0, n0, m, n, kind)
+
+
+def _prefetch_stage_operands(s, job, ab, acc_dtype, eb, ob, m0, n0, m, n, geom, small):
+    """Load the operands the output stage (`_fixpipe`) will read for this tile now, keyed so that
+    `_fixpipe` finds them resident: on the conv engine the epilogue trails by several tiles, and a
+    residual loaded just before its Fixpipe would hold the in-order DMA queue for that Fixpipe."""
+    ops = [x for x in job.epilogue if not (x[0] == "copy" and x[1] is None)]
+    k, _ = fused_prefix(geom, [(f, _stage_kind(o)) for f, o, _, _ in ops], job.out.dtype)
+    for j, (_, opnd, _, _) in enumerate(ops[:k]):
+        if opnd is not None:
+            src, kind = _tile_operand(opnd, m0, n0, m, n)
+            _load(s, eb if kind == "full" else small[j], src, _stage_key(opnd, kind, m0, n0, m, n))
+
+
 def _fixpipe(s, ops, ab, acc_dtype, dst, d_dtype, eb, small, m0, n0, m, n):
     """The leading `ops` on the array's output stage: accumulators -> stages -> dst in d_dtype."""
     kw, reads = {"n": len(ops)}, [ab]
@@ -372,7 +510,8 @@ def _fixpipe(s, ops, ab, acc_dtype, dst, d_dtype, eb, small, m0, n0, m, n):
         if opnd is not None:
             src, kind = _tile_operand(opnd, m0, n0, m, n)
             buf, dt = (eb, src.dtype) if kind == "full" else (small[j], src.dtype)
-            _load(s, buf, src, None if kind == "full" else (id(opnd), opnd.addr, m0, n0, m, n, kind))
+            key = _stage_key(opnd, kind, m0, n0, m, n)
+            _load(s, buf, src, key if kind != "full" or buf.key == key else None)
             reads.append(buf)
         kw.update({f"f{j}": func, f"o{j}_addr": buf.addr if buf else 0, f"o{j}_dtype": dt, f"o{j}_kind": kind,
                    f"sw{j}": int(acc_is_b and opnd is not None), f"imm{j}": float(imm)})
@@ -438,7 +577,7 @@ def depthwise_conv(cc, x: View, w: View, bias: View | None, out: View, kernel, s
     hb = _row_block(cc, Ho, Wp, lambda r: need(r) * Wp * x.esize + r * Wo * (4 + out.esize) + 64 * 3 + kh * kw * 4)
     blocks = [(n, o, h0) for n in range(N) for o in range(O) for h0 in range(0, Ho, hb)]
     for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
-        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        s, sram = cc.streams[core], cc.sram()
         bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(kh * kw * w.esize), sram.alloc(4),
                  sram.alloc(hb * Wo * 4), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
         mine = blocks[b0:b1]
@@ -494,7 +633,7 @@ def pool_planes(cc, x: View, out: View, kernel, stride, dilation, func: str, imm
     hb = _row_block(cc, Ho, Wp, lambda r: need(r) * Wp * x.esize + r * Wo * out.esize + 128)
     blocks = [(n, c, h0) for n in range(N) for c in range(C) for h0 in range(0, Ho, hb)]
     for core, (b0, b1) in enumerate(split_even(len(blocks), cc.ncores)):
-        s, sram, mine = cc.streams[core], Sram(cc.sram_bytes), blocks[b0:b1]
+        s, sram, mine = cc.streams[core], cc.sram(), blocks[b0:b1]
         bufs = [(sram.alloc(need(hb) * Wp * x.esize), sram.alloc(hb * Wo * out.esize)) for _ in range(2)]
 
         def load(t):
@@ -544,7 +683,7 @@ def attention(cc, q: View, k: View, v: View, out: View, mask: View | None, causa
 
 class _AttnCore:
     def __init__(self, cc, tq, tk, D, Dv, dt):
-        sr = Sram(cc.sram_bytes)
+        sr = cc.sram()
         es = DTYPES[dt].itemsize
         self.dt, self.tq, self.tk = dt, tq, tk
         self.qb = sr.alloc(tq * D * es)
@@ -625,7 +764,7 @@ def gather_rows(cc, table: View, idx: View, out: View):
     n, D, inner = out.shape[0], math.prod(out.shape[1:]), tuple(out.shape[1:])
     zeros = (0,) * len(inner)
     for core, (a, b) in enumerate(split_even(n, cc.ncores)):
-        s, sram = cc.streams[core], Sram(cc.sram_bytes)
+        s, sram = cc.streams[core], cc.sram()
         step = max(1, min(b - a, (cc.sram_bytes // 2) // max(1, D * table.esize)))
         ib, tb = sram.alloc(4 * step), sram.alloc(step * D * table.esize)
         for r0 in range(a, b, step):

@@ -21,6 +21,7 @@ Costs, all derived from the chip file plus `data/npu_timing.toml`:
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import dataclass
@@ -364,7 +365,11 @@ class Result:
 
 def simulate(prog: Program, inputs=(), count_only: bool = False, timing: Timing | None = None) -> Result:
     """Run `prog`; `inputs` are numpy arrays in the order of prog.inputs. `timing` overrides the
-    costs derived from the chip (e.g. Timing.from_chip(chip) with overlap=False)."""
+    costs derived from the chip (e.g. Timing.from_chip(chip) with overlap=False).
+
+    A barrier listed in prog.meta["chained"] (the compiler lists those between conv kernels on a chip
+    with a conv engine) does not stop the cores: the kernel after it issues while the one before
+    drains (see `_Chain`). Execution order is still segment by segment, so the numerics are the same."""
     t = timing or Timing.from_chip(prog.chip)
     mem = None if count_only else _load(prog, t.geom, inputs)
     ncores = len(prog.streams)
@@ -376,22 +381,126 @@ def simulate(prog: Program, inputs=(), count_only: bool = False, timing: Timing 
     events: list = []
     pos = [0] * ncores
     release, releases = 0, []
+    chained = frozenset(prog.meta.get("chained", ()))
+    chain = _Chain(ncores) if chained else None
+    seg = 0
     while True:
+        if chain is not None:
+            chain.begin(seg - 1 in chained, seg in chained)
         for c in range(ncores):
-            pos[c] = _run_segment(prog.streams[c], pos[c], c, t, mem, free[c], done[c], busy, stall, traffic, events)
+            pos[c] = _run_segment(prog.streams[c], pos[c], c, t, mem, free[c], done[c], busy, stall, traffic, events,
+                                  chain)
         ends = [max(max(f), *(d[-1] for d in dn if d)) if any(dn) else max(f) for f, dn in zip(free, done)]
-        release = max(ends + [release])
+        release = max(ends + [release] + (chain.end if chain is not None else []))
         if all(pos[c] >= len(prog.streams[c]) for c in range(ncores)):
             break
         if not all(pos[c] < len(prog.streams[c]) for c in range(ncores)):
             raise IsaError("barrier count differs between cores")
         releases.append(release)
-        release += t.barrier
+        if seg in chained:        # two kernels in flight at most: the next starts once the one before this is done
+            gate = releases[-2] + t.barrier if len(releases) > 1 else 0
+            for c in range(ncores):
+                free[c][:] = [max(f, gate) for f in free[c]]
+            chain.gate = gate
+        else:
+            release += t.barrier
+            for c in range(ncores):
+                free[c][:] = [release] * nq
         for c in range(ncores):
-            free[c][:] = [release] * nq
             pos[c] += 1                                  # step over the barrier
+        seg += 1
     outs = None if count_only else [_output(mem.read(o.space, o.addr, o.shape, o.dtype)) for o in prog.outputs]
     return Result(outs, _stats(prog, t, release, busy, stall, traffic), events, t.clock_hz, releases)
+
+
+FAR = ("dram", "shared")
+
+
+def _far_ranges(i) -> list:
+    """(space, first byte, end byte, writes) of what a Dma / Gather reads and writes outside the
+    core's SRAM: the bounding byte range of each strided access (a Gather's table: all of it above
+    its base)."""
+    es = DTYPES[i.dtype].itemsize
+    out = []
+    if type(i) is Dma:
+        shape = (i.n0, i.n1, i.n2)
+        for space, addr, st, w in ((i.src_space, i.src_addr, (i.ss0, i.ss1, i.ss2), False),
+                                   (i.dst_space, i.dst_addr, (i.ds0, i.ds1, i.ds2), True)):
+            if space in FAR:
+                lo = addr + sum((n - 1) * s for n, s in zip(shape, st) if s < 0) * es
+                hi = addr + (sum((n - 1) * s for n, s in zip(shape, st) if s > 0) + 1) * es
+                out.append((space, lo, hi, w))
+    else:
+        if i.src_space in FAR:
+            out.append((i.src_space, i.src_addr, 1 << 62, False))
+        if i.dst_space in FAR:
+            out.append((i.dst_space, i.dst_addr, i.dst_addr + i.n * i.cols * es, True))
+    return out
+
+
+class _Chain:
+    """Timing of chained kernels (a barrier the compiler marked chained), in the spirit of the
+    Hanguang 800's 'operation-fused coarse-grained instructions' and memory engine:
+
+    - the kernel after a chained barrier (k+1) starts once kernel k-1 has finished on every core
+      (+ barrier cycles): at most two kernels are in flight, and they use alternate halves of each
+      core's SRAM (the compiler's `Compiler.sram`), so they share no buffer;
+    - the compute queues (mxu, epi, vec, pool) stay in order: k+1's folds follow k's;
+    - each core's DMA engine runs the two kernels' descriptors as two in-order streams sharing the
+      engine: a descriptor of k+1 takes the earliest gap of the engine's timeline after it is ready,
+      so k+1's first loads go ahead of k's last stores (which wait for k's output stage);
+    - data dependencies between the two kernels, across cores, at the granularity of one DMA: a
+      descriptor of k+1 that reads what k writes outside SRAM waits for those writes to complete,
+      one that writes waits for k's reads and writes of that memory (bounding byte ranges: exact for
+      row tiles of a channels-last tensor, conservative for strided views)."""
+
+    def __init__(self, ncores: int):
+        self.busy = [[] for _ in range(ncores)]     # per core: the DMA engine's busy intervals (start, end), sorted
+        self.prev: dict = {}                        # (space, writes) -> (lo, hi, done) arrays of kernel k
+        self.cur: list = []                         # this kernel's (space, lo, hi, writes, done)
+        self.gate = 0
+        self.soft = self.record = False
+        self.stream = [0] * ncores                  # this kernel's DMA stream: next free cycle, per core
+        self.last = [0] * ncores                    # and its last completion (in-order completion)
+        self.end = [0] * ncores                     # latest DMA completion so far, per core
+
+    def begin(self, soft: bool, record: bool):
+        """A segment starts; soft: after a chained barrier; record: a chained barrier ends it."""
+        if soft:
+            arr = {}
+            for space, lo, hi, w, d in self.cur:
+                arr.setdefault((space, w), []).append((lo, hi, d))
+            self.prev = {k: np.array(v, np.int64).T for k, v in arr.items()}
+        else:
+            self.prev = {}
+        self.cur, self.soft, self.record = [], soft, record or soft
+
+    def hazard(self, i) -> tuple[int, list]:
+        """Earliest start of DMA `i` from kernel k's far-memory accesses, and i's own ranges."""
+        rng = _far_ranges(i)
+        t = 0
+        for space, lo, hi, w in rng:
+            for key in ((space, True), (space, False)) if w else ((space, True),):
+                a = self.prev.get(key)
+                if a is not None:
+                    hit = (a[0] < hi) & (a[1] > lo)
+                    if hit.any():
+                        t = max(t, int(a[2][hit].max()))
+        return t, rng
+
+    def place(self, c: int, ready: int, occ: int) -> int:
+        """Start of a DMA of `occ` cycles ready at `ready` in core c's engine timeline (earliest gap)."""
+        iv = self.busy[c]
+        k = bisect.bisect_right(iv, (ready, 1 << 62))
+        if k and iv[k - 1][1] > ready:
+            ready = iv[k - 1][1]
+        while k < len(iv) and iv[k][0] < ready + occ:
+            ready = max(ready, iv[k][1])
+            k += 1
+        iv.insert(k, (ready, ready + occ))
+        if len(iv) > 4096 and iv[0][1] <= self.gate:             # drop what no later DMA can precede
+            self.busy[c] = [x for x in iv if x[1] > self.gate]
+        return ready
 
 
 def _output(a: np.ndarray) -> np.ndarray:
@@ -399,15 +508,19 @@ def _output(a: np.ndarray) -> np.ndarray:
     return a.astype(np.int64) if a.dtype.kind in "iu" else cast(_f32(a), "fp32")
 
 
-def _run_segment(stream, p, c, t, mem, free, done, busy, stall, traffic, events):
+def _run_segment(stream, p, c, t, mem, free, done, busy, stall, traffic, events, chain=None):
     n = len(stream)
+    first = True
     while p < n:
         i = stream[p]
         cls = type(i)
         if cls is Barrier:
             return p
         q = QIDX[cls]
-        ready = free[q]
+        dma = chain is not None and chain.record and q == 0
+        if dma and first:                                  # this kernel's DMA stream starts at the gate
+            chain.stream[c], chain.last[c], first = (chain.gate if chain.soft else free[q]), 0, False
+        ready = chain.stream[c] if dma else free[q]
         for k, w in enumerate(getattr(i, f) for f in _WAITS):
             if w:
                 if w > len(done[k]):
@@ -415,10 +528,20 @@ def _run_segment(stream, p, c, t, mem, free, done, busy, stall, traffic, events)
                                    f"but only {len(done[k])} issued before it")
                 ready = max(ready, done[k][w - 1])
         occ, lat, tr = COST[cls](t, i)
-        stall[q] += ready - free[q]
-        free[q] = ready + occ
-        dq = done[q]
-        dq.append(max(ready + occ + lat, dq[-1]) if dq else ready + occ + lat)   # counters complete in order
+        if dma:
+            haz, rng = chain.hazard(i)
+            ready = chain.place(c, max(ready, haz), occ)
+            end = max(ready + occ + lat, chain.last[c])             # in order within the kernel's stream
+            chain.stream[c], chain.last[c], chain.end[c] = ready + occ, end, max(chain.end[c], end)
+            chain.cur += [(sp, lo, hi, w, end) for sp, lo, hi, w in rng]
+            stall[q] += max(0, ready - free[q])
+            free[q] = max(free[q], ready + occ)
+            done[q].append(end)
+        else:
+            stall[q] += ready - free[q]
+            free[q] = ready + occ
+            dq = done[q]
+            dq.append(max(ready + occ + lat, dq[-1]) if dq else ready + occ + lat)   # counters complete in order
         busy[q] += occ
         for k, v in tr.items():
             traffic[k] += v

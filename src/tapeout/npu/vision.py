@@ -22,6 +22,8 @@ sits in its 3x3 conv, not in the first 1x1. Batch norm is folded into the conv w
 Timing (`predict_throughput`) compiles each distinct piece (stem, each distinct bottleneck shape,
 head) once for the chip, simulates it count-only and multiplies by its count: every NPU kernel ends
 with a barrier, so a network's time is the sum of its pieces' (tests check this on a small net).
+On a chip with a conv engine, conv and pooling kernels chain across those barriers (sim._Chain), so
+there it compiles and simulates the whole network instead.
 """
 from __future__ import annotations
 
@@ -151,8 +153,13 @@ def _pieces(arch: Arch):
     return out + [("head",)]
 
 
-def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, scales=None, calib_outputs=False):
-    """IR of the given pieces in order (a whole net, or one piece with its input as program input)."""
+def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, scales=None, calib_outputs=False,
+           channels_last=False, marks: list | None = None):
+    """IR of the given pieces in order (a whole net, or one piece with its input as program input).
+    channels_last: a piece's feature-map input and output are [N, H, W, C] tensors (transposed to and
+    from the net's NCHW), the layout a conv-engine chip keeps activations in between layers, so a
+    piece pays no layout copy at its edges that the whole network would not. marks: a list that gets
+    the number of eqns after each piece (to attribute the whole network's kernels to pieces)."""
     if dtype not in ("f32", "int8"):
         raise TapeoutError(f"resnet50 dtype {dtype!r}: f32 or int8")
     b = Builder(f"resnet50-{dtype}")
@@ -161,11 +168,13 @@ def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, s
     first = pieces[0]
     if first[0] == "stem":
         x = b.input((batch, 3, arch.image, arch.image), xdt, name="image")
-    elif first[0] == "block":
-        x = b.input((batch, first[3], first[7], first[7]), xdt, name=f"s{first[1]}b{first[2]}_in")
     else:
-        c, hw = arch.width * 2 ** (len(arch.blocks) - 1) * arch.expansion, arch.image // 2 ** (len(arch.blocks) + 1)
-        x = b.input((batch, c, hw, hw), xdt, name="head_in")
+        c, hw, name = (first[3], first[7], f"s{first[1]}b{first[2]}_in") if first[0] == "block" else \
+            (arch.width * 2 ** (len(arch.blocks) - 1) * arch.expansion, arch.image // 2 ** (len(arch.blocks) + 1),
+             "head_in")
+        x = b.input((batch, hw, hw, c), xdt, name=f"{name}_nhwc") if channels_last else \
+            b.input((batch, c, hw, hw), xdt, name=name)
+        x = b.transpose(x, perm=(0, 3, 1, 2), name=name) if channels_last else x
     for p in pieces:
         if p[0] == "stem":
             x = _stem(net, x)
@@ -173,6 +182,10 @@ def _build(arch: Arch, batch: int, dtype: str, pieces, seed=0, abstract=False, s
             x = _bottleneck(net, x, f"s{p[1]}b{p[2]}", p[4], p[5], p[6])
         else:
             x = _head(net, x, arch.classes)
+        if marks is not None:
+            marks.append(len(b.eqns))
+    if channels_last and pieces[-1][0] != "head":
+        x = b.transpose(x, perm=(0, 2, 3, 1))
     prog = b.build(x, *net.acts.values()) if calib_outputs else b.build(x)
     return _abstract(prog) if abstract else prog
 
@@ -245,7 +258,8 @@ def _simulate_piece(piece, arch: Arch, chip_name: str, dtype: str, batch: int) -
     from .sim import kernel_times, simulate
     ir_dtype, mode = MODES[dtype]
     chip = load_chip(chip_name)
-    prog = compile_ir(_build(arch, batch, ir_dtype, [piece], abstract=True), chip, mode)
+    prog = compile_ir(_build(arch, batch, ir_dtype, [piece], abstract=True, channels_last=bool(chip.cores.matrix.conv)),
+                      chip, mode)
     res = simulate(prog, (), count_only=True)
     ops: dict = {}
     for name, cyc in kernel_times(prog, res):
@@ -254,6 +268,52 @@ def _simulate_piece(piece, arch: Arch, chip_name: str, dtype: str, batch: int) -
     return {"cycles": res.stats["cycles"], "busy": dict(res.stats["engine_busy_cycles"]), "ops": ops,
             "memory_bytes": prog.dram_bytes, "weight_bytes": weights, "clock_hz": chip.cores.clock_hz,
             "cores": chip.cores.count, "capacity": _capacity(chip)}
+
+
+@lru_cache(maxsize=64)
+def _simulate_whole(arch: Arch, chip_name: str, dtype: str, batch: int) -> dict:
+    """The whole network compiled and simulated count-only (chips whose conv kernels chain, where
+    pieces no longer add up): cycles, and each kernel's advance of the timeline (sim.kernel_times)
+    and engine busy cycles attributed to the piece class its IR eqn belongs to."""
+    import bisect
+
+    from ..chip import load_chip
+    from .compiler import compile_ir
+    from .isa import QUEUES, Barrier
+    from .sim import COST, Timing, kernel_times, simulate
+    ir_dtype, mode = MODES[dtype]
+    chip = load_chip(chip_name)
+    marks: list = []
+    pieces = _pieces(arch)
+    prog = compile_ir(_build(arch, batch, ir_dtype, pieces, abstract=True, marks=marks), chip, mode)
+    res = simulate(prog, (), count_only=True)
+    clk, cores = chip.cores.clock_hz, chip.cores.count
+    cls_of = [_piece_class(pieces[min(bisect.bisect_right(marks, e), len(pieces) - 1)]) if e >= 0 else
+              _piece_class(pieces[-1]) for e in prog.meta["kernel_eqns"]]
+    classes = {_piece_class(p): {"seconds": 0.0, "ops": {}, "busy": {}} for p in pieces}
+    for (name, cyc), c in zip(kernel_times(prog, res), cls_of):
+        d = classes[c]
+        d["seconds"] += cyc / clk
+        d["ops"][name] = d["ops"].get(name, 0.0) + cyc / clk
+    tail = res.stats["cycles"] - sum(cyc for _, cyc in kernel_times(prog, res))   # after the last barrier
+    classes[_piece_class(pieces[-1])]["seconds"] += tail / clk
+    seg = {}
+    for stream in prog.streams:
+        k = 0
+        for ins in stream:
+            if type(ins) is Barrier:
+                k += 1
+            else:
+                seg[id(ins)] = k
+    t = Timing.from_chip(chip)
+    for _, q, _, _, ins in res.events:
+        k = seg[id(ins)]
+        b = classes[cls_of[min(k, len(cls_of) - 1)]]["busy"]
+        b[QUEUES[q]] = b.get(QUEUES[q], 0.0) + COST[type(ins)](t, ins)[0] / clk / cores
+    weights = sum(math.prod(x.shape) * _esize(x.dtype) for x, _ in prog.constants)
+    return {"cycles": res.stats["cycles"], "busy": dict(res.stats["engine_busy_cycles"]), "classes": classes,
+            "memory_bytes": prog.dram_bytes, "weight_bytes": weights, "clock_hz": clk, "cores": cores,
+            "capacity": _capacity(chip)}
 
 
 def _esize(dtype):
@@ -273,6 +333,8 @@ def simulate_batch(model: str, chip: str, dtype: str, batch: int) -> dict:
     arch = _arch(model)
     if dtype not in MODES:
         raise TapeoutError(f"dtype {dtype!r}: choose one of {', '.join(MODES)}")
+    if _chains(chip):
+        return _whole_batch(model, arch, chip, dtype, batch)
     sims = [(p, n, _simulate_piece(p, arch, chip, dtype, batch)) for p, n in _distinct(arch)]
     weights = sum(n * r["weight_bytes"] for _, n, r in sims)
     peak = max(r["memory_bytes"] - r["weight_bytes"] for _, _, r in sims)
@@ -296,6 +358,29 @@ def simulate_batch(model: str, chip: str, dtype: str, batch: int) -> dict:
     return {"samples_s": batch / sec, "batch": batch, "seconds_per_batch": sec, "cycles": cycles,
             "utilization": {q: b / sec for q, b in busy.items()}, "classes": classes,
             "memory_bytes": weights + peak, "chip": chip, "model": model, "dtype": dtype}
+
+
+def _chains(chip_name: str) -> bool:
+    """Whether the chip's conv kernels chain (a conv engine): then the prediction simulates the whole
+    network, since its pieces' kernels overlap across piece boundaries too."""
+    from ..chip import load_chip
+    return bool(load_chip(chip_name).cores.matrix.conv)
+
+
+def _whole_batch(model, arch: Arch, chip: str, dtype: str, batch: int) -> dict:
+    """simulate_batch for a chip whose kernels chain: the whole network in one program (the
+    compiler raises UnsupportedOpError when it does not fit the chip's memory)."""
+    from ..errors import UnsupportedOpError
+    try:
+        r = _simulate_whole(arch, chip, dtype, batch)
+    except UnsupportedOpError as e:
+        raise UnsupportedOpError(f"{getattr(model, 'name', model)} batch {batch} does not fit {chip}: {e}") from None
+    clk, sec = r["clock_hz"], r["cycles"] / r["clock_hz"]
+    queues = [q for q in ("dma", "mxu", "vec", "epi", "pool") if q in r["busy"]]
+    busy = {q: r["busy"][q] / clk / r["cores"] for q in queues}
+    return {"samples_s": batch / sec, "batch": batch, "seconds_per_batch": sec, "cycles": r["cycles"],
+            "utilization": {q: b / sec for q, b in busy.items()}, "classes": r["classes"],
+            "memory_bytes": r["memory_bytes"], "chip": chip, "model": model, "dtype": dtype}
 
 
 def predict_throughput(model, chip, *, dtype: str = "int8", batch: int | None = None) -> dict:
