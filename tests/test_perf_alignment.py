@@ -106,18 +106,18 @@ def test_wide_softmax_rows_lower_occupancy_and_the_rate_follows():
     # per thread, fewer 1024-thread blocks per SM (64 K registers), less of each row's serial
     # latency hidden: an 8192-column row streams slower per byte than a 4096-column one
     h, p = load_chip("h100-sxm"), load_params("hopper")
-    assert K.softmax_rows(h, p, 32768, 4096, 2) == (1024, 2, True)
-    assert K.softmax_rows(h, p, 32768, 8192, 2) == (1024, 1, True)
-    assert K.softmax_rows(h, p, 256, 152064, 2)[2] is False  # too wide: streamed, read three times
+    assert K.softmax_rows(h, p, 4096, 2) == (1024, 2, True)
+    assert K.softmax_rows(h, p, 8192, 2) == (1024, 1, True)
+    assert K.softmax_rows(h, p, 152064, 2)[2] is False  # too wide: streamed, read three times
     per_byte = {c: _softmax_s(h, 32768, c) / c for c in (4096, 8192)}
     assert per_byte[8192] > 1.15 * per_byte[4096]
     # the occupancy comes from the chip file: twice the register file keeps two wide rows per SM
     big = dataclasses.replace(h, cores=dataclasses.replace(h.cores, registers=2 * h.cores.registers))
-    assert K.softmax_rows(big, p, 32768, 8192, 2)[1] == 2
+    assert K.softmax_rows(big, p, 8192, 2)[1] == 2
     assert _softmax_s(big, 32768, 8192) < 0.8 * _softmax_s(h, 32768, 8192)
     # a chip file without a register file falls back to the family's blocks per core
     bare = dataclasses.replace(h, cores=dataclasses.replace(h.cores, registers=None))
-    assert K.softmax_rows(bare, p, 32768, 8192, 2)[1] == p.softmax_blocks_per_core
+    assert K.softmax_rows(bare, p, 8192, 2)[1] == p.softmax_blocks_per_core
 
 
 def test_split_kv_heuristic_comes_from_the_params():

@@ -291,11 +291,12 @@ def _simulate_whole(arch: Arch, chip_name: str, dtype: str, batch: int) -> dict:
     cls_of = [_piece_class(pieces[min(bisect.bisect_right(marks, e), len(pieces) - 1)]) if e >= 0 else
               _piece_class(pieces[-1]) for e in prog.meta["kernel_eqns"]]
     classes = {_piece_class(p): {"seconds": 0.0, "ops": {}, "busy": {}} for p in pieces}
-    for (name, cyc), c in zip(kernel_times(prog, res), cls_of):
+    times = kernel_times(prog, res)
+    for (name, cyc), c in zip(times, cls_of):
         d = classes[c]
         d["seconds"] += cyc / clk
         d["ops"][name] = d["ops"].get(name, 0.0) + cyc / clk
-    tail = res.stats["cycles"] - sum(cyc for _, cyc in kernel_times(prog, res))   # after the last barrier
+    tail = res.stats["cycles"] - sum(cyc for _, cyc in times)   # after the last barrier
     classes[_piece_class(pieces[-1])]["seconds"] += tail / clk
     seg = {}
     for stream in prog.streams:

@@ -257,7 +257,7 @@ def resident_blocks(chip: Chip, threads: int, registers: int, fallback: int) -> 
     return max(1, min(c.max_threads // threads, c.registers // (threads * regs)))
 
 
-def softmax_rows(chip: Chip, p: PerfParams, rows: float, cols: float, elem_bytes: float) -> tuple[int, int, bool]:
+def softmax_rows(chip: Chip, p: PerfParams, cols: float, elem_bytes: float) -> tuple[int, int, bool]:
     """PyTorch's softmax on a GPU: (threads per row block, resident blocks per core, whether the
     row stays in registers). A row of `cols` elements gets a block of up to `softmax_block_threads`
     threads; while each thread holds fewer than `softmax_register_elements` of them, the row stays
@@ -293,7 +293,7 @@ def stream_cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, flo
     cyc = k.flops / max(chip.cores.vector.flops_per_cycle * chip.cores.count, 1.0)
     slots = chip.cores.count * (p.softmax_blocks_per_core if k.kind == "softmax" else p.blocks_per_core)
     if k.kind == "softmax" and chip.cores.matrix.dataflow == "simt":
-        _, blocks, held = softmax_rows(chip, p, rows, cols, k.bytes_read / max(rows * cols, 1))
+        _, blocks, held = softmax_rows(chip, p, cols, k.bytes_read / max(rows * cols, 1))
         if held:
             return cyc, _held_row_s(chip, p, rows, cols, blocks, nbytes), p.dram_latency_s, 1
         slots = chip.cores.count * blocks
