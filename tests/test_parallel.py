@@ -118,3 +118,59 @@ def test_auto_picks_the_fastest():
     for S in (1e3, 1e6, 1e9):
         best = min(collective_time(H100, "allreduce", S, 8, a) for a in ("ring", "tree", "direct"))
         assert collective_time(H100, "allreduce", S, 8, "auto") == best
+
+
+def test_custom_allreduce_picks_one_shot_for_small_and_two_shot_for_large():
+    from tapeout.parallel import custom_allreduce_time
+    sync, eff = 3e-6, 0.6
+    bw = B * eff
+    # two GPUs: both forms move S bytes, so the one-shot (one synchronisation) always wins
+    assert custom_allreduce_time(H100, 4e6, 2, sync, eff) == pytest.approx(sync + 4e6 / bw)
+    # eight GPUs: one-shot reads 7 S, two-shot 1.75 S with a second synchronisation
+    small, large = 16e3, 4e6
+    assert custom_allreduce_time(H100, small, 8, sync, eff) == pytest.approx(sync + 7 * small / bw)
+    assert custom_allreduce_time(H100, large, 8, sync, eff) == pytest.approx(2 * sync + 1.75 * large / bw)
+    # the crossover: 7 S / bw = sync + 1.75 S / bw
+    x = sync * bw / 5.25
+    assert custom_allreduce_time(H100, 0.9 * x, 8, sync, eff) == pytest.approx(sync + 7 * 0.9 * x / bw)
+    assert custom_allreduce_time(H100, 1.1 * x, 8, sync, eff) == pytest.approx(2 * sync + 1.75 * 1.1 * x / bw)
+    assert custom_allreduce_time(H100, large, 1, sync, eff) == 0.0
+
+
+def test_stack_runs_small_allreduces_on_its_custom_kernel_and_large_ones_on_the_link_model():
+    from tapeout.llm.kernels import Kernel
+    from tapeout.parallel import custom_allreduce_time
+    from tapeout.perf.step import run_kernels
+    from tapeout.stack import load_stack
+    trt, ideal = load_stack("nvidia-trtllm").params_for(H100), load_stack("ideal").params_for(H100)
+    assert trt.custom_allreduce_max_bytes == 8 * 2 ** 20 and 0.3 < trt.custom_allreduce_efficiency < 1
+    ar = lambda S, n=8: Kernel("comm", "allreduce", 0.0, S, S, (float(S), n, "allreduce", 0.0))  # noqa: E731
+    f = 1.5e9
+    for S in (64e3, 1 * 2 ** 20, 8 * 2 ** 20):
+        t = run_kernels(H100, [ar(S)], params=trt, clock_hz=f).seconds - trt.queued_launch_s
+        assert t == pytest.approx(custom_allreduce_time(H100, S, 8, trt.custom_allreduce_sync_s,
+                                                        trt.custom_allreduce_efficiency))
+        # the ideal stack (no custom kernel) keeps the link model at full rate: faster from 1 MiB up
+        t_ideal = run_kernels(H100, [ar(S)], params=ideal, clock_hz=f).seconds - ideal.queued_launch_s
+        assert t_ideal == pytest.approx(collective_time(H100, "allreduce", S, 8, "auto"))
+        if S >= 2 ** 20:
+            assert t > 1.3 * t_ideal
+    big = 64 * 2 ** 20                          # above vLLM's 8 MiB cap: NCCL, the link model
+    assert run_kernels(H100, [ar(big)], params=trt, clock_hz=f).seconds == pytest.approx(
+        run_kernels(H100, [ar(big)], params=ideal, clock_hz=f).seconds)
+
+
+def test_custom_allreduce_fit_reproduces_the_h100_measurements():
+    """benchmarks/calibrate_collectives.py's values against its data: within 12 % from 1 MiB up."""
+    import json
+    from importlib import resources
+
+    from tapeout.parallel import custom_allreduce_time
+    from tapeout.stack import load_stack
+    p = load_stack("nvidia-trtllm").params_for(H100)
+    d = json.loads((resources.files("tapeout") / "data/calibration/h100-custom-allreduce.json").read_text())
+    for r in d["rows"]:
+        S, t = 4.0 * r["elements"], r["ms"] * 1e-3
+        pred = p.queued_launch_s + custom_allreduce_time(H100, S, r["gpus"], p.custom_allreduce_sync_s,
+                                                         p.custom_allreduce_efficiency)
+        assert abs(pred / t - 1) < (0.12 if S >= 2 ** 20 else 0.3), r

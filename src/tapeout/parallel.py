@@ -16,8 +16,7 @@ with B_r the bandwidth a ring (or set of rings) reaches on the topology (see `fa
     ring allreduce       2(n-1) alpha + 2 (n-1)/n S / B_r
     tree allreduce       2 ceil(log2 n) alpha + 2 S / B_r          (pipelined double binary tree)
     direct allreduce     2 alpha + 2 (n-1)/n S / B_r               (one-shot reduce-scatter + all-gather)
-    auto                 the fastest of ring, tree and direct (as NCCL's tuner / TensorRT-LLM's custom
-                         all-reduce pick per message size)
+    auto                 the fastest of ring, tree and direct (as NCCL's tuner picks per message size)
     allgather            (n-1) alpha + (n-1) s / B_r
     reducescatter        (n-1) alpha + (n-1)/n S / B_r
     alltoall             alpha x diameter + S x hops / B           (direct sends to every peer)
@@ -26,6 +25,11 @@ with B_r the bandwidth a ring (or set of rings) reaches on the topology (see `fa
 Topologies (d chips in the domain): `switch` (NVSwitch-style, every chip's full B into a
 non-blocking switch), `fully-connected` (a direct link group to each of d-1 peers, B/(d-1) each),
 `ring` (two neighbours, B/2 each), `mesh`/`torus` (2-D, four neighbours, B/4 each).
+
+Serving engines on NVLink GPUs run small all-reduces (up to a few MiB) on their own kernels, not
+NCCL: `custom_allreduce_time` (one-shot: sigma + (n-1) S / (eta B_r); two-shot: 2 sigma +
+2 (n-1)/n S / (eta B_r); the faster), with the stack's synchronisation latency sigma and link
+efficiency eta (`perf.step` uses it where the stack declares `custom_allreduce_max_bytes`).
 
 More chips than one domain holds (the domain size comes from data/network.toml) go
 hierarchical: inside each domain over the links, between domains over the network (one NIC per
@@ -176,6 +180,19 @@ def collective_time(chip: Chip, kind: str, nbytes: float, n: int, algorithm: str
     if n <= d:
         return flat_time(link_fabric(chip, n, d), kind, float(nbytes), n, algorithm)
     return _hierarchical(chip, kind, float(nbytes), n, algorithm, d, network)
+
+
+def custom_allreduce_time(chip: Chip, nbytes: float, n: int, sync_s: float, efficiency: float) -> float:
+    """Seconds for an all-reduce of `nbytes` per chip among `n` chips of one domain on a custom
+    kernel (vLLM's / TensorRT-LLM's, over peer-to-peer loads): one-shot (one synchronisation, then
+    every chip reads its n-1 peers' buffers and reduces: (n-1) S bytes in over its links) or
+    two-shot (reduce-scatter, synchronise, all-gather: two synchronisations and 2 (n-1)/n S
+    bytes), whichever is faster. `sync_s`: a cross-chip synchronisation (flags written and polled
+    over the links); `efficiency`: the fraction of the links' bandwidth the kernel's loads reach."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    bw = link_fabric(chip, n).ring_bw * efficiency
+    return min(sync_s + (n - 1) * nbytes / bw, 2 * sync_s + 2 * (n - 1) / n * nbytes / bw)
 
 
 def transfer_time(chip: Chip, nbytes: float, *, across_network: bool = False, network: str | None = None) -> float:

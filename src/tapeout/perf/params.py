@@ -70,6 +70,9 @@ class PerfParams:
     comm_efficiency: float = 1.0   # achieved fraction of the collective's modelled link time
     comm_latency_s: float = 0.0    # fixed software cost of one collective (launch, synchronisation)
     comm_message_s: float = 0.0    # software cost per message of an all-to-all: one per peer a chip sends to
+    custom_allreduce_max_bytes: float = 0.0  # all-reduces up to this size run on the stack's own kernel (0: none)
+    custom_allreduce_sync_s: float = 0.0     # one cross-chip synchronisation of that kernel
+    custom_allreduce_efficiency: float = 1.0  # fraction of the links' bandwidth that kernel reaches
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # name -> its source, cited
 
     def cite(self, name: str) -> str:

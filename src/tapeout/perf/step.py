@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .. import energy
 from ..chip import Chip
 from ..llm.kernels import Kernel
+from ..parallel import custom_allreduce_time, domain_size
 from .kernels import kernel_cost
 from .params import PerfParams, load_params
 
@@ -81,11 +82,20 @@ HOST = Kernel("host", "engine step on the host", 0.0, 0.0, 0.0)
 
 
 def _cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, int]:
+    if k.kind == "comm" and _custom_allreduce(chip, p, k):   # the stack's own small all-reduce kernel
+        nbytes, n = k.shape[:2]
+        return 0.0, custom_allreduce_time(chip, nbytes, int(n), p.custom_allreduce_sync_s,
+                                          p.custom_allreduce_efficiency), 0.0, 1
     cyc, mem, fixed, n = kernel_cost(chip, p, k)
     if k.kind == "comm":  # the stack's collective library: achieved fraction of the link model, fixed cost,
         messages = k.shape[3] if len(k.shape) > 3 else 0.0   # and a cost per message (all-to-all peers)
         return cyc, mem / p.comm_efficiency, fixed + p.comm_latency_s + p.comm_message_s * messages, n
     return cyc, mem, fixed, n
+
+
+def _custom_allreduce(chip: Chip, p: PerfParams, k: Kernel) -> bool:
+    nbytes, n, kind = k.shape[:3]
+    return (kind == "allreduce" and 0 < nbytes <= p.custom_allreduce_max_bytes and 1 < n <= domain_size(chip))
 
 
 def run_kernels(chip: Chip, kernels: list[Kernel], *, queued: bool = True, params: PerfParams | None = None,
