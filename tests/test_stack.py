@@ -158,3 +158,36 @@ def test_all_to_all_pays_one_message_per_peer_its_tokens_reach():
     dense = Batch.of("decode", 16, 1024)      # tensor-parallel all-reduces send no per-peer messages
     assert run_batch("llama-3.1-8b", "h100-sxm", dense, tp=8, stack=_with("ideal", comm_message_s=cost), clock_hz=1.5e9).seconds == \
         pytest.approx(run_batch("llama-3.1-8b", "h100-sxm", dense, tp=8, stack="ideal", clock_hz=1.5e9).seconds)
+
+
+def test_dense_moe_runs_every_token_through_every_expert():
+    spec, batch = load_model("mixtral-8x7b"), Batch.of("decode", 64, 512)
+    sparse = {k.name: k for k in build_step(spec, batch) if k.name.startswith(("expert", "moe_combine"))}
+    dense = {k.name: k for k in build_step(spec, batch, dense_moe=True) if k.name.startswith(("expert", "moe_combine"))}
+    E, k_top, T = spec.moe.experts, spec.moe.top_k, 64
+    for name in ("expert_gate_up", "expert_down"):
+        s, d = sparse[name], dense[name]
+        assert d.flops == pytest.approx(s.flops * E / k_top)                  # 8 experts per token, not 2
+        assert d.shape[0] == T and d.shape[3] == E                           # every expert runs all 64 tokens
+        assert d.weight_bytes == pytest.approx(E * s.weight_bytes / s.shape[3])  # all experts' weights read
+    # the combine still writes one output per token
+    c_s, c_d = sparse["moe_combine"], dense["moe_combine"]
+    assert c_d.bytes_written == pytest.approx(c_s.bytes_written)
+    # the stack flag reaches the step: gaudi-synapse-1.18 is gaudi-synapse with dense MoE
+    old, new = load_stack("gaudi-synapse-1.18"), load_stack("gaudi-synapse")
+    assert old.moe == "dense" and new.moe == "sparse" and old.overrides == new.overrides
+    # batch 1 reads all 8 experts' weights instead of 2; a 4k-token prefill does 4x the expert math
+    for bt in (Batch.of("decode", 1, 512), Batch.of("prefill", 1, 4096)):
+        t_old = run_batch("mixtral-8x7b", "gaudi2", bt, stack=old, clock_hz=1.6e9, weights="fp8")
+        t_new = run_batch("mixtral-8x7b", "gaudi2", bt, stack=new, clock_hz=1.6e9, weights="fp8")
+        assert t_old.seconds > 2 * t_new.seconds
+    dense_model = run_batch("llama-2-7b", "gaudi2", batch, stack=old, clock_hz=1.6e9, weights="fp8")
+    assert dense_model.seconds == pytest.approx(run_batch("llama-2-7b", "gaudi2", batch, stack=new, clock_hz=1.6e9,
+                                                          weights="fp8").seconds)
+
+
+def test_bad_moe_mode_is_one_clear_error():
+    from tapeout.perf.stack import _check_meta
+    from tapeout.sourced import DataFileError
+    with pytest.raises(DataFileError, match="meta.moe: must be one of sparse, dense"):
+        _check_meta("x.toml", {"name": "x", "moe": "routed"})

@@ -152,6 +152,7 @@ class _Builder:
     out: list[Kernel] = field(default_factory=list)
     moe_skew: float = 0.0
     rank_cores: int = 1     # cores per chip that are tensor-parallel ranks of their own (1: the chip is one rank)
+    dense_moe: bool = False  # every token through every local expert (a stack without routed dispatch)
 
     def heads(self, n: int) -> int:
         """Attention heads (or KV heads) one chip holds: each of its rank_cores ranks holds
@@ -191,12 +192,15 @@ class _Builder:
 
 
 def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: str = "fused",
-               tp: int = 1, ep: int = 1, moe_skew: float = 0.0, rank_cores: int = 1) -> list[Kernel]:
+               tp: int = 1, ep: int = 1, moe_skew: float = 0.0, rank_cores: int = 1,
+               dense_moe: bool = False) -> list[Kernel]:
     """All kernels of one forward step of `batch` through `spec` on one of `tp` x `ep` chips.
 
     `moe_skew`: expert popularity follows a Zipf law with this exponent (0 = uniform routing).
     `rank_cores`: each chip's cores are this many tensor-parallel ranks (a stack that shards over
-    cores, as Neuron does over NeuronCores: KV heads then replicate per core, not per chip)."""
+    cores, as Neuron does over NeuronCores: KV heads then replicate per core, not per chip).
+    `dense_moe`: the routed experts run every token, weighted by zero where it was not routed (a
+    stack's `moe = "dense"`)."""
     if impl not in IMPLEMENTATIONS:
         raise TapeoutError(f"implementation {impl!r}: use one of {', '.join(IMPLEMENTATIONS)}")
     if batch.tokens <= 0:
@@ -204,7 +208,7 @@ def build_step(spec: ModelSpec, batch: Batch, dtypes: Dtypes = Dtypes(), impl: s
     if not moe_skew >= 0:
         raise TapeoutError(f"moe_skew {moe_skew}: must be >= 0 (0 is uniform routing)")
     spec.check_parallel(tp, ep)
-    b = _Builder(spec, batch, dtypes, impl, tp, ep, moe_skew=moe_skew, rank_cores=rank_cores)
+    b = _Builder(spec, batch, dtypes, impl, tp, ep, moe_skew=moe_skew, rank_cores=rank_cores, dense_moe=dense_moe)
     T = batch.tokens
     b.add("embed", "embedding", 0, T * spec.hidden * b.dt.a + T * 8, T * spec.hidden * b.dt.a, (T, spec.hidden))
     for count, moe_layer in _layer_groups(spec):
@@ -313,7 +317,8 @@ def _moe(b: _Builder, L: int) -> None:
     m, T, h = b.spec.moe, b.batch.tokens, b.spec.hidden
     b.gemm("router", T, m.experts, h, L, w_bytes=2.0, dtype="bf16" if b.dt.mma in ("fp8", "int8") else b.dt.mma)
     b.ew("topk_route", T * m.experts, 1, L, flops_per=4, writes=0)
-    pairs, active = _expert_load(m.experts, m.top_k, T, b.ep, b.moe_skew)
+    pairs, active = ((T * m.experts / b.ep, m.experts / b.ep) if b.dense_moe else
+                     _expert_load(m.experts, m.top_k, T, b.ep, b.moe_skew))
     per_expert = pairs / max(active, 1e-9)
     inter = _shard(m.intermediate, b.tp)
     disp = T * m.top_k * h * b.dt.a * (b.ep - 1) / b.ep
@@ -325,7 +330,7 @@ def _moe(b: _Builder, L: int) -> None:
               (per_expert, N, K, active), L, b.dt.mma, w)
         if name == "expert_gate_up":
             b.ew("expert_silu_mul", pairs * inter, 2, L, flops_per=5, cols=inter)
-    b.ew("moe_combine", pairs * h, 1, L, writes=1.0 / m.top_k, cols=h)
+    b.ew("moe_combine", pairs * h, 1, L, writes=T / pairs if b.dense_moe else 1.0 / m.top_k, cols=h)
     b.comm("alltoall_combine", disp, b.ep, L, kind="alltoall", messages=peers)
     if m.shared_experts:
         _mlp(b, L, m.shared_intermediate * m.shared_experts, "shared_expert")

@@ -43,7 +43,8 @@ def dtypes_for(weights: str, kv: str | None, activations: str | None, chip: Chip
 
 def _run(c: Chip, spec: ModelSpec, batch: Batch, dt: Dtypes, s: Stack, impl: str | None, tp: int, ep: int,
          moe_skew: float, clock_hz: float | None = None) -> StepTime:
-    ks = build_step(spec, batch, dt, s.impl if impl is None else impl, tp, ep, moe_skew, s.rank_cores(c))
+    ks = build_step(spec, batch, dt, s.impl if impl is None else impl, tp, ep, moe_skew, s.rank_cores(c),
+                    dense_moe=s.moe == "dense")
     return run_kernels(c, lower(s, ks), queued=s.has("graphs"), params=s.params_for(c), clock_hz=clock_hz,
                        step_overhead=True)
 

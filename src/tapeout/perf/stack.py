@@ -15,6 +15,9 @@ from there, in a few parameters with a physical meaning:
   `grouped_moe`, `fused_norm`, `graphs`), and `dynamic_shapes` (kernels sized to the actual
   context; without it a static batch decodes over its whole compiled length, as ahead-of-time
   compiled graphs with sequence-length buckets do); a missing one runs the unfused way;
+- `meta.moe`: `sparse` (default: each routed expert runs the tokens routed to it) or `dense` (every
+  token through every expert, the unrouted ones weighted by zero: static shapes, as optimum-habana's
+  Mixtral did on Gaudi before its fused MoE op);
 - `meta.tp_ranks`: `chip` (default) or `core`: a stack that makes each core a tensor-parallel
   rank (Neuron over NeuronCores) holds ceil(heads / (tp x cores)) heads per core, so KV heads
   replicate per core;
@@ -43,8 +46,9 @@ from .params import PerfParams, check_params, load_params
 
 KERNELS = ("flash_attention", "paged_attention", "mla", "grouped_moe", "fused_norm", "graphs", "dynamic_shapes")
 IMPLS = ("fused", "pytorch-cudagraph")
-_META = ("name", "vendor", "software", "description", "inherit", "impl", "kernels", "formats", "tp_ranks")
+_META = ("name", "vendor", "software", "description", "inherit", "impl", "kernels", "formats", "tp_ranks", "moe")
 TP_RANKS = ("chip", "core")
+MOE_MODES = ("sparse", "dense")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Stack:
     quantities: dict = field(compare=False, repr=False)  # field -> Quantity (value and source)
     references: dict = field(compare=False, repr=False)
     inherit: str | None = None
+    moe: str = "sparse"                # routed experts: only the tokens routed to each (sparse), or every token (dense)
 
     def has(self, kernel: str) -> bool:
         return kernel in self.kernels
@@ -107,6 +112,8 @@ def _check_meta(path: str, meta: dict) -> None:
             raise DataFileError(f"{path}: meta.formats: unknown format {d!r} (known: {', '.join(DTYPES)})")
     if meta.get("tp_ranks", "chip") not in TP_RANKS:
         raise DataFileError(f"{path}: meta.tp_ranks: must be one of {', '.join(TP_RANKS)}")
+    if meta.get("moe", "sparse") not in MOE_MODES:
+        raise DataFileError(f"{path}: meta.moe: must be one of {', '.join(MOE_MODES)}")
     if meta.get("impl", "fused") not in IMPLS:
         raise DataFileError(f"{path}: meta.impl: must be one of {', '.join(IMPLS)}")
 
@@ -145,7 +152,7 @@ def _load(name: str) -> Stack:
     formats = tuple(meta["formats"]) if "formats" in meta else None
     return Stack(name=name, vendor=meta.get("vendor", ""), software=meta.get("software", ""),
                  description=meta.get("description", ""), impl=meta.get("impl", "fused"),
-                 tp_ranks=meta.get("tp_ranks", "chip"), kernels=kernels,
+                 tp_ranks=meta.get("tp_ranks", "chip"), moe=meta.get("moe", "sparse"), kernels=kernels,
                  formats=formats, overrides=values(q), quantities=q, references=refs, inherit=meta.get("inherit"))
 
 
