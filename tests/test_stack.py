@@ -191,3 +191,20 @@ def test_bad_moe_mode_is_one_clear_error():
     from tapeout.sourced import DataFileError
     with pytest.raises(DataFileError, match="meta.moe: must be one of sparse, dense"):
         _check_meta("x.toml", {"name": "x", "moe": "routed"})
+
+
+def test_tensor_parallel_moe_all_reduces_its_partial_outputs():
+    """TP shards every expert's intermediate dim: the routed experts' output is a partial sum per chip."""
+    batch = Batch.of("decode", 64, 512)
+    mix = load_model("mixtral-8x7b")
+    L = mix.layers
+    ar = lambda ks: [k for k in ks if k.name == "allreduce_moe"]  # noqa: E731
+    assert ar(build_step(mix, batch, tp=1)) == []
+    (one,) = ar(build_step(mix, batch, tp=2))
+    assert one.count == L and one.shape[:3] == (64 * mix.hidden * 2.0, 2, "allreduce")
+    (dense,) = ar(build_step(mix, batch, tp=2, dense_moe=True))                 # AutoTP: one per expert
+    assert dense.count == L * mix.moe.experts
+    # with shared experts, the shared MLP's all-reduce carries the routed experts' sum as well
+    ds = load_model("deepseek-v3")
+    ks = build_step(ds, batch, tp=2)
+    assert ar(ks) == [] and any(k.name == "allreduce_mlp" for k in ks)

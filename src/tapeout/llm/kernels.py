@@ -332,6 +332,11 @@ def _moe(b: _Builder, L: int) -> None:
             b.ew("expert_silu_mul", pairs * inter, 2, L, flops_per=5, cols=inter)
     b.ew("moe_combine", pairs * h, 1, L, writes=T / pairs if b.dense_moe else 1.0 / m.top_k, cols=h)
     b.comm("alltoall_combine", disp, b.ep, L, kind="alltoall", messages=peers)
+    # tensor parallelism shards each expert's intermediate dim, so the partial outputs all-reduce: once
+    # per layer (with shared experts, their all-reduce carries the sum), or, run dense, once per
+    # expert (DeepSpeed AutoTP makes each expert's down projection a LinearAllreduce)
+    per_layer = m.experts / b.ep if b.dense_moe else (0 if m.shared_experts else 1)
+    b.comm("allreduce_moe", T * h * b.dt.a, b.tp, L * per_layer)
     if m.shared_experts:
         _mlp(b, L, m.shared_intermediate * m.shared_experts, "shared_expert")
 

@@ -16,8 +16,8 @@ from there, in a few parameters with a physical meaning:
   context; without it a static batch decodes over its whole compiled length, as ahead-of-time
   compiled graphs with sequence-length buckets do); a missing one runs the unfused way;
 - `meta.moe`: `sparse` (default: each routed expert runs the tokens routed to it) or `dense` (every
-  token through every expert, the unrouted ones weighted by zero: static shapes, as optimum-habana's
-  Mixtral did on Gaudi before its fused MoE op);
+  token through every expert, the unrouted ones weighted by zero, and under tensor parallelism one
+  all-reduce per expert: optimum-habana's Mixtral under DeepSpeed AutoTP before its fused MoE op);
 - `meta.tp_ranks`: `chip` (default) or `core`: a stack that makes each core a tensor-parallel
   rank (Neuron over NeuronCores) holds ceil(heads / (tp x cores)) heads per core, so KV heads
   replicate per core;
