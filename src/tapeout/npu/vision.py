@@ -357,12 +357,20 @@ def simulate_batch(model: str, chip: str, dtype: str, batch: int) -> dict:
             c["ops"][k] = c["ops"].get(k, 0.0) + n * v / clk
         for k, v in r["busy"].items():
             c["busy"][k] = c["busy"].get(k, 0.0) + n * v / clk / cores
-    queues = [q for q in ("dma", "mxu", "vec", "epi", "pool") if q in sims[0][2]["busy"]]    # the chip's engines
-    busy = {q: sum(c["busy"].get(q, 0.0) for c in classes.values()) for q in queues}
+    busy = {q: sum(c["busy"].get(q, 0.0) for c in classes.values()) for q in ENGINES if q in sims[0][2]["busy"]}
+    return _summary(model, chip, dtype, batch, cycles, clk, busy, classes, weights + peak)
+
+
+ENGINES = ("dma", "mxu", "vec", "epi", "pool")
+
+
+def _summary(model, chip: str, dtype: str, batch: int, cycles: float, clk: float, busy: dict, classes: dict,
+             memory: float) -> dict:
+    """simulate_batch's result; `busy`: engine -> busy seconds (the chip's engines only)."""
     sec = cycles / clk
     return {"samples_s": batch / sec, "batch": batch, "seconds_per_batch": sec, "cycles": cycles,
-            "utilization": {q: b / sec for q, b in busy.items()}, "classes": classes,
-            "memory_bytes": weights + peak, "chip": chip, "model": model, "dtype": dtype}
+            "utilization": {q: v / sec for q, v in busy.items()}, "classes": classes,
+            "memory_bytes": memory, "chip": chip, "model": model, "dtype": dtype}
 
 
 def _chains(chip_name: str) -> bool:
@@ -380,12 +388,9 @@ def _whole_batch(model, arch: Arch, chip: str, dtype: str, batch: int) -> dict:
         r = _simulate_whole(arch, chip, dtype, batch)
     except UnsupportedOpError as e:
         raise UnsupportedOpError(f"{getattr(model, 'name', model)} batch {batch} does not fit {chip}: {e}") from None
-    clk, sec = r["clock_hz"], r["cycles"] / r["clock_hz"]
-    queues = [q for q in ("dma", "mxu", "vec", "epi", "pool") if q in r["busy"]]
-    busy = {q: r["busy"][q] / clk / r["cores"] for q in queues}
-    return {"samples_s": batch / sec, "batch": batch, "seconds_per_batch": sec, "cycles": r["cycles"],
-            "utilization": {q: b / sec for q, b in busy.items()}, "classes": r["classes"],
-            "memory_bytes": r["memory_bytes"], "chip": chip, "model": model, "dtype": dtype}
+    clk = r["clock_hz"]
+    busy = {q: r["busy"][q] / clk / r["cores"] for q in ENGINES if q in r["busy"]}
+    return _summary(model, chip, dtype, batch, r["cycles"], clk, busy, r["classes"], r["memory_bytes"])
 
 
 def predict_throughput(model, chip, *, dtype: str = "int8", batch: int | None = None) -> dict:
