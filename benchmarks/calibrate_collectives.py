@@ -51,19 +51,16 @@ def predict(chip, launch: float, pts, sync_s: float, eff: float) -> np.ndarray:
 def fit(chip, launch: float, pts) -> tuple[float, float]:
     """Least squares of log(predicted / measured) over a grid (0.5 ns x 0.0025 steps)."""
     meas = np.array([t for *_, t in pts])
-    best = (np.inf, 0.0, 1.0)
-    for eff in np.arange(0.30, 1.0001, 0.0025):
-        for sync in np.arange(0.0, 10e-6, 0.05e-6):
-            r = np.log(predict(chip, launch, pts, sync, eff) / meas)
-            sse = float(r @ r)
-            if sse < best[0]:
-                best = (sse, sync, eff)
-    _, sync, eff = best
-    for s in np.arange(max(sync - 0.05e-6, 0.0), sync + 0.05e-6, 0.0005e-6):   # refine the latency
-        r = np.log(predict(chip, launch, pts, s, eff) / meas)
-        if float(r @ r) < best[0]:
-            best = (float(r @ r), s, eff)
-    return best[1], best[2]
+
+    def sse(sync: float, eff: float) -> float:
+        r = np.log(predict(chip, launch, pts, sync, eff) / meas)
+        return float(r @ r)
+
+    _, sync, eff = min((sse(s, e), s, e) for e in np.arange(0.30, 1.0001, 0.0025)
+                       for s in np.arange(0.0, 10e-6, 0.05e-6))
+    # refine the latency at that efficiency
+    _, sync = min((sse(s, eff), s) for s in np.arange(max(sync - 0.05e-6, 0.0), sync + 0.05e-6, 0.0005e-6))
+    return sync, eff
 
 
 def write(sync_s: float, eff: float, n: int) -> None:

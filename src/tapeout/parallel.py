@@ -15,7 +15,7 @@ with B_r the bandwidth a ring (or set of rings) reaches on the topology (see `fa
 
     ring allreduce       2(n-1) alpha + 2 (n-1)/n S / B_r
     tree allreduce       2 ceil(log2 n) alpha + 2 S / B_r          (pipelined double binary tree)
-    direct allreduce     2 alpha + 2 (n-1)/n S / B_r               (one-shot reduce-scatter + all-gather)
+    direct allreduce     2 alpha + 2 (n-1)/n S / B_r               (reduce-scatter then all-gather, each one step)
     auto                 the fastest of ring, tree and direct (as NCCL's tuner picks per message size)
     allgather            (n-1) alpha + (n-1) s / B_r
     reducescatter        (n-1) alpha + (n-1)/n S / B_r
