@@ -131,3 +131,25 @@ def test_design_objective_counts_the_agentic_shared_context():
 
     assert Workload("llama-3.1-8b", "agentic").lengths() == (6144 + 1446, 182)
     assert Workload("llama-3.1-8b", "chat").lengths() == (161.31, 337.99)
+
+
+def test_mlperf_prompt_lengths_are_the_benchmark_sets_own():
+    """mlperf-* prompt statistics are those of the sets' per-sample token counts
+    (benchmarks/data/mlperf-lengths; benchmarks/workload_lengths.py prints them)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/workload_lengths.py"
+    spec = importlib.util.spec_from_file_location("workload_lengths", path)
+    wl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wl)
+    t = table("workloads")
+    for name, fn in wl.SETS.items():
+        s = wl.stats(wl.DATA / fn)
+        w = t[name]
+        assert w["prompt_mean"] == pytest.approx(s["prompt"]["mean"], abs=0.01), name
+        assert w["prompt_cv"] == pytest.approx(s["prompt"]["cv"], abs=0.001), name
+        assert (w["prompt_min"], w["prompt_max"]) == (s["prompt"]["min"], s["prompt"]["max"]), name
+        assert w["output_cv"] == pytest.approx(s["output"]["cv"], abs=0.001), name
+        assert w["output_mean"] >= s["output"]["mean"] * 0.99, name   # the models' own outputs are no shorter
+    assert t["mlperf-llama2"]["prompt_mean"] < 250      # not the few-hundred-token guess it replaced

