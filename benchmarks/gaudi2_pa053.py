@@ -53,8 +53,9 @@ def buckets() -> None:
     print(f"decode over the filled buckets (shipped) or the compiled length (same efficiencies)\n"
           f"{'row':7s} {'model':13s} {'batch':>6s} {'published':>10s} {'bucketed':>9s} {'ratio':>6s} {'compiled':>9s} {'ratio':>6s}")
     for r in rs:
-        r = {k: v for k, v in r.items() if k != "stack"}   # the CI rows name gaudi-synapse-1.18 (its MoE mode
-        a, b = predict_row(r, stack=s), predict_row(r, stack=static)   # does not touch these dense models)
+        # the CI rows name gaudi-synapse-1.18, whose dense-MoE mode does not touch these dense models
+        r = {k: v for k, v in r.items() if k != "stack"}
+        a, b = predict_row(r, stack=s), predict_row(r, stack=static)
         print(f"{r['id']:7s} {r['model']:13s} {r['batch']:6d} {r['published']:10.0f} {a['predicted']:9.0f} {a['ratio']:6.2f} "
               f"{b['predicted']:9.0f} {b['ratio']:6.2f}")
 
