@@ -283,6 +283,24 @@ def test_gaudi2_optimum_habana_ci_rows_quote_the_ci_table():
         assert r["scenario"] in SCENARIOS and r["metric"] in METRICS and r["source"] and r["trust"] == "medium"
 
 
+def test_jetstream_table_rows_quote_the_table():
+    """The rest of jetstream-pytorch's TPU v5e table (never fitted): each row's fields are its quoted line's
+    (date | device | dtype | batch | cache length | max input | max output | throughput), with the
+    data-parallel Gemma 2B rows split into one-chip replicas of batch / chips sequences."""
+    from importlib import resources
+
+    cal = resources.files("tapeout") / "data" / "calibration"
+    meta, rows = load_rows(cal / "tpu-v5e-jetstream.json")
+    fitted = {r["quote"] for r in load_rows(cal / "published.json")[1] if r["chip"] == "tpu-v5e"}
+    assert len(rows) == 10 and meta["description"] and not fitted & {r["quote"] for r in rows}
+    for r in rows:
+        cols = [c.strip() for c in r["quote"].split("|")]
+        assert r["chips"] == int(cols[1].split("-")[-1]) and r["published"] == float(cols[7]), r["id"]
+        assert r["weights"] == r["kv"] == {"bfloat16": "bf16", "int8": "int8"}[cols[2]], r["id"]
+        assert r["max_seqs"] * r["chips"] // r["tp"] == int(cols[3]) and (cols[5], cols[6]) == ("1024", "1024")
+        assert r["workload"] == "sharegpt-1024" and r["requests"] == 2000 and r["metric"] in METRICS
+
+
 def test_gaudi2_pa053_is_not_a_four_card_collective_effect():
     """PA-053 (Intel's Gaudi 2 table: 4 cards TP4, 128 + 2,048 tokens, batch 327, 3,211 tok/s) is predicted
     ~1.9x fast. optimum-habana's CI for the same software release runs the same 4 cards and lengths at batch
