@@ -1,31 +1,20 @@
 """Area and cost models: physical sanity, the reference dies, the reticle, sourced data, the CLI."""
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench_helpers import load_benchmark
 from tapeout.area import area_mm2, logic_factor, sram_mm2_per_mib
 from tapeout.chip import load_chip, preset_names
 from tapeout.cost import ReticleError, cost_usd, dies_per_wafer, harvested_yield, yield_nb
 from tapeout.errors import TapeoutError
 
-ROOT = Path(__file__).resolve().parent.parent
 H100 = load_chip("h100-sxm")
 N7 = load_chip("tapeout-n7")
-
-
-def _bench(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def edit(c, **sections):
@@ -78,7 +67,7 @@ def test_every_preset_has_an_area_and_a_cost():
 
 
 def test_reference_dies_within_15_percent():
-    rows = _bench("area_check").check()
+    rows = load_benchmark("area_check").check()
     required = [r for r in rows if r["required"]]
     assert {r["die"] for r in required} == {"a100", "h100", "hanguang-800", "br100", "ascend-910"}
     for r in required:

@@ -1,30 +1,19 @@
 """Energy and power model: physical sanity, the H100 power measurements, sourced data."""
 import dataclasses
-import importlib.util
 import math
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench_helpers import load_benchmark
 from tapeout.chip import load_chip, preset_names
 from tapeout.energy import (Activity, action_energies, energy_j, idle_w, node_factor, power_w,
                             sustained_clock_hz, sustained_power)
 from tapeout.errors import TapeoutError
 from tapeout.sourced import DataFileError, _walk, load_table, quantities
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bench(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def with_node(chip, nm):
@@ -142,7 +131,7 @@ def test_sustained_clock_is_fast():
 
 # ---------------------------------------------------------------- the H100 measurements
 def test_h100_power_entries_within_15_percent():
-    rows = _bench("power_check").check()
+    rows = load_benchmark("power_check").check()
     assert len(rows) == 7
     for r in rows:
         assert abs(r["err_w"]) <= 0.15, r
@@ -153,7 +142,7 @@ def test_h100_power_entries_within_15_percent():
 
 
 def test_h100_leave_one_out_fit_predicts_held_out_entries():
-    cal = _bench("calibrate_power")
+    cal = load_benchmark("calibrate_power")
     xs = [x for x in cal.entries() if x.name != "idle"]
     rows, idle = cal._rows(H100, xs)
     for i, x in enumerate(xs):

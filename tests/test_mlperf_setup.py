@@ -1,16 +1,14 @@
 """The MLPerf Llama-2-70B rows (benchmarks/validation.py, docs/validation.md): the H200's decode
 attention streams at the H200's bandwidth, and the rows run the setups NVIDIA published."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from bench_helpers import load_benchmark
 from tapeout.chip import load_chip
 from tapeout.llm.kernels import Batch
 from tapeout.perf.api import run_batch
 from tapeout.serve.data import table
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _attention(chip: str, batch: int, context: int) -> tuple[float, set]:
@@ -44,10 +42,7 @@ def test_the_in_flight_bytes_do_not_cap_the_h200_below_its_bandwidth():
 
 
 def _validation():
-    spec = importlib.util.spec_from_file_location("validation", ROOT / "benchmarks" / "validation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("validation")
 
 
 @pytest.mark.parametrize("gpu,tp,seqs", [("h100", 2, 896), ("h200", 1, 806)])

@@ -3,11 +3,10 @@
 Each case compiles a small program, simulates it count-only and compares the kernel's cycles with
 the closed form, which uses the compiler's tile plan and the simulator's instruction costs. Every
 case of benchmarks/npu_consistency.py is asserted here too (about 10 s), plus a few shapes of its own."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from bench_helpers import load_benchmark
 from tapeout.chip import load_chip
 from tapeout.llm.kernels import Kernel
 from tapeout.npu import kernels as npu_kernels
@@ -15,10 +14,7 @@ from tapeout.perf import npu
 from tapeout.perf.kernels import kernel_cost
 from tapeout.perf.params import load_params
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("npu_consistency", ROOT / "benchmarks" / "npu_consistency.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_benchmark("npu_consistency")
 TOL = bench.GOAL
 
 

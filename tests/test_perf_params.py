@@ -1,28 +1,22 @@
 """The performance model's family files: the sourced form, inheritance, and calibrate.py's writer."""
 import dataclasses
-import importlib.util
 import shutil
-import sys
 import tomllib
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
+from bench_helpers import load_benchmark
 from tapeout.perf import params as P
 from tapeout.sourced import DataFileError, load_table
 
-ROOT = Path(__file__).resolve().parents[1]
 PERF = Path(str(resources.files("tapeout") / "data" / "perf"))
 FAMILIES = sorted(p.stem for p in PERF.glob("*.toml"))
 
 
 def _calibrate():
-    spec = importlib.util.spec_from_file_location("calibrate", ROOT / "benchmarks" / "calibrate.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["calibrate"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("calibrate")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from bench_helpers import load_benchmark
 from tapeout.errors import TapeoutError
 from tapeout.serve.data import table
 from tapeout.serve.workload import (arrival_times, generate, lengths, load_trace, save_trace, workload_names,
@@ -136,13 +137,7 @@ def test_design_objective_counts_the_agentic_shared_context():
 def test_mlperf_prompt_lengths_are_the_benchmark_sets_own():
     """mlperf-* prompt statistics are those of the sets' per-sample token counts
     (benchmarks/data/mlperf-lengths; benchmarks/workload_lengths.py prints them)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks/workload_lengths.py"
-    spec = importlib.util.spec_from_file_location("workload_lengths", path)
-    wl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wl)
+    wl = load_benchmark("workload_lengths")
     t = table("workloads")
     for name, fn in wl.SETS.items():
         s = wl.stats(wl.DATA / fn)
