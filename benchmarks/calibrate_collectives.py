@@ -1,8 +1,8 @@
 """Fit the NVIDIA stack's custom all-reduce kernel on published H100 measurements.
 
-Serving engines on NVLink GPUs (vLLM, SGLang, TensorRT-LLM) run all-reduces up to a few MiB on
-their own one-shot / two-shot kernels, not on NCCL; vLLM's `CustomAllreduce(max_size=8192 * 1024)`
-hands larger tensors to NCCL. `tapeout.parallel.custom_allreduce_time` models that kernel with two
+Serving engines on NVLink GPUs (vLLM, SGLang, TensorRT-LLM) run all-reduces up to a few MB on
+their own one-shot / two-shot kernels, not on NCCL; TensorRT-LLM hands tensors above its workspace
+(16 MB between two GPUs, 8 MB among more: `CustomAllReduceHelper.max_workspace_size_auto`) to NCCL. `tapeout.parallel.custom_allreduce_time` models that kernel with two
 physical parameters: the time of one cross-GPU synchronisation and the fraction of the NVLink
 bandwidth its peer loads reach. This script fits both on the 18 points of
 src/tapeout/data/calibration/h100-custom-allreduce.json (2, 4 and 8 H100s, 2 KiB to 4 MiB; sglang
@@ -35,7 +35,7 @@ from tapeout.perf.params import load_params  # noqa: E402
 
 DATA = ROOT / "src/tapeout/data/calibration/h100-custom-allreduce.json"
 STACK = ROOT / "src/tapeout/data/stacks/nvidia-trtllm.toml"
-MAX_BYTES = 8192 * 1024      # vLLM's CustomAllreduce max_size: larger all-reduces go to NCCL
+MAX_BYTES, PAIR_MAX_BYTES = 8_000_000, 16_000_000   # TensorRT-LLM's workspace: larger all-reduces go to NCCL
 
 
 def points() -> list[tuple[int, float, float]]:
@@ -64,12 +64,16 @@ def fit(chip, launch: float, pts) -> tuple[float, float]:
 
 
 def write(sync_s: float, eff: float, n: int) -> None:
-    """Replace (or add) the three [params.custom_allreduce_*] blocks of data/stacks/nvidia-trtllm.toml."""
+    """Replace (or add) the four [params.custom_allreduce_*] blocks of data/stacks/nvidia-trtllm.toml."""
     when = datetime.date.today().isoformat()
     src = "sglang PR 2904 (src/tapeout/data/calibration/h100-custom-allreduce.json)"
     blocks = {
-        "custom_allreduce_max_bytes": (MAX_BYTES, "VLLM_CAR", "reported",
-                                       "vLLM CustomAllreduce(max_size=8192 * 1024): larger tensors fall back to NCCL"),
+        "custom_allreduce_max_bytes": (MAX_BYTES, "TRTLLM_CAR", "reported",
+                                       "TensorRT-LLM's custom all-reduce workspace above two GPUs: larger messages go "
+                                       "to NCCL (vLLM's CustomAllreduce caps at 8 MiB, VLLM_CAR)"),
+        "custom_allreduce_pair_max_bytes": (PAIR_MAX_BYTES, "TRTLLM_CAR", "reported",
+                                            "TensorRT-LLM's workspace at tp_size <= 2, where every message up to it "
+                                            "runs one-shot"),
         "custom_allreduce_sync_s": (sync_s, "benchmarks/calibrate_collectives.py", "fitted",
                                     f"fitted on {n} H100 custom all-reduce latencies, {src}; {when}"),
         "custom_allreduce_efficiency": (eff, "benchmarks/calibrate_collectives.py", "fitted",

@@ -143,21 +143,27 @@ def test_stack_runs_small_allreduces_on_its_custom_kernel_and_large_ones_on_the_
     from tapeout.perf.step import run_kernels
     from tapeout.stack import load_stack
     trt, ideal = load_stack("nvidia-trtllm").params_for(H100), load_stack("ideal").params_for(H100)
-    assert trt.custom_allreduce_max_bytes == 8 * 2 ** 20 and 0.3 < trt.custom_allreduce_efficiency < 1
+    # TensorRT-LLM's workspace: 8 MB among more than two GPUs, 16 MB between two (plugin.py)
+    assert trt.custom_allreduce_max_bytes == 8e6 and trt.custom_allreduce_pair_max_bytes == 16e6
+    assert 0.3 < trt.custom_allreduce_efficiency < 1 and trt.comm_efficiency == pytest.approx(370 / 450, abs=1e-3)
     ar = lambda S, n=8: Kernel("comm", "allreduce", 0.0, S, S, (float(S), n, "allreduce", 0.0))  # noqa: E731
     f = 1.5e9
-    for S in (64e3, 1 * 2 ** 20, 8 * 2 ** 20):
-        t = run_kernels(H100, [ar(S)], params=trt, clock_hz=f).seconds - trt.queued_launch_s
-        assert t == pytest.approx(custom_allreduce_time(H100, S, 8, trt.custom_allreduce_sync_s,
+
+    def secs(params, S, n):
+        return run_kernels(H100, [ar(S, n)], params=params, clock_hz=f).seconds - params.queued_launch_s
+
+    for S, n in ((64e3, 8), (2 ** 20, 8), (7.9e6, 8), (64e3, 2), (14e6, 2)):
+        t = secs(trt, S, n)
+        assert t == pytest.approx(custom_allreduce_time(H100, S, n, trt.custom_allreduce_sync_s,
                                                         trt.custom_allreduce_efficiency))
         # the ideal stack (no custom kernel) keeps the link model at full rate: faster from 1 MiB up
-        t_ideal = run_kernels(H100, [ar(S)], params=ideal, clock_hz=f).seconds - ideal.queued_launch_s
-        assert t_ideal == pytest.approx(collective_time(H100, "allreduce", S, 8, "auto"))
+        t_ideal = secs(ideal, S, n)
+        assert t_ideal == pytest.approx(collective_time(H100, "allreduce", S, n, "auto"))
         if S >= 2 ** 20:
             assert t > 1.3 * t_ideal
-    big = 64 * 2 ** 20                          # above vLLM's 8 MiB cap: NCCL, the link model
-    assert run_kernels(H100, [ar(big)], params=trt, clock_hz=f).seconds == pytest.approx(
-        run_kernels(H100, [ar(big)], params=ideal, clock_hz=f).seconds)
+    # above the workspace: NCCL, the link model at 370 of the links' 450 GB/s
+    for S, n in ((8.1e6, 8), (64 * 2 ** 20, 8), (16.1e6, 2), (64 * 2 ** 20, 2)):
+        assert secs(trt, S, n) == pytest.approx(secs(ideal, S, n) / trt.comm_efficiency, rel=1e-6)
 
 
 def test_custom_allreduce_fit_reproduces_the_h100_measurements():

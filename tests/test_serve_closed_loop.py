@@ -46,7 +46,9 @@ def test_closed_loop_arguments_are_checked():
 
 
 def test_max_concurrency_is_the_largest_n_meeting_the_slo():
-    kw = dict(FAST, slo_ttft=2.0, slo_tpot=0.0042, window_s=(2.0, 8.0))
+    # p99 TPOT grows with N except where the step's kernels change (GEMM tiles, flash-decoding splits:
+    # ~32-36 users here); a 4.3 ms SLO crosses it near N = 50, where it grows monotonically
+    kw = dict(FAST, slo_ttft=2.0, slo_tpot=0.0043, window_s=(2.0, 8.0))
     n, r = max_concurrency("qwen2.5-7b", "h100-sxm", limit=64, **kw)
     assert 1 <= n < 64 and meets(r, check_stable=False) and r.settings["concurrency"] == n
     above = serve("qwen2.5-7b", "h100-sxm", requests=40 * (n + 8), concurrency=n + max(2, n // 25), **kw)

@@ -67,10 +67,12 @@ class PerfParams:
     max_split_k: int
     min_clock_fraction: float      # lowest clock the power limit can push the chip to, x max clock
     step_overhead_s: float = 0.0   # host time per engine step outside the kernels (scheduler, sampling)
+    power_window_s: float = 0.0    # averaging window of the power-limit controller (0: one clock per step)
     comm_efficiency: float = 1.0   # achieved fraction of the collective's modelled link time
     comm_latency_s: float = 0.0    # fixed software cost of one collective (launch, synchronisation)
     comm_message_s: float = 0.0    # software cost per message of an all-to-all: one per peer a chip sends to
     custom_allreduce_max_bytes: float = 0.0  # all-reduces up to this size run on the stack's own kernel (0: none)
+    custom_allreduce_pair_max_bytes: float = 0.0  # the same cap when only two chips reduce (0: custom_allreduce_max_bytes)
     custom_allreduce_sync_s: float = 0.0     # one cross-chip synchronisation of that kernel
     custom_allreduce_efficiency: float = 1.0  # fraction of the links' bandwidth that kernel reaches
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # name -> its source, cited
