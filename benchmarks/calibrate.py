@@ -6,8 +6,7 @@
 
 Only parameters with a physical meaning are fitted (achievable fractions of peak, the bytes a
 core keeps in flight, launch gaps, pipeline-fill latency, passes over the input of norms and
-softmax, the averaging window of the power-limit controller); the structure (tiles, split-K, waves,
-the power-limited clock) comes from the model.
+softmax); the structure (tiles, split-K, waves, the power-limited clock) comes from the model.
 Parameters the file cannot pin are derived from the kernels' code or quoted, with their source
 in the family file, and not fitted (flash-decoding's in-flight bytes, softmax blocks per core,
 the stride-alignment rule and the fallback kernels' rate, the split heuristics).
@@ -59,8 +58,6 @@ FREE = {
     "softmax_vector_ops": (8.0, 120.0),
     "attention_block_latency_s": (0.1e-6, 4e-6),
     "attention_vector_ops": (0.0, 6.0),
-    # the power-limit controller's averaging window: only multi-kernel steps (the llm section) see it
-    "power_window_s": (2e-5, 2e-2),
 }
 
 

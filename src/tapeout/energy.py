@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from typing import Mapping, NamedTuple
+from typing import Mapping
 
 from .chip import load_chip
 from .errors import TapeoutError
@@ -291,38 +291,16 @@ def sustained_clock_hz(chip, activity: Activity, seconds_at_max_clock: float, co
     The work takes `seconds_at_max_clock` at the max clock; `compute_fraction` of that time scales
     with 1/clock, the rest (memory-bound) does not. Returns the max clock when the power fits,
     otherwise the clock where average power == TDP, never below the floor (kinds.toml)."""
+    e = action_energies(chip)
     if not seconds_at_max_clock > 0 or not 0.0 <= compute_fraction <= 1.0:
         raise TapeoutError(f"sustained_clock_hz: need seconds_at_max_clock > 0 and 0 <= compute_fraction <= 1, "
                            f"got {seconds_at_max_clock!r}, {compute_fraction!r}")
-    return clock_for_energy_hz(chip, *core_io_j(chip, activity), seconds_at_max_clock, compute_fraction)
-
-
-class _Counts(NamedTuple):
-    """Activity's fields without its validation: counts the performance model produced itself."""
-    macs: Mapping[str, float]
-    vector_flops: float = 0.0
-    sram_bytes: float = 0.0
-    shared_buffer_bytes: float = 0.0
-    dram_bytes: float = 0.0
-    link_bytes: float = 0.0
-
-
-def core_io_j(chip, activity: "Activity | Mapping") -> tuple[float, float]:
-    """(J in the core clock domain, J of off-chip I/O) of `activity` at the max clock: the two parts
-    the clock solve treats differently (the first scales with the clock's voltage, the second not).
-    Both are linear in the activity, so a mix of workloads is the same mix of these. `activity`: an
-    Activity, or the dict of its fields that perf.step.activity_of counts (taken as is, unvalidated)."""
-    a = _Counts(**activity) if isinstance(activity, Mapping) else activity
-    parts = _split(chip, a, action_energies(chip))
-    return (parts["mac"] + parts["vector"] + parts["sram"] + parts["shared_buffer"] + parts["memory_path"],
-            parts["dram"] + parts["link"])
-
-
-def clock_for_energy_hz(chip, core_j: float, io_j: float, seconds_at_max_clock: float, compute_fraction: float) -> float:
-    """sustained_clock_hz from the energies core_io_j gives (`core_j`, `io_j` over `seconds_at_max_clock`)."""
-    e = action_energies(chip)
+    parts = _split(chip, activity, e)
+    ec = parts["mac"] + parts["vector"] + parts["sram"] + parts["shared_buffer"] + parts["memory_path"]
+    eio = parts["dram"] + parts["link"]
     budget = (e.tdp_w - e.idle_w) * seconds_at_max_clock
-    return _solve_ratio(core_j, io_j, budget, compute_fraction, e.alpha - 1.0, e.floor_clock_hz / e.max_clock_hz) * e.max_clock_hz
+    r = _solve_ratio(ec, eio, budget, compute_fraction, e.alpha - 1.0, e.floor_clock_hz / e.max_clock_hz)
+    return r * e.max_clock_hz
 
 
 def _solve_ratio(ec: float, eio: float, budget: float, cf: float, k: float, lo: float) -> float:

@@ -67,7 +67,6 @@ class PerfParams:
     max_split_k: int
     min_clock_fraction: float      # lowest clock the power limit can push the chip to, x max clock
     step_overhead_s: float = 0.0   # host time per engine step outside the kernels (scheduler, sampling)
-    power_window_s: float = 0.0    # averaging window of the power-limit controller (0: one clock per step)
     comm_efficiency: float = 1.0   # achieved fraction of the collective's modelled link time
     comm_latency_s: float = 0.0    # fixed software cost of one collective (launch, synchronisation)
     comm_message_s: float = 0.0    # software cost per message of an all-to-all: one per peer a chip sends to
