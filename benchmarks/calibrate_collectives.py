@@ -2,11 +2,12 @@
 
 Serving engines on NVLink GPUs (vLLM, SGLang, TensorRT-LLM) run all-reduces up to a few MB on
 their own one-shot / two-shot kernels, not on NCCL; TensorRT-LLM hands tensors above its workspace
-(16 MB between two GPUs, 8 MB among more: `CustomAllReduceHelper.max_workspace_size_auto`) to NCCL. `tapeout.parallel.custom_allreduce_time` models that kernel with two
-physical parameters: the time of one cross-GPU synchronisation and the fraction of the NVLink
-bandwidth its peer loads reach. This script fits both on the 18 points of
-src/tapeout/data/calibration/h100-custom-allreduce.json (2, 4 and 8 H100s, 2 KiB to 4 MiB; sglang
-pull request 2904), in log space by a grid search, and prints every point's residual:
+(16 MB between two GPUs, 8 MB among more: `CustomAllReduceHelper.max_workspace_size_auto`) to NCCL.
+`tapeout.parallel.custom_allreduce_time` models that kernel with two physical parameters: the time
+of one cross-GPU synchronisation and the fraction of the NVLink bandwidth its peer loads reach.
+This script fits both on the 18 points of src/tapeout/data/calibration/h100-custom-allreduce.json
+(2, 4 and 8 H100s, 2 KiB to 4 MiB; sglang pull request 2904), in log space by a grid search, and
+prints every point's residual:
 
     python benchmarks/calibrate_collectives.py            # fit and print
     python benchmarks/calibrate_collectives.py --write    # also write the values into data/stacks/nvidia-trtllm.toml

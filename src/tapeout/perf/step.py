@@ -95,7 +95,8 @@ def _cost(chip: Chip, p: PerfParams, k: Kernel) -> tuple[float, float, float, in
 
 def _custom_allreduce(chip: Chip, p: PerfParams, k: Kernel) -> bool:
     nbytes, n, kind = k.shape[:3]
-    cap = p.custom_allreduce_pair_max_bytes if n == 2 and p.custom_allreduce_pair_max_bytes else p.custom_allreduce_max_bytes
+    pair = n == 2 and p.custom_allreduce_pair_max_bytes      # two chips: the engine's own, larger cap
+    cap = p.custom_allreduce_pair_max_bytes if pair else p.custom_allreduce_max_bytes
     return kind == "allreduce" and 0 < nbytes <= cap and 1 < n <= domain_size(chip)
 
 
