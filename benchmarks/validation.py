@@ -6,6 +6,9 @@ Llama-2-70B (8x H100 / 8x H200, Offline and Server) and Huawei CloudMatrix384 De
     .venv/bin/python benchmarks/validation.py --rows h100-offline,cm-decode --explain
     .venv/bin/python benchmarks/validation.py --at-max-clock   # what-if: no power cap on the clock
     .venv/bin/python benchmarks/validation.py --mac-energy-scale 0.7   # what-if: 30 % less energy per MAC
+    .venv/bin/python benchmarks/validation.py --rows h100-offline,h200-offline --siblings  # + the same round's
+                                                           # results at 500 / 1,000 W and on a 4-GPU board
+    .venv/bin/python benchmarks/validation.py --collectives-at-cap   # what-if: all-reduces lend no clock
     .venv/bin/python benchmarks/validation.py --published  # other vendors' published results: every chip
                                                            # in-sample and leave-one-chip-out, every row (~5 min)
 
@@ -37,20 +40,30 @@ def mlperf_kw(gpu: str, scenario: str) -> dict:
                 slo_ttft=v["slo"]["ttft_s"], slo_tpot=v["slo"]["tpot_s"])
 
 
-def mlperf_offline(gpu: str, quick: bool, requests=None) -> dict:
+def mlperf_offline(gpu: str, quick: bool, requests=None, sibling: str | None = None) -> dict:
     """MLPerf Offline issues one query of all its samples at once (the 24,576-sample set looped) and
     reports tokens / total time: here as many requests as NVIDIA's run issued (its samples_per_query),
-    one pass over the set with --quick."""
+    one pass over the set with --quick. `sibling`: a same-round result with one thing changed
+    (validation.toml mlperf.siblings: the power limit, or a 4-GPU board's NVLink wiring)."""
+    from tapeout.board import deployed
     from tapeout.serve.api import serve
 
     kw = mlperf_kw(gpu, "offline")
     v = _v()["mlperf"]
     n = int(v["samples"]) if quick else int(v[gpu]["offline_samples"])
+    published = v[f"{gpu}-offline"]["tokens_per_s"]
+    if sibling:
+        s = v["siblings"][sibling]
+        peers = int(s["link_peers"]) if "link_peers" in s else None
+        kw.update(chip=deployed(s["chip"], power_limit_w=s.get("power_limit_w"), link_peers=peers),
+                  chips=int(s["chips"]), tp=int(s["tp"]), max_seqs=int(s["max_seqs"]))
+        n = int(v["samples"]) if quick else int(s["offline_samples"])
+        published = s["tokens_per_s"]
     r = serve(kw.pop("model"), kw.pop("chip"), requests=requests or n, offline=True, record_steps=False, **kw)
     m = r.metrics
     # Little's law on the published row: with every replica's batch full, a step takes max_seqs sequences
     # over the replica's published tokens/s (compare with the simulated TPOT p50)
-    published_step = kw["max_seqs"] * (kw["chips"] // kw["tp"]) / v[f"{gpu}-offline"]["tokens_per_s"]
+    published_step = kw["max_seqs"] * (kw["chips"] // kw["tp"]) / published
     return {"predicted": m["throughput_tok_s"], "steady_tok_s": m["steady_tok_s"], "requests": m["requests"],
             "simulated_s": m["makespan_s"],
             "tpot_p50_ms": m["tpot_s"]["p50"] * 1e3, "published_step_ms": published_step * 1e3,
@@ -166,6 +179,23 @@ def use_max_clock() -> None:
     api.run_batch = run_batch
 
 
+def collectives_at_cap() -> None:
+    """What-if: collectives draw the step's power, so their time lends the other kernels no clock (the
+    step's clock is solved over its other kernels only). The same round's 4-GPU HGX result points this
+    way (docs/validation.md); no measurement of a GPU's power during an all-reduce backs it."""
+    import tapeout.perf.step as step
+
+    solve = step._sustained_clock
+
+    def without_collectives(chip, p, kernels, costs, launch):
+        kept = [(k, c) for k, c in zip(kernels, costs) if k.kind != "comm"]
+        if not kept:
+            return solve(chip, p, kernels, costs, launch)
+        return solve(chip, p, [k for k, _ in kept], [c for _, c in kept], launch)
+
+    step._sustained_clock = without_collectives
+
+
 def scale_mac_energy(k: float) -> None:
     """What-if: every chip's energy per MAC x k (the power-capped clock rises as k falls). The H100 fit's
     GEMM power points used Gaussian random operands; GEMM power depends on the operands' values by up
@@ -189,6 +219,11 @@ ROWS = {
                      ("mlperf", "h200-offline", "tokens_per_s"), "tok/s"),
     "h200-server": ("MLPerf v4.1 Llama-2-70B Server, 8x H200-SXM (TP1 x8, FP8)", lambda q: mlperf_server("h200", q),
                     ("mlperf", "h200-server", "tokens_per_s"), "tok/s"),
+    **{f"sibling-{k}": (f"MLPerf v4.1 Llama-2-70B Offline, {d}", (lambda k, g: lambda q: mlperf_offline(g, q, sibling=k))(k, g),
+                         ("mlperf", "siblings", k, "tokens_per_s"), "tok/s")
+       for k, d, g in (("h200-maxq", "8x H200-SXM at a 500 W limit (MaxQ, TP1 x8)", "h200"),
+                       ("h200-cts", "8x H200-SXM on 1,000 W boards (CTS, TP1 x8)", "h200"),
+                       ("h100-hgx4", "4x H100-SXM on a 4-GPU HGX board (TP2 x2, 6 NVLinks per pair)", "h100"))},
     "cm-prefill": ("CloudMatrix384 DeepSeek-R1 prefill per 910C (INT8, EP16)", cm_prefill,
                    ("cloudmatrix", "prefill_tokens_per_s_per_npu"), "tok/s/NPU"),
     "cm-decode": ("CloudMatrix384 DeepSeek-R1 decode per 910C (INT8, EP160, TPOT < 50 ms)", lambda q: cm_decode(),
@@ -198,7 +233,12 @@ ROWS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    ap.add_argument("--rows", default=",".join(k for k in ROWS if not k.startswith("sibling-")),
+                    help="comma-separated: " + ", ".join(ROWS))
+    ap.add_argument("--siblings", action="store_true",
+                    help="add the same round's Offline results with one thing changed (power limit, 4-GPU board)")
+    ap.add_argument("--collectives-at-cap", action="store_true",
+                    help="what-if: collectives lend the other kernels no clock (solved without them)")
     ap.add_argument("--quick", action="store_true", help="fewer requests per simulation")
     ap.add_argument("--explain", action="store_true", help="per-kernel breakdown of the dominant steps")
     ap.add_argument("--sensitivity", action="store_true", help="offline H100/H200 at the MLPerf set's mean input, 300 and 400 tokens")
@@ -219,10 +259,16 @@ def main() -> None:
         use_max_clock()
     if args.mac_energy_scale is not None:
         scale_mac_energy(args.mac_energy_scale)
+    if args.collectives_at_cap:
+        collectives_at_cap()
     v = _v()
     results = {}
-    print(f"| row | published | predicted | predicted / published | details |\n|---|---:|---:|---:|---|")
-    for key in args.rows.split(","):
+    rows = args.rows.split(",") + ([k for k in ROWS if k.startswith("sibling-")] if args.siblings else [])
+    unknown = [k for k in rows if k not in ROWS]
+    if unknown:
+        ap.error(f"--rows: unknown {', '.join(unknown)}; rows: {', '.join(ROWS)}")
+    print("| row | published | predicted | predicted / published | details |\n|---|---:|---:|---:|---|")
+    for key in rows:
         title, fn, path, unit = ROWS[key]
         t0 = time.perf_counter()
         res = fn(args.quick)

@@ -60,3 +60,68 @@ def test_mlperf_h200_power_limit_is_the_chip_files():
     # the Offline query sizes are target_qps x 2400 s x 1.1 (NVIDIA's logs: 76 and 104 qps)
     assert v["h100"]["offline_samples"] == round(76 * 2400 * 1.1)
     assert v["h200"]["offline_samples"] == round(104 * 2400 * 1.1)
+
+
+# ---- the same round's results with one thing changed (validation.py --siblings)
+
+def test_a_power_limit_keeps_the_idle_draw_and_moves_the_capped_clock_with_it():
+    from tapeout import energy
+    from tapeout.board import deployed
+
+    base = load_chip("h200-sxm")
+    step = Batch(decode=(370,) * 806)
+    clocks = {}
+    for w in (500, 700, 1000):
+        c = deployed("h200-sxm", power_limit_w=w)
+        assert c.chip.tdp_w == w and energy.idle_w(c) == pytest.approx(energy.idle_w(base))
+        clocks[w] = run_batch("llama-2-70b", c, step, weights="fp8", kv="fp8").clock_hz
+    assert clocks[500] < clocks[700] < clocks[1000] <= base.max_clock_hz
+    assert clocks[700] == run_batch("llama-2-70b", base, step, weights="fp8", kv="fp8").clock_hz
+
+
+def test_a_four_gpu_board_gives_each_pair_a_third_of_the_links():
+    from tapeout.board import deployed
+    from tapeout.parallel import domain_size, link_fabric
+
+    h100 = load_chip("h100-sxm")
+    board = deployed(h100, link_peers=3)
+    assert board.name == "h100-sxm-4way" and domain_size(board) == 4
+    assert link_fabric(board, 2).ring_bw == pytest.approx(h100.links.chip_to_chip.bandwidth_bytes_per_s / 3)
+    # a TP2 decode step spends longer in its all-reduces on the board than through the NVSwitch
+    step = Batch(decode=(370,) * 896)
+    comm = {c.name: run_batch("llama-2-70b", c, step, tp=2, weights="fp8", kv="fp8").by_kind()["comm"] for c in (h100, board)}
+    assert comm[board.name] > 2.5 * comm[h100.name]
+
+
+@pytest.mark.parametrize("bad,match", [(dict(power_limit_w=100), "idle power"), (dict(link_peers=19), "1 to")])
+def test_deployed_rejects_what_the_board_cannot_be(bad, match):
+    from tapeout.board import deployed
+    from tapeout.errors import TapeoutError
+
+    with pytest.raises(TapeoutError, match=match):
+        deployed("h100-sxm", **bad)
+
+
+def test_sibling_rows_are_the_same_rounds_configs():
+    """Each sibling names its source and differs from a headline row in the power limit or the board."""
+    s = table("validation")["mlperf"]["siblings"]
+    assert set(s) == {"h200-maxq", "h200-cts", "h100-hgx4"}
+    assert (s["h200-maxq"]["power_limit_w"], s["h200-cts"]["power_limit_w"], s["h100-hgx4"]["link_peers"]) == (500, 1000, 3)
+    # samples_per_query = target_qps x 2400 s x 1.1 (their logs: 96, 120 and 38 qps)
+    assert [s[k]["offline_samples"] for k in ("h200-maxq", "h200-cts", "h100-hgx4")] == [round(q * 2400 * 1.1) for q in (96, 120, 38)]
+    v = _validation()
+    assert {f"sibling-{k}" for k in s} <= set(v.ROWS)
+
+
+def test_collectives_at_cap_whatif_lowers_a_tp2_clock_and_leaves_tp1_alone(monkeypatch):
+    import tapeout.perf.step as step_mod
+
+    monkeypatch.setattr(step_mod, "_sustained_clock", step_mod._sustained_clock)   # restored after the test
+    tp2 = dict(tp=2, weights="fp8", kv="fp8")
+    b = Batch(decode=(370,) * 896)
+    before = (run_batch("llama-2-70b", "h100-sxm", b, **tp2).clock_hz,
+              run_batch("llama-2-70b", "h200-sxm", b, weights="fp8", kv="fp8").clock_hz)
+    _validation().collectives_at_cap()
+    after = (run_batch("llama-2-70b", "h100-sxm", b, **tp2).clock_hz,
+             run_batch("llama-2-70b", "h200-sxm", b, weights="fp8", kv="fp8").clock_hz)
+    assert after[0] < before[0] and after[1] == before[1]
