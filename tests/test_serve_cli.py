@@ -35,6 +35,19 @@ def test_offline_summary_table():
         assert word in out.output
 
 
+def test_power_limit_caps_the_power_and_costs_throughput():
+    """--power-limit (nvidia-smi -pl): a compute-heavy offline run draws less and serves less."""
+    def run(*extra):
+        out = runner.invoke(app, BASE + ["--offline", "--requests", "200", "--weights", "fp8", "--json", *extra])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout[out.stdout.index("{"):])
+
+    full, capped = run(), run("--power-limit", "450")
+    assert capped["settings"]["chip"] == "h100-sxm@450W"
+    assert capped["metrics"]["power_w_per_chip"] <= 450 < full["metrics"]["power_w_per_chip"]
+    assert capped["metrics"]["throughput_tok_s"] < full["metrics"]["throughput_tok_s"]
+
+
 def test_sweep_writes_the_plot(tmp_path):
     png = tmp_path / "sweep.png"
     out = runner.invoke(app, BASE + ["--sweep", "rate", "--rates", "2,8", "--requests", "80", "-o", str(png)])
@@ -45,7 +58,8 @@ def test_sweep_writes_the_plot(tmp_path):
 def test_user_errors_are_one_line():
     for args, msg in ((BASE, "give --rate"), (BASE + ["--rate", "1", "--scheduler", "x"], "scheduler='x'"),
                       (BASE + ["--rate", "1", "--disaggregate", "3"], "--disaggregate"),
-                      (BASE + ["--sweep", "rate", "--rates", "a"], "--rates")):
+                      (BASE + ["--sweep", "rate", "--rates", "a"], "--rates"),
+                      (BASE + ["--offline", "--power-limit", "50"], "above h100-sxm's idle power")):
         p = subprocess.run([sys.executable, "-c", f"from tapeout.cli import main; main({args!r})"],
                            capture_output=True, text=True)
         assert p.returncode == 2, p.stderr

@@ -142,6 +142,8 @@ def serve_cmd(
                                         "see `tapeout stacks`)"),
     slo_ttft: Optional[float] = typer.Option(None, "--slo-ttft", help="TTFT SLO in s (default 2)"),
     slo_tpot: Optional[float] = typer.Option(None, "--slo-tpot", help="TPOT SLO in s (default 0.1)"),
+    power_limit: Optional[float] = typer.Option(None, "--power-limit", help="board power limit in W (nvidia-smi -pl, "
+                                                "MLPerf MaxQ): the clock solver fits it instead of the chip's TDP"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="'rate': sweep request rates; 'max-rate': find the "
                                                                "highest rate whose p99 TTFT/TPOT meet the SLO"),
     rates: Optional[str] = typer.Option(None, "--rates", help="rates for --sweep rate, e.g. 1,2,4,8 (default: around capacity)"),
@@ -168,6 +170,10 @@ def serve_cmd(
         from ..errors import TapeoutError
 
         raise TapeoutError(f"--requests-file {trace_in}: no such file")
+    if power_limit is not None:
+        from ..board import deployed
+
+        chip = deployed(chip, power_limit_w=power_limit)
     grid = _rates(rates)
     if sweep is not None:
         return _sweep(model, chip, sweep, grid, rate, duration, requests, out, as_json, csv_out, kw)
@@ -232,7 +238,7 @@ def _sweep(model, chip, what, grid, rate, duration, requests, out, as_json, csv_
     if as_json:
         print_json([r.to_dict() for r in results])
     else:
-        t = Table(title=f"{model} on {chip}: rate sweep ({n} requests each)")
+        t = Table(title=f"{model} on {getattr(chip, 'name', chip)}: rate sweep ({n} requests each)")
         for col in ("rate /s", "tok/s", "tok/s/chip", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "SLO met", "J/tok"):
             t.add_column(col, justify="right")
         for r in results:
