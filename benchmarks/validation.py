@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 
 import numpy as np
 
@@ -219,7 +220,7 @@ ROWS = {
                      ("mlperf", "h200-offline", "tokens_per_s"), "tok/s"),
     "h200-server": ("MLPerf v4.1 Llama-2-70B Server, 8x H200-SXM (TP1 x8, FP8)", lambda q: mlperf_server("h200", q),
                     ("mlperf", "h200-server", "tokens_per_s"), "tok/s"),
-    **{f"sibling-{k}": (f"MLPerf v4.1 Llama-2-70B Offline, {d}", (lambda k, g: lambda q: mlperf_offline(g, q, sibling=k))(k, g),
+    **{f"sibling-{k}": (f"MLPerf v4.1 Llama-2-70B Offline, {d}", partial(mlperf_offline, g, sibling=k),
                          ("mlperf", "siblings", k, "tokens_per_s"), "tok/s")
        for k, d, g in (("h200-maxq", "8x H200-SXM at a 500 W limit (MaxQ, TP1 x8)", "h200"),
                        ("h200-cts", "8x H200-SXM on 1,000 W boards (CTS, TP1 x8)", "h200"),
