@@ -171,6 +171,29 @@ def test_measure_pipeline_on_cpu_writes_the_calibration_format(tmp_path):
     assert n == sum(len(data[s]) for s in ("gemm", "attention", "memory", "llm")) > 5
     assert all(e["ms"] > 0 for e in data["gemm"])
     predict_entries(data, "h100-sxm")  # the format is what `tapeout predict` reads
+    step = data["in_step"][0]          # the prefill profiled op by op, next to its layer GEMMs alone
+    assert step["by_class_ms"]["gemm"] > 0 and step["layer_gemms_alone_ms"] > 0
+    assert sum(step["by_class_ms"].values()) == pytest.approx(step["kernels_ms"], rel=1e-3)
+    assert data["power"] == {"skipped": "needs an NVIDIA GPU and nvidia-smi"}
+
+
+def test_power_entry_reads_nvidia_smi_rows_and_the_clock_event_reasons():
+    from tapeout.perf.measure import power_entry
+
+    ramp = "300.1, 1980, 40, Not Active, Not Active, Not Active, Not Active\n" * 2
+    rows = ["699.0, 1380, 60, Active, Not Active, Not Active, Not Active",
+            "701.5, 1365, 61, Active, Not Active, Active, Not Active",
+            "698.2, 1395, 61, Active, Not Active, Not Active, Not Active",
+            "700.3, 1380, 61, Not Active, Not Active, Not Active, Not Active",
+            "697.9, 1380, 62, Active, Not Active, Not Active, Not Active",
+            "700.0, 1395, 62, Active, Not Active, Not Active, Not Active"]
+    e = power_entry(ramp + "\n".join(rows), calls=100, seconds=0.8)
+    assert e["samples"] == 6 and e["watts_max"] == 701.5 and e["watts_median"] == 700.0 and e["sm_clock_median"] == 1380
+    assert e["ms_per_call"] == pytest.approx(8.0)
+    assert e["event_reasons_active"] == {"sw_power_cap": pytest.approx(5 / 6), "hw_slowdown": 0.0,
+                                         "hw_power_brake_slowdown": pytest.approx(1 / 6), "sw_thermal_slowdown": 0.0}
+    with pytest.raises(Exception, match="no power samples"):
+        power_entry("", 1, 1.0)
 
 
 def test_on_chip_memory_size_sets_gemm_reuse():

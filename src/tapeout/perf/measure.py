@@ -4,7 +4,10 @@ Measures GEMMs (bf16, fp16, fp8 where the card has it), SDPA attention (prefill 
 memory-bound kernels (add, copy, softmax, rms_norm, an empty kernel alone and inside a CUDA
 graph) and whole decode/prefill steps of a plain PyTorch Llama-style model replayed from CUDA
 graphs, with the same conventions as the shipped H100 file: median of repeated runs, the L2
-flushed before every kernel call (weights come from DRAM, as in inference).
+flushed before every kernel call (weights come from DRAM, as in inference). Then two sections of
+evidence for what the model cannot see from outside: `in_step`, prefill steps profiled kernel by
+kernel next to their layer GEMMs timed alone, and `power`, the shipped file's power entries (board
+power and SM clock under nvidia-smi) with the share of samples each clock-event reason was active.
 
 Needs PyTorch with CUDA; without a GPU it stops with one clear line. `allow_cpu=True` runs the
 same code on the CPU with tiny shapes (to test the pipeline, not to calibrate).
@@ -146,6 +149,155 @@ def _llm(b: _Bench, quick: bool) -> list[dict]:
     return out
 
 
+# ---- where a step's time goes, and the board's power: the evidence docs/validation.md asks for
+
+def _kernel_class(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "aten::mm", "aten::addmm", "aten::bmm", "cublas")):
+        return "gemm"
+    if any(k in n for k in ("flash", "fmha", "attention", "sdpa")):
+        return "attention"
+    return "other"
+
+
+def _profile_kernels(torch, run, reps: int, cuda: bool) -> dict[str, float]:
+    """Device milliseconds per call of `run` by kernel name (CPU: self time of each ATen op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            run()
+        if cuda:
+            torch.cuda.synchronize()
+    per: dict[str, float] = {}
+    for e in prof.events():
+        if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
+            t = e.device_time_total
+        elif not cuda and e.name.startswith("aten::"):
+            t = e.self_cpu_time_total
+        else:
+            continue
+        per[e.name] = per.get(e.name, 0.0) + t / 1e3 / reps
+    return per
+
+
+def _in_step(b: _Bench, quick: bool) -> list[dict]:
+    """A prefill step profiled kernel by kernel (replayed from its CUDA graph), next to its four layer
+    GEMMs timed alone the usual way (L2 flushed, median): whether the GEMMs run slower inside the step
+    than alone, the long-prefill gap of docs/validation.md."""
+    from .measure_model import TinyLlama, step_fn
+
+    torch, F = b.torch, b.torch.nn.functional
+    cuda = b.dev == "cuda"
+    name = "llama-3.1-8b" if cuda else "tiny"
+    m = TinyLlama.build(torch, name, b.dev)
+    h, layers = m.cfg[0], m.cfg[1]
+    out = []
+    for S in ([2048] if quick else [512, 2048, 4096]) if cuda else [32]:
+        if b.left() < 20:
+            break
+        how = "cuda-graph" if cuda else "cpu-eager"
+        per = _profile_kernels(torch, step_fn(torch, m, "prefill", 1, S, b.dev), 3, cuda)
+        if cuda and not per:     # a profiler that does not see the kernels inside a graph: time them eagerly
+            how, per = "eager", _profile_kernels(torch, step_fn(torch, m, "prefill", 1, S, b.dev, graph=False), 3, cuda)
+        by_class: dict[str, float] = {}
+        for k, ms in per.items():
+            by_class[_kernel_class(k)] = by_class.get(_kernel_class(k), 0.0) + ms
+        x = torch.randn(S, h, device=b.dev, dtype=torch.bfloat16)
+        alone = 0.0
+        for key in ("qkv", "o", "gu", "down"):
+            w = m.weights["layers"][0][key]
+            a = x if w.shape[1] == h else torch.randn(S, w.shape[1], device=b.dev, dtype=torch.bfloat16)
+            alone += b.time_ms(lambda: F.linear(a, w)) * layers
+        top = sorted(per.items(), key=lambda kv: -kv[1])[:12]
+        out.append({"model": name, "phase": "prefill", "seq": S, "profiled": how,
+                    "kernels_ms": round(sum(per.values()), 4), "by_class_ms": {k: round(v, 4) for k, v in by_class.items()},
+                    "layer_gemms_alone_ms": round(alone, 4),
+                    "top_kernels": [{"name": k[:120], "ms": round(v, 4)} for k, v in top]})
+    return out
+
+
+POWER_QUERY = ("power.draw", "clocks.sm", "temperature.gpu", "clocks_event_reasons.sw_power_cap",
+               "clocks_event_reasons.hw_slowdown", "clocks_event_reasons.hw_power_brake_slowdown",
+               "clocks_event_reasons.sw_thermal_slowdown")
+
+
+def _sample_power(b: _Bench, fn, seconds: float) -> dict:
+    """Run fn in a loop for `seconds` while nvidia-smi samples power, SM clock and the clock-event
+    reasons every 100 ms (the calibration file's power entries, plus the share of samples each
+    reason was active: a power-brake or hardware slowdown the SM clock does not show)."""
+    import subprocess
+
+    fields = POWER_QUERY           # drivers older than the clocks_event_reasons names: power and clock only
+    if subprocess.run(["nvidia-smi", "--query-gpu=" + ",".join(fields), "--format=csv", "-i", "0"],
+                      capture_output=True).returncode != 0:
+        fields = POWER_QUERY[:3]
+    p = subprocess.Popen(["nvidia-smi", "--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits",
+                          "-i", "0", "-lms", "100"], stdout=subprocess.PIPE, text=True)
+    n, t = 0, time.time()
+    while time.time() - t < seconds:
+        fn(); n += 1
+        if n % 4 == 0:
+            b.sync()
+    b.sync(); el = time.time() - t
+    p.terminate(); text = p.communicate()[0]
+    return power_entry(text, n, el)
+
+
+def power_entry(text: str, calls: int, seconds: float) -> dict:
+    """One power entry from nvidia-smi's CSV rows (POWER_QUERY order); the first quarter (ramp) dropped."""
+    rows = [[v.strip() for v in line.split(",")] for line in text.strip().splitlines() if line.count(",") >= 2]
+    rows = rows[len(rows) // 4:]
+    if not rows:
+        raise TapeoutError("nvidia-smi gave no power samples")
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    w = [float(r[0]) for r in rows]
+    entry = {"calls": calls, "seconds": seconds, "ms_per_call": seconds * 1e3 / max(calls, 1), "watts_median": med(w),
+             "watts_max": max(w), "sm_clock_median": med([float(r[1]) for r in rows]), "samples": len(rows)}
+    reasons = {q.split(".")[1]: sum(r[i].lower() == "active" for r in rows) / len(rows)
+               for i, q in enumerate(POWER_QUERY) if q.startswith("clocks_event") and all(len(r) > i for r in rows)}
+    if reasons:
+        entry["event_reasons_active"] = reasons
+    return entry
+
+
+def _power_kernels(b: _Bench, fp8: bool, secs: float) -> dict:
+    """Power entries of single kernels looped: square GEMMs of 8192 and a 2 GiB copy."""
+    torch, F = b.torch, b.torch.nn.functional
+    x = torch.randn(8192, 8192, device=b.dev, dtype=torch.bfloat16)
+    res = {"gemm_8192_bf16": _sample_power(b, lambda: F.linear(x, x), secs)}
+    if fp8:
+        xf, one = x.to(torch.float8_e4m3fn), torch.ones((), device=b.dev)
+        res["gemm_8192_fp8"] = _sample_power(b, lambda: torch._scaled_mm(xf, xf.t(), scale_a=one, scale_b=one,
+                                                                         out_dtype=torch.bfloat16), secs)
+    a = torch.empty(1 << 30, dtype=torch.bfloat16, device=b.dev)
+    c = torch.empty_like(a)
+    res["copy_2GiB"] = _sample_power(b, lambda: c.copy_(a), secs)
+    return res
+
+
+def _power(b: _Bench, quick: bool, fp8: bool) -> dict:
+    """The calibration file's power entries (benchmarks/power_check.py reads them), with event reasons."""
+    import shutil
+
+    from .measure_model import TinyLlama, step_fn
+
+    if b.dev != "cuda" or shutil.which("nvidia-smi") is None:
+        return {"skipped": "needs an NVIDIA GPU and nvidia-smi"}
+    torch = b.torch
+    secs = 2.0 if quick else 4.0
+    res = {"idle": _sample_power(b, lambda: time.sleep(0.05), secs)}
+    res.update(_power_kernels(b, fp8, secs))
+    m = TinyLlama.build(torch, "llama-3.1-8b", b.dev)
+    for key, phase, B, L in (("llama-3.1-8b_decode_B64_C1024", "decode", 64, 1024),
+                             ("llama-3.1-8b_prefill_2048", "prefill", 1, 2048)):
+        if b.left() < secs + 10:
+            break
+        res[key] = _sample_power(b, step_fn(torch, m, phase, B, L, b.dev), secs)
+    return res
+
+
 def measure(out: Path, budget_s: float = 300.0, quick: bool = False, allow_cpu: bool = False) -> int:
     """Measure and write `out`; returns the number of entries. Raises TapeoutError without a GPU."""
     try:
@@ -163,11 +315,12 @@ def measure(out: Path, budget_s: float = 300.0, quick: bool = False, allow_cpu: 
         meta.update(gpu_name=p.name, multiprocessors=p.multi_processor_count, memory_bytes=p.total_memory,
                     l2_bytes=getattr(p, "L2_cache_size", None))
     fp8 = dev == "cuda" and torch.cuda.get_device_capability(0) >= (8, 9)
-    res = {"meta": meta, "gemm": [], "attention": [], "memory": [], "llm": []}
+    res = {"meta": meta, "gemm": [], "attention": [], "memory": [], "llm": [], "in_step": [], "power": {}}
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         for key, fn in (("gemm", lambda: _gemms(b, quick, fp8)), ("attention", lambda: _attention(b, quick)),
-                        ("memory", lambda: _memory(b, quick)), ("llm", lambda: _llm(b, quick))):
+                        ("memory", lambda: _memory(b, quick)), ("llm", lambda: _llm(b, quick)),
+                        ("in_step", lambda: _in_step(b, quick)), ("power", lambda: _power(b, quick, fp8))):
             res[key] = fn()
             out.write_text(json.dumps(res, indent=1))  # after each section: an interrupted run keeps what it has
     return sum(len(res[k]) for k in ("gemm", "attention", "memory", "llm"))

@@ -63,8 +63,8 @@ def _rope(torch, x, pos, d):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
 
-def time_step(torch, m: TinyLlama, phase: str, B: int, L: int, device: str) -> float:
-    """Milliseconds of one step, replayed from a CUDA graph on a GPU (median of 5 x 5 replays)."""
+def step_fn(torch, m: TinyLlama, phase: str, B: int, L: int, device: str, graph: bool = True):
+    """A callable running one step (replaying a CUDA graph of it on a GPU unless `graph` is False)."""
     h, layers, nq, nkv, d, inter, vocab = m.cfg
     if phase == "decode":
         caches = [tuple(torch.randn(B, nkv, L + 1, d, device=device, dtype=torch.bfloat16) for _ in range(2))
@@ -74,14 +74,8 @@ def time_step(torch, m: TinyLlama, phase: str, B: int, L: int, device: str) -> f
     else:
         tok, pos = torch.randint(0, vocab, (B, L), device=device), torch.arange(L, device=device)
         fn = lambda: m.forward(torch, tok, pos)
-    if device != "cuda":
-        import time
-
-        fn()
-        ts = []
-        for _ in range(3):
-            t = time.perf_counter(); fn(); ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
+    if device != "cuda" or not graph:
+        return fn
     s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         fn(); fn()
@@ -89,12 +83,26 @@ def time_step(torch, m: TinyLlama, phase: str, B: int, L: int, device: str) -> f
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
+    return g.replay
+
+
+def time_step(torch, m: TinyLlama, phase: str, B: int, L: int, device: str) -> float:
+    """Milliseconds of one step, replayed from a CUDA graph on a GPU (median of 5 x 5 replays)."""
+    run = step_fn(torch, m, phase, B, L, device)
+    if device != "cuda":
+        import time
+
+        run()
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter(); run(); ts.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(ts)
     times = []
     for _ in range(5):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(5):
-            g.replay()
+            run()
         b.record(); b.synchronize()
         times.append(a.elapsed_time(b) / 5)
     return statistics.median(times)
