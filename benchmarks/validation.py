@@ -211,6 +211,14 @@ def scale_mac_energy(k: float) -> None:
     en._CACHE.clear()
 
 
+def _sibling_rows() -> dict:
+    """The same round's Offline results with one thing changed (validation.toml mlperf.siblings)."""
+    gpu = {"h100-sxm": "h100", "h200-sxm": "h200"}
+    return {f"sibling-{k}": (f"MLPerf v4.1 Llama-2-70B Offline, {s['description']}",
+                             partial(mlperf_offline, gpu[s["chip"]], sibling=k), ("mlperf", "siblings", k, "tokens_per_s"), "tok/s")
+            for k, s in _v()["mlperf"]["siblings"].items()}
+
+
 ROWS = {
     "h100-offline": ("MLPerf v4.1 Llama-2-70B Offline, 8x H100-SXM (TP2 x4, FP8)", lambda q: mlperf_offline("h100", q),
                      ("mlperf", "h100-offline", "tokens_per_s"), "tok/s"),
@@ -220,11 +228,7 @@ ROWS = {
                      ("mlperf", "h200-offline", "tokens_per_s"), "tok/s"),
     "h200-server": ("MLPerf v4.1 Llama-2-70B Server, 8x H200-SXM (TP1 x8, FP8)", lambda q: mlperf_server("h200", q),
                     ("mlperf", "h200-server", "tokens_per_s"), "tok/s"),
-    **{f"sibling-{k}": (f"MLPerf v4.1 Llama-2-70B Offline, {d}", partial(mlperf_offline, g, sibling=k),
-                         ("mlperf", "siblings", k, "tokens_per_s"), "tok/s")
-       for k, d, g in (("h200-maxq", "8x H200-SXM at a 500 W limit (MaxQ, TP1 x8)", "h200"),
-                       ("h200-cts", "8x H200-SXM on 1,000 W boards (CTS, TP1 x8)", "h200"),
-                       ("h100-hgx4", "4x H100-SXM on a 4-GPU HGX board (TP2 x2, 6 NVLinks per pair)", "h100"))},
+    **_sibling_rows(),
     "cm-prefill": ("CloudMatrix384 DeepSeek-R1 prefill per 910C (INT8, EP16)", cm_prefill,
                    ("cloudmatrix", "prefill_tokens_per_s_per_npu"), "tok/s/NPU"),
     "cm-decode": ("CloudMatrix384 DeepSeek-R1 decode per 910C (INT8, EP160, TPOT < 50 ms)", lambda q: cm_decode(),

@@ -278,7 +278,8 @@ def _power_kernels(b: _Bench, fp8: bool, secs: float) -> dict:
 
 
 def _power(b: _Bench, quick: bool, fp8: bool) -> dict:
-    """The calibration file's power entries (benchmarks/power_check.py reads them), with event reasons."""
+    """Power entries in the shipped H100 file's format (the ones benchmarks/power_check.py checks), with
+    the clock-event reasons."""
     import shutil
 
     from .measure_model import TinyLlama, step_fn
