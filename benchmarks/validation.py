@@ -180,6 +180,61 @@ def use_max_clock() -> None:
     api.run_batch = run_batch
 
 
+def offline_setup(key: str) -> tuple:
+    """(chip as deployed, tp, max_seqs) of an Offline row: a headline row or a sibling."""
+    from tapeout.board import deployed
+
+    if key.startswith("sibling-"):
+        s = _v()["mlperf"]["siblings"][key[len("sibling-"):]]
+        peers = int(s["link_peers"]) if "link_peers" in s else None
+        return deployed(s["chip"], power_limit_w=s.get("power_limit_w"), link_peers=peers), int(s["tp"]), int(s["max_seqs"])
+    kw = mlperf_kw(key.split("-")[0], "offline")
+    return deployed(kw["chip"]), kw["tp"], kw["max_seqs"]
+
+
+def mixed_step(key: str) -> dict:
+    """The row's typical Offline step (its batch decoding at ~400 cached tokens, three 222-token prompts
+    admitted): the clock the model solves and the share of the step in collectives."""
+    from tapeout.llm.kernels import Batch
+    from tapeout.perf.api import run_batch
+
+    chip, tp, seqs = offline_setup(key)
+    st = run_batch("llama-2-70b", chip, Batch(decode=(400,) * seqs, prefill=((222, 0),) * 3), tp=tp, weights="fp8", kv="fp8")
+    return {"clock_ghz": st.clock_hz / 1e9, "collective_share": st.by_kind().get("comm", 0.0) / st.seconds}
+
+
+def _label(key: str) -> str:
+    if key.startswith("sibling-"):
+        return _v()["mlperf"]["siblings"][key[len("sibling-"):]]["label"]
+    return {"h100-offline": "H100 DGX, TP2", "h200-offline": "H200 at 700 W"}[key]
+
+
+def plot_offline_rows(results: dict, path: str) -> None:
+    """predicted / published of every Offline row against the clock the model solves for its typical
+    step (left) and the share of that step in collectives (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    rows = [(k, r, mixed_step(k)) for k, r in results.items() if k.endswith("offline") or k.startswith("sibling-")]
+    for ax, x, label in ((axes[0], "clock_ghz", "clock the model solves for the step (GHz)"),
+                         (axes[1], "collective_share", "share of the step in collectives")):
+        ax.axhspan(0.85, 1.15, color="0.92", zorder=0)
+        ax.axhline(1.0, color="0.5", lw=0.8)
+        for key, r, m in rows:
+            ax.scatter(m[x], r["ratio"], s=60, color="tab:red" if "h100" in key else "tab:blue", zorder=3)
+            ax.annotate(_label(key), (m[x], r["ratio"]), textcoords="offset points", xytext=(6, -3), fontsize=8)
+        ax.set_xlabel(label)
+        ax.margins(x=0.35)
+    axes[0].set_ylabel("predicted / published tokens/s (grey: within 15 %)")
+    fig.suptitle("MLPerf v4.1 Llama-2-70B Offline: predicted / published on H200 (blue) and H100 (red) systems", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def collectives_at_cap() -> None:
     """What-if: collectives draw the step's power, so their time lends the other kernels no clock (the
     step's clock is solved over its other kernels only). The same round's 4-GPU HGX result points this
@@ -244,6 +299,8 @@ def main() -> None:
                     help="add the same round's Offline results with one thing changed (power limit, 4-GPU board)")
     ap.add_argument("--collectives-at-cap", action="store_true",
                     help="what-if: collectives lend the other kernels no clock (solved without them)")
+    ap.add_argument("--plot", default=None, help="with --siblings: plot every Offline row's ratio against the "
+                                                 "share of its step in collectives (PNG)")
     ap.add_argument("--quick", action="store_true", help="fewer requests per simulation")
     ap.add_argument("--explain", action="store_true", help="per-kernel breakdown of the dominant steps")
     ap.add_argument("--sensitivity", action="store_true", help="offline H100/H200 at the MLPerf set's mean input, 300 and 400 tokens")
@@ -293,6 +350,9 @@ def main() -> None:
         for k, e in results["explain"].items():
             print(f"\n{k}: {e['ms']:.1f} ms at {e['clock_ghz']:.2f} GHz ({e['ms_at_max_clock']:.1f} ms at the max clock); "
                   f"by kind {e['by_kind_ms']}; by bound {e['by_bound_ms']}")
+    if args.plot:
+        plot_offline_rows(results, args.plot)
+        print(f"plot -> {args.plot}")
     if args.json:
         print(json.dumps(results, indent=1))
 
