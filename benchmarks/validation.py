@@ -9,6 +9,7 @@ Llama-2-70B (8x H100 / 8x H200, Offline and Server) and Huawei CloudMatrix384 De
     .venv/bin/python benchmarks/validation.py --rows h100-offline,h200-offline --siblings  # + the same round's
                                                            # results at 500 / 1,000 W and on a 4-GPU board
     .venv/bin/python benchmarks/validation.py --collectives-at-cap   # what-if: all-reduces lend no clock
+    .venv/bin/python benchmarks/validation.py --alpha 2.5 --siblings  # what-if: a steeper V-f curve, refitted
     .venv/bin/python benchmarks/validation.py --published  # other vendors' published results: every chip
                                                            # in-sample and leave-one-chip-out, every row (~5 min)
 
@@ -252,6 +253,28 @@ def collectives_at_cap() -> None:
     step._sustained_clock = without_collectives
 
 
+def refit_alpha(alpha: float) -> None:
+    """What-if: the H100 power entries refitted at a given DVFS exponent (benchmarks/calibrate_power.py's
+    linear solve at that alpha, instead of its grid search's best), for every chip of the family."""
+    import calibrate_power
+    from power_check import entries
+
+    import tapeout.energy as en
+    from tapeout.chip import load_chip
+
+    rows, idle = calibrate_power._rows(load_chip("h100-sxm"), [x for x in entries() if x.name != "idle"])
+    e, _ = calibrate_power.solve(rows, idle, alpha)
+    fit = en._fit
+
+    def refit(family):
+        d = fit(family)
+        return {**d, "alpha": alpha, "mac_pj": {**d["mac_pj"], "bf16": float(e[0]), "fp8": float(e[1])},
+                "memory_path_pj_per_byte": float(e[2])}
+
+    en._fit = refit
+    en._CACHE.clear()
+
+
 def scale_mac_energy(k: float) -> None:
     """What-if: every chip's energy per MAC x k (the power-capped clock rises as k falls). The H100 fit's
     GEMM power points used Gaussian random operands; GEMM power depends on the operands' values by up
@@ -297,6 +320,8 @@ def main() -> None:
                     help="comma-separated: " + ", ".join(ROWS))
     ap.add_argument("--siblings", action="store_true",
                     help="add the same round's Offline results with one thing changed (power limit, 4-GPU board)")
+    ap.add_argument("--alpha", type=float, default=None,
+                    help="what-if: the H100 power entries refitted at this DVFS exponent (fitted: 1.92)")
     ap.add_argument("--collectives-at-cap", action="store_true",
                     help="what-if: collectives lend the other kernels no clock (solved without them)")
     ap.add_argument("--plot", default=None, help="with --siblings: plot every Offline row's ratio against the "
@@ -323,6 +348,8 @@ def main() -> None:
         scale_mac_energy(args.mac_energy_scale)
     if args.collectives_at_cap:
         collectives_at_cap()
+    if args.alpha is not None:
+        refit_alpha(args.alpha)
     v = _v()
     results = {}
     rows = args.rows.split(",") + ([k for k in ROWS if k.startswith("sibling-")] if args.siblings else [])
