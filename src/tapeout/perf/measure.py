@@ -165,7 +165,7 @@ def _profile_kernels(torch, run, reps: int, cuda: bool) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
     run()
-    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(reps):
             run()
         if cuda:
