@@ -47,7 +47,6 @@ def mlperf_offline(gpu: str, quick: bool, requests=None, sibling: str | None = N
     reports tokens / total time: here as many requests as NVIDIA's run issued (its samples_per_query),
     one pass over the set with --quick. `sibling`: a same-round result with one thing changed
     (validation.toml mlperf.siblings: the power limit, or a 4-GPU board's NVLink wiring)."""
-    from tapeout.board import deployed
     from tapeout.serve.api import serve
 
     kw = mlperf_kw(gpu, "offline")
@@ -56,9 +55,8 @@ def mlperf_offline(gpu: str, quick: bool, requests=None, sibling: str | None = N
     published = v[f"{gpu}-offline"]["tokens_per_s"]
     if sibling:
         s = v["siblings"][sibling]
-        peers = int(s["link_peers"]) if "link_peers" in s else None
-        kw.update(chip=deployed(s["chip"], power_limit_w=s.get("power_limit_w"), link_peers=peers),
-                  chips=int(s["chips"]), tp=int(s["tp"]), max_seqs=int(s["max_seqs"]))
+        chip, tp, seqs = offline_setup(f"sibling-{sibling}")
+        kw.update(chip=chip, chips=int(s["chips"]), tp=tp, max_seqs=seqs)
         n = int(v["samples"]) if quick else int(s["offline_samples"])
         published = s["tokens_per_s"]
     r = serve(kw.pop("model"), kw.pop("chip"), requests=requests or n, offline=True, record_steps=False, **kw)
@@ -182,15 +180,15 @@ def use_max_clock() -> None:
 
 
 def offline_setup(key: str) -> tuple:
-    """(chip as deployed, tp, max_seqs) of an Offline row: a headline row or a sibling."""
-    from tapeout.board import deployed
+    """(chip as the system installs it, tp, max_seqs) of an Offline row: a headline row or a sibling."""
+    from tapeout.board import as_installed
 
     if key.startswith("sibling-"):
         s = _v()["mlperf"]["siblings"][key[len("sibling-"):]]
         peers = int(s["link_peers"]) if "link_peers" in s else None
-        return deployed(s["chip"], power_limit_w=s.get("power_limit_w"), link_peers=peers), int(s["tp"]), int(s["max_seqs"])
+        return as_installed(s["chip"], power_limit_w=s.get("power_limit_w"), link_peers=peers), int(s["tp"]), int(s["max_seqs"])
     kw = mlperf_kw(key.split("-")[0], "offline")
-    return deployed(kw["chip"]), kw["tp"], kw["max_seqs"]
+    return as_installed(kw["chip"]), kw["tp"], kw["max_seqs"]
 
 
 def mixed_step(key: str) -> dict:

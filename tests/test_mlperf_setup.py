@@ -66,13 +66,13 @@ def test_mlperf_h200_power_limit_is_the_chip_files():
 
 def test_a_power_limit_keeps_the_idle_draw_and_moves_the_capped_clock_with_it():
     from tapeout import energy
-    from tapeout.board import deployed
+    from tapeout.board import as_installed
 
     base = load_chip("h200-sxm")
     step = Batch(decode=(370,) * 806)
     clocks = {}
     for w in (500, 700, 1000):
-        c = deployed("h200-sxm", power_limit_w=w)
+        c = as_installed("h200-sxm", power_limit_w=w)
         assert c.chip.tdp_w == w and energy.idle_w(c) == pytest.approx(energy.idle_w(base))
         clocks[w] = run_batch("llama-2-70b", c, step, weights="fp8", kv="fp8").clock_hz
     assert clocks[500] < clocks[700] < clocks[1000] <= base.max_clock_hz
@@ -80,11 +80,11 @@ def test_a_power_limit_keeps_the_idle_draw_and_moves_the_capped_clock_with_it():
 
 
 def test_a_four_gpu_board_gives_each_pair_a_third_of_the_links():
-    from tapeout.board import deployed
+    from tapeout.board import as_installed
     from tapeout.parallel import domain_size, link_fabric
 
     h100 = load_chip("h100-sxm")
-    board = deployed(h100, link_peers=3)
+    board = as_installed(h100, link_peers=3)
     assert board.name == "h100-sxm-4way" and domain_size(board) == 4
     assert link_fabric(board, 2).ring_bw == pytest.approx(h100.links.chip_to_chip.bandwidth_bytes_per_s / 3)
     # a TP2 decode step spends longer in its all-reduces on the board than through the NVSwitch
@@ -95,11 +95,11 @@ def test_a_four_gpu_board_gives_each_pair_a_third_of_the_links():
 
 @pytest.mark.parametrize("bad,match", [(dict(power_limit_w=100), "idle power"), (dict(link_peers=19), "1 to")])
 def test_deployed_rejects_what_the_board_cannot_be(bad, match):
-    from tapeout.board import deployed
+    from tapeout.board import as_installed
     from tapeout.errors import TapeoutError
 
     with pytest.raises(TapeoutError, match=match):
-        deployed("h100-sxm", **bad)
+        as_installed("h100-sxm", **bad)
 
 
 def test_sibling_rows_are_the_same_rounds_configs():

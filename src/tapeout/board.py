@@ -1,4 +1,4 @@
-"""A chip as a system deploys it, where that differs from its file: a board power limit, or links
+"""A chip as a system installs it, where that differs from its file: a board power limit, or links
 wired point to point instead of through a switch (benchmarks/validation.py --siblings)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from .energy import idle_w
 from .errors import TapeoutError
 
 
-def deployed(chip: "str | Path | Chip", *, power_limit_w: float | None = None, link_peers: int | None = None) -> Chip:
-    """The chip as a system deploys it, where that differs from its file.
+def as_installed(chip: "str | Path | Chip", *, power_limit_w: float | None = None, link_peers: int | None = None) -> Chip:
+    """The chip as a system installs it, where that differs from its file.
 
     `power_limit_w`: a board power limit below the chip's TDP (`nvidia-smi -pl`, MLPerf's MaxQ
     systems) or above it (a higher-TGP board): the sustained-clock solver fits this instead.

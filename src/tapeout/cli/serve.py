@@ -171,9 +171,9 @@ def serve_cmd(
 
         raise TapeoutError(f"--requests-file {trace_in}: no such file")
     if power_limit is not None:
-        from ..board import deployed
+        from ..board import as_installed
 
-        chip = deployed(chip, power_limit_w=power_limit)
+        chip = as_installed(chip, power_limit_w=power_limit)
     grid = _rates(rates)
     if sweep is not None:
         return _sweep(model, chip, sweep, grid, rate, duration, requests, out, as_json, csv_out, kw)
