@@ -85,3 +85,13 @@ def test_kv_offload_flag():
     assert "offloaded to host" in out.output
     out = runner.invoke(app, BASE + ["--rate", "1", "--requests", "5", "--kv-offload", "disk"])
     assert out.exit_code != 0 and "use one of host, pool" in str(out.exception)
+
+
+def test_estimate_power_limit_lowers_the_compute_bound_clock_only():
+    """`tapeout estimate --power-limit`: the prefill (compute-bound) clock falls, a memory-bound decode
+    step keeps its time."""
+    args = ["estimate", "-m", "llama-3.1-70b", "-c", "h100-sxm", "--batch", "64", "--weights", "fp8", "--tp", "2", "--json"]
+    full, capped = (json.loads(runner.invoke(app, args + extra).stdout) for extra in ([], ["--power-limit", "450"]))
+    assert capped["chip"] == "h100-sxm@450W"
+    assert capped["clock_hz"]["prefill"] < full["clock_hz"]["prefill"]
+    assert capped["ttft_s"] > full["ttft_s"]

@@ -70,13 +70,20 @@ def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip",
              output: int = typer.Option(128, "--output", "-n"), weights: str = _WEIGHTS, kv: Optional[str] = _KV,
              impl: str = _IMPL, tp: int = typer.Option(1, "--tp", help="tensor-parallel chips"),
              ep: int = _EP, moe_skew: float = _SKEW, stack: Optional[str] = _STACK,
-             speculative: Optional[str] = _SPEC, json_out: bool = typer.Option(False, "--json")):
+             speculative: Optional[str] = _SPEC,
+             power_limit: Optional[float] = typer.Option(None, "--power-limit", help="board power limit in W "
+                                                         "(nvidia-smi -pl): the clock solver fits it instead of the TDP"),
+             json_out: bool = typer.Option(False, "--json")):
     """TTFT, TPOT, latency, tokens/s, memory and what bounds each phase, for one model on one chip."""
     from ..perf.api import estimate as est
 
     from ..llm.spec import load_model
 
     load_model(model).check_parallel(tp, ep, strict=True)
+    if power_limit is not None:
+        from ..board import as_installed
+
+        chip = as_installed(chip, power_limit_w=power_limit)
     r = est(model, chip, speculative=speculative, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep,
                                                                 moe_skew, stack))
     if json_out:
