@@ -6,9 +6,22 @@ import math
 import sys
 from typing import Any
 
+import typer
 from rich.console import Console
 
 console = Console(highlight=False)
+
+POWER_LIMIT = typer.Option(None, "--power-limit", help="board power limit in W (nvidia-smi -pl, MLPerf MaxQ): "
+                                                       "the clock solver fits it instead of the chip's TDP")
+
+
+def power_limited(chip: str, power_limit: float | None):
+    """`chip` under the --power-limit board cap (tapeout.board.as_installed), or as given without one."""
+    if power_limit is None:
+        return chip
+    from ..board import as_installed
+
+    return as_installed(chip, power_limit_w=power_limit)
 
 
 def si(x: float | None, unit: str = "", digits: int = 3) -> str:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import above, console, gib, output_path, print_json
+from .common import POWER_LIMIT, above, console, gib, output_path, power_limited, print_json
 
 _MODEL = typer.Option(..., "--model", "-m", help="shipped model name, config.json path or local HF model folder")
 _WEIGHTS = typer.Option("bf16", "--weights", help="weight dtype: bf16, fp16, fp8, int8, int4 (weight-only), nvfp4 / mxfp4 / fp4 (= nvfp4; W4A4 where the chip has fp4 MACs, else weight-only)")
@@ -71,8 +71,7 @@ def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip",
              impl: str = _IMPL, tp: int = typer.Option(1, "--tp", help="tensor-parallel chips"),
              ep: int = _EP, moe_skew: float = _SKEW, stack: Optional[str] = _STACK,
              speculative: Optional[str] = _SPEC,
-             power_limit: Optional[float] = typer.Option(None, "--power-limit", help="board power limit in W "
-                                                         "(nvidia-smi -pl): the clock solver fits it instead of the TDP"),
+             power_limit: Optional[float] = POWER_LIMIT,
              json_out: bool = typer.Option(False, "--json")):
     """TTFT, TPOT, latency, tokens/s, memory and what bounds each phase, for one model on one chip."""
     from ..perf.api import estimate as est
@@ -80,11 +79,7 @@ def estimate(model: str = _MODEL, chip: str = typer.Option("h100-sxm", "--chip",
     from ..llm.spec import load_model
 
     load_model(model).check_parallel(tp, ep, strict=True)
-    if power_limit is not None:
-        from ..board import as_installed
-
-        chip = as_installed(chip, power_limit_w=power_limit)
-    r = est(model, chip, speculative=speculative, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep,
+    r = est(model, power_limited(chip, power_limit), speculative=speculative, **_estimate_kw(batch, prompt, output, weights, kv, impl, tp, ep,
                                                                 moe_skew, stack))
     if json_out:
         print_json(r.to_dict())

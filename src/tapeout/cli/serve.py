@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import above, at_least, console, output_path, print_json, si
+from .common import POWER_LIMIT, above, at_least, console, output_path, power_limited, print_json, si
 
 
 def _parse_pd(s: str | None) -> tuple[int, int] | None:
@@ -142,8 +142,7 @@ def serve_cmd(
                                         "see `tapeout stacks`)"),
     slo_ttft: Optional[float] = typer.Option(None, "--slo-ttft", help="TTFT SLO in s (default 2)"),
     slo_tpot: Optional[float] = typer.Option(None, "--slo-tpot", help="TPOT SLO in s (default 0.1)"),
-    power_limit: Optional[float] = typer.Option(None, "--power-limit", help="board power limit in W (nvidia-smi -pl, "
-                                                "MLPerf MaxQ): the clock solver fits it instead of the chip's TDP"),
+    power_limit: Optional[float] = POWER_LIMIT,
     sweep: Optional[str] = typer.Option(None, "--sweep", help="'rate': sweep request rates; 'max-rate': find the "
                                                                "highest rate whose p99 TTFT/TPOT meet the SLO"),
     rates: Optional[str] = typer.Option(None, "--rates", help="rates for --sweep rate, e.g. 1,2,4,8 (default: around capacity)"),
@@ -170,10 +169,7 @@ def serve_cmd(
         from ..errors import TapeoutError
 
         raise TapeoutError(f"--requests-file {trace_in}: no such file")
-    if power_limit is not None:
-        from ..board import as_installed
-
-        chip = as_installed(chip, power_limit_w=power_limit)
+    chip = power_limited(chip, power_limit)
     grid = _rates(rates)
     if sweep is not None:
         return _sweep(model, chip, sweep, grid, rate, duration, requests, out, as_json, csv_out, kw)
