@@ -312,7 +312,7 @@ ROWS = {
 }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default=",".join(k for k in ROWS if not k.startswith("sibling-")),
                     help="comma-separated: " + ", ".join(ROWS))
@@ -334,6 +334,26 @@ def main() -> None:
                     help="only the other vendors' published results (src/tapeout/data/calibration/published.json): "
                          "per chip in-sample and leave-one-chip-out, every row (benchmarks/calibrate_stacks.py --report)")
     ap.add_argument("--json", action="store_true")
+    return ap
+
+
+def run_row(key: str, quick: bool) -> dict:
+    """One row run and printed as a table line: its prediction, the published figure and their ratio."""
+    title, fn, path, unit = ROWS[key]
+    t0 = time.perf_counter()
+    res = fn(quick)
+    pub = _v()
+    for p in path:
+        pub = pub[p]
+    res.update(published=pub, ratio=res["predicted"] / pub, seconds=time.perf_counter() - t0)
+    detail = ", ".join(f"{k} {x:.4g}" if isinstance(x, float) else f"{k} {x}" for k, x in res.items()
+                       if k not in ("predicted", "published", "ratio", "seconds"))
+    print(f"| {title} | {pub:,.0f} {unit} | {res['predicted']:,.0f} {unit} | {res['ratio']:.2f} | {detail} |", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
     if args.published:
         import calibrate_stacks
@@ -348,7 +368,6 @@ def main() -> None:
         collectives_at_cap()
     if args.alpha is not None:
         refit_alpha(args.alpha)
-    v = _v()
     results = {}
     rows = args.rows.split(",") + ([k for k in ROWS if k.startswith("sibling-")] if args.siblings else [])
     unknown = [k for k in rows if k not in ROWS]
@@ -356,17 +375,7 @@ def main() -> None:
         ap.error(f"--rows: unknown {', '.join(unknown)}; rows: {', '.join(ROWS)}")
     print("| row | published | predicted | predicted / published | details |\n|---|---:|---:|---:|---|")
     for key in rows:
-        title, fn, path, unit = ROWS[key]
-        t0 = time.perf_counter()
-        res = fn(args.quick)
-        pub = v
-        for p in path:
-            pub = pub[p]
-        res.update(published=pub, ratio=res["predicted"] / pub, seconds=time.perf_counter() - t0)
-        results[key] = res
-        detail = ", ".join(f"{k} {x:.4g}" if isinstance(x, float) else f"{k} {x}" for k, x in res.items()
-                           if k not in ("predicted", "published", "ratio", "seconds"))
-        print(f"| {title} | {pub:,.0f} {unit} | {res['predicted']:,.0f} {unit} | {res['ratio']:.2f} | {detail} |", flush=True)
+        results[key] = run_row(key, args.quick)
     if args.sensitivity:
         results["sensitivity"] = {g: prompt_sensitivity(g) for g in ("h100", "h200")}
         print("\nOffline tok/s (one pass) vs the mean input length:", results["sensitivity"])

@@ -14,6 +14,7 @@ same code on the CPU with tiny shapes (to test the pipeline, not to calibrate).
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import statistics
@@ -223,17 +224,23 @@ POWER_QUERY = ("power.draw", "clocks.sm", "temperature.gpu", "clocks_event_reaso
                "clocks_event_reasons.sw_thermal_slowdown")
 
 
+@functools.lru_cache(maxsize=1)
+def _power_fields() -> tuple[str, ...]:
+    """POWER_QUERY, or power and clock only on drivers older than the clocks_event_reasons names."""
+    import subprocess
+
+    ok = subprocess.run(["nvidia-smi", "--query-gpu=" + ",".join(POWER_QUERY), "--format=csv", "-i", "0"],
+                        capture_output=True).returncode == 0
+    return POWER_QUERY if ok else POWER_QUERY[:3]
+
+
 def _sample_power(b: _Bench, fn, seconds: float) -> dict:
     """Run fn in a loop for `seconds` while nvidia-smi samples power, SM clock and the clock-event
     reasons every 100 ms (the calibration file's power entries, plus the share of samples each
     reason was active: a power-brake or hardware slowdown the SM clock does not show)."""
     import subprocess
 
-    fields = POWER_QUERY           # drivers older than the clocks_event_reasons names: power and clock only
-    if subprocess.run(["nvidia-smi", "--query-gpu=" + ",".join(fields), "--format=csv", "-i", "0"],
-                      capture_output=True).returncode != 0:
-        fields = POWER_QUERY[:3]
-    p = subprocess.Popen(["nvidia-smi", "--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits",
+    p = subprocess.Popen(["nvidia-smi", "--query-gpu=" + ",".join(_power_fields()), "--format=csv,noheader,nounits",
                           "-i", "0", "-lms", "100"], stdout=subprocess.PIPE, text=True)
     n, t = 0, time.time()
     while time.time() - t < seconds:
